@@ -1,0 +1,1 @@
+"""Bridges from trioserve's request features to application interfaces (ASGI)."""

@@ -1,0 +1,276 @@
+"""ASGI 3 bridge: serves an ASGI application on trioserve's request features.
+
+HTTP (spec 2.4) and lifespan (spec 2.0) are implemented::
+
+    from trioserve.bridges.asgi import ASGIBridge
+    await trioserve.serve(ASGIBridge(asgi_app), config)
+
+Behaviour worth knowing:
+
+- ``scope["path"]`` and ``scope["raw_path"]`` include ``root_path`` (the prefix a proxy strips
+  before forwarding), as Uvicorn does; ``scope["state"]`` is a shallow copy of the lifespan state.
+- ``receive()`` streams the body as ``http.request`` messages with ``more_body``; afterwards it
+  waits and returns ``http.disconnect`` when the client goes away or once the response is sent.
+- ``http.response.start`` is held until the first body message so that a one-message body goes
+  out with a Content-Length in a single write.
+- ``send()`` after the client disconnected raises :class:`~trioserve.features.ClientDisconnected`
+  (an ``OSError``, as spec 2.4 asks).
+- Extensions: ``http.response.pathsend`` (sent with ``sendfile`` on plain TCP).
+
+Lifespan, ``lifespan="auto"`` (the default): an app that raises before it first calls
+``receive()``, or returns without answering, does not support lifespan and is served without
+it; a ``lifespan.startup.failed`` message, or an exception after start-up began, fails start-up
+with :class:`~trioserve.features.LifespanFailure`. ``"on"`` makes lifespan mandatory, ``"off"``
+never runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Literal
+
+import trio
+
+from trioserve.features import (
+    ClientDisconnected,
+    ConnectionFeature,
+    FeatureStateError,
+    LifespanFailure,
+    RequestBodyFeature,
+    RequestBodyTooLarge,
+    RequestContext,
+    RequestFeature,
+    RequestLifetimeFeature,
+    ResponseBodyFeature,
+    ResponseFeature,
+)
+
+__all__ = ["ASGIApp", "ASGIBridge"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("trioserve.asgi")
+
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class ASGIBridge:
+    """Adapts an ASGI 3 application to a trioserve application (see module docs).
+
+    Raises :class:`TypeError` at construction for an object that is not callable.
+    """
+
+    def __init__(self, app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "auto") -> None:
+        if not callable(app):
+            raise TypeError(f"ASGI application must be callable, got {app!r}")
+        if lifespan not in ("auto", "on", "off"):
+            raise ValueError(f"lifespan must be 'auto', 'on' or 'off', got {lifespan!r}")
+        self.app = app
+        self.lifespan = lifespan
+        self.state: dict[str, Any] = {}
+        self.lifespan_supported: bool | None = None
+
+    # ---------------------------------------------------------------------------- HTTP
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        features = ctx.features
+        req = features[RequestFeature]
+        body = features[RequestBodyFeature]
+        resp = features[ResponseFeature]
+        out = features[ResponseBodyFeature]
+        conn = features.get(ConnectionFeature)
+        root_path = req.root_path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": req.http_version,
+            "method": req.method,
+            "scheme": req.scheme,
+            "path": root_path + req.path if root_path else req.path,
+            "raw_path": root_path.encode() + req.raw_path if root_path else req.raw_path,
+            "query_string": req.query_string,
+            "root_path": root_path,
+            "headers": req.headers,
+            "client": conn.peer if conn is not None else None,
+            "server": conn.local if conn is not None else None,
+            "extensions": {"http.response.pathsend": {}},
+        }
+        if self.state:
+            scope["state"] = self.state.copy()
+        h = _HTTPCycle(body, resp, out, features.get(RequestLifetimeFeature))
+        await self.app(scope, h.receive, h.send)
+        if not out.is_complete and not h.disconnected:
+            if resp.has_started or h.started:
+                raise RuntimeError("ASGI application returned without completing the response "
+                                   "(no final 'http.response.body' with more_body=False)")
+            raise RuntimeError("ASGI application returned without sending a response")
+
+    # ------------------------------------------------------------------------ lifespan
+
+    async def run_lifespan(
+        self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the ASGI lifespan protocol around the server's lifetime (see module docs).
+
+        Raises :class:`LifespanFailure` when start-up fails."""
+        if self.lifespan == "off":
+            task_status.started()
+            await stop.wait()
+            return
+        phase = "startup"
+        received_startup = False
+        started = False
+        shutdown_done = trio.Event()
+        failure: str | None = None
+
+        async def receive() -> Message:
+            nonlocal received_startup, phase
+            if not received_startup:
+                received_startup = True
+                return {"type": "lifespan.startup"}
+            await stop.wait()
+            phase = "shutdown"
+            return {"type": "lifespan.shutdown"}
+
+        async def send(message: Message) -> None:
+            nonlocal started, failure
+            t = message.get("type")
+            if t == "lifespan.startup.complete" and phase == "startup" and not started:
+                started = True
+                self.lifespan_supported = True
+                task_status.started()
+            elif t == "lifespan.startup.failed" and phase == "startup" and not started:
+                failure = str(message.get("message", "")) or "application start-up failed"
+                raise LifespanFailure(failure)
+            elif t == "lifespan.shutdown.complete" and phase == "shutdown":
+                shutdown_done.set()
+            elif t == "lifespan.shutdown.failed" and phase == "shutdown":
+                log.error("application shutdown failed: %s", message.get("message", ""))
+                shutdown_done.set()
+            else:
+                raise RuntimeError(f"unexpected ASGI lifespan message {t!r} during {phase}")
+
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
+        try:
+            await self.app(scope, receive, send)
+        except LifespanFailure:
+            raise
+        except Exception as exc:
+            if started:
+                log.error("exception in ASGI lifespan during %s", phase, exc_info=exc)
+            elif received_startup or self.lifespan == "on":
+                raise LifespanFailure(f"{type(exc).__name__}: {exc}") from exc
+            else:
+                log.info("ASGI lifespan not supported by the application (it raised %s); "
+                         "serving without it", type(exc).__name__)
+        if not started:
+            if self.lifespan == "on":
+                raise LifespanFailure("the application returned from lifespan without "
+                                      "completing start-up")
+            self.lifespan_supported = False
+            task_status.started()
+            await stop.wait()
+
+
+class _HTTPCycle:
+    """``receive`` and ``send`` for one request."""
+
+    __slots__ = ("body", "disconnected", "lifetime", "out", "request_done", "resp", "started")
+
+    def __init__(self, body: RequestBodyFeature, resp: ResponseFeature,
+                 out: ResponseBodyFeature, lifetime: RequestLifetimeFeature | None) -> None:
+        self.body = body
+        self.lifetime = lifetime
+        self.resp = resp
+        self.out = out
+        self.request_done = False
+        self.disconnected = False
+        self.started = False
+
+    async def receive(self) -> Message:
+        if not self.request_done and not self.disconnected:
+            body = self.body
+            try:
+                data = await body.receive()
+            except (ClientDisconnected, RequestBodyTooLarge):
+                self.disconnected = True
+                return _DISCONNECT
+            more = not body.is_complete
+            if not more:
+                self.request_done = True
+            return {"type": "http.request", "body": data, "more_body": more}
+        if not self.disconnected and not self.out.is_complete:
+            lifetime = self.lifetime
+            if lifetime is not None:
+                await lifetime.wait_done()
+            else:
+                await trio.sleep_forever()
+        self.disconnected = True
+        return _DISCONNECT
+
+    async def send(self, message: Message) -> None:
+        t = message["type"]
+        out = self.out
+        if self.disconnected and not out.is_complete:
+            raise ClientDisconnected("the client disconnected")
+        if t == "http.response.body":
+            if not self.started:
+                raise RuntimeError("ASGI 'http.response.body' sent before 'http.response.start'")
+            if out.is_complete:
+                raise RuntimeError("ASGI 'http.response.body' sent after the response completed")
+            data = message.get("body", b"")
+            if type(data) is not bytes:
+                if not isinstance(data, bytes | bytearray | memoryview):
+                    raise TypeError(f"ASGI response body must be bytes, got "
+                                    f"{type(data).__name__}")
+                data = bytes(data)
+            try:
+                if message.get("more_body", False):
+                    if data:
+                        await out.send(data)
+                    elif not self.resp.has_started:
+                        await out.start()
+                else:
+                    await out.complete(data)
+            except ClientDisconnected:
+                self.disconnected = True
+                raise
+        elif t == "http.response.start":
+            if self.started:
+                raise RuntimeError("ASGI 'http.response.start' sent twice")
+            status = message["status"]
+            if type(status) is not int:
+                raise TypeError(f"ASGI response status must be an int, got {status!r}")
+            headers = []
+            for pair in message.get("headers", ()):
+                name, value = pair
+                if type(name) is not bytes or type(value) is not bytes:
+                    raise TypeError("ASGI response header names and values must be bytes, got "
+                                    f"{name!r}: {value!r}")
+                headers.append((name, value))
+            resp = self.resp
+            try:
+                resp.status = status
+            except FeatureStateError:
+                raise RuntimeError("ASGI response started after the response was already sent "
+                                   "by the server") from None
+            resp.headers = headers
+            self.started = True
+        elif t == "http.response.pathsend":
+            if not self.started or out.is_complete:
+                raise RuntimeError("ASGI 'http.response.pathsend' needs a started, "
+                                   "incomplete response")
+            path = message["path"]
+            if not os.path.isabs(path):
+                raise ValueError(f"http.response.pathsend path must be absolute, got {path!r}")
+            await out.send_file(path)
+            await out.complete()
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {t!r} for an HTTP request")

@@ -1,0 +1,1 @@
+"""Hypothesis strategies and fuzz campaigns for trioserve's protocols."""

@@ -1,0 +1,7 @@
+"""``python -m trioserve APP [options]``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

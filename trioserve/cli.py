@@ -1,0 +1,331 @@
+"""``trioserve APP [options]``: command-line flags → :class:`~trioserve.config.Config` → serve.
+
+Exit codes: 0 after a graceful shutdown; 1 when the app cannot be imported, an address cannot be
+bound or the app's start-up fails; 2 for a bad option value. Errors are one clear line on stderr,
+never a traceback (``--log-level debug`` adds the traceback of an import error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import trio
+
+from . import __version__
+from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts
+from .features import Application, LifespanFailure
+from .listeners import ListenError
+from .server import serve
+
+__all__ = ["AppLoadError", "build_config", "load_app", "main"]
+
+log = logging.getLogger("trioserve")
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class AppLoadError(Exception):
+    """The application could not be imported or is not a usable application."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"trioserve: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Config()
+    lim = Limits()
+    t = Timeouts()
+    p = _Parser(
+        prog="trioserve",
+        description="Serve an ASGI application (or a trioserve features application) over "
+                    "HTTP/1.1 on Trio.",
+        epilog="Example: trioserve trioserve.demo:app --port 8000",
+    )
+    p.add_argument("app", metavar="APP", help="the application as 'module:attribute'")
+    p.add_argument("--version", action="version", version=f"trioserve {__version__}")
+    g = p.add_argument_group("binding")
+    g.add_argument("--host", default=None,
+                   help="address to bind (default 127.0.0.1; '::' for all IPv6, '0.0.0.0' "
+                        "for all IPv4)")
+    g.add_argument("--port", type=_port, default=None,
+                   help="TCP port to bind (default 8000; 0 picks a free port)")
+    g.add_argument("--uds", metavar="PATH", help="bind a Unix domain socket")
+    g.add_argument("--fd", type=_non_negative_int, metavar="N",
+                   help="serve on an inherited listening socket file descriptor")
+    g.add_argument("--backlog", type=_positive_int, default=d.backlog,
+                   help=f"listen backlog (default {d.backlog})")
+    g = p.add_argument_group("application")
+    g.add_argument("--app-dir", default=".",
+                   help="directory added to the import path before loading APP (default '.')")
+    g.add_argument("--factory", action="store_true",
+                   help="APP is a factory: call it without arguments to get the application")
+    g.add_argument("--interface", choices=("auto", "asgi", "features"), default="auto",
+                   help="application interface (default auto: three parameters (scope, "
+                        "receive, send) is ASGI 3, one parameter (ctx) is a features app)")
+    g.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
+                   help="ASGI lifespan (default auto: used when the app supports it)")
+    g.add_argument("--root-path", default=d.root_path,
+                   help="path prefix the app is mounted under behind a proxy (default '')")
+    g = p.add_argument_group("logging and headers")
+    g.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="log level (default info)")
+    g.add_argument("--access-log", dest="access_log", action="store_true", default=d.access_log,
+                   help="log one line per request (default on)")
+    g.add_argument("--no-access-log", dest="access_log", action="store_false",
+                   help="do not log requests")
+    g.add_argument("--server-header", default=d.server_header,
+                   help=f"value of the Server response header (default {d.server_header!r})")
+    g.add_argument("--no-server-header", dest="server_header", action="store_const",
+                   const=None, help="send no Server header")
+    g = p.add_argument_group("limits (Kestrel's defaults)")
+    g.add_argument("--max-connections", type=_positive_int, default=None,
+                   help="maximum concurrent connections (default unbounded)")
+    g.add_argument("--max-body-size", type=_non_negative_int, default=lim.max_request_body_size,
+                   help=f"maximum request body bytes, 0 for unbounded (default "
+                        f"{lim.max_request_body_size}); beyond it 413")
+    g.add_argument("--max-request-line", type=_positive_int, default=lim.max_request_line_size,
+                   help=f"maximum request line bytes (default {lim.max_request_line_size}); "
+                        "beyond it 414")
+    g.add_argument("--max-headers", type=_positive_int, default=lim.max_request_headers_count,
+                   help=f"maximum request header fields (default "
+                        f"{lim.max_request_headers_count}); beyond it 431")
+    g.add_argument("--max-header-bytes", type=_positive_int,
+                   default=lim.max_request_headers_total_size,
+                   help=f"maximum bytes of the request header section (default "
+                        f"{lim.max_request_headers_total_size}); beyond it 431")
+    g.add_argument("--min-body-rate", type=float, default=240.0, metavar="BYTES_PER_SECOND",
+                   help="minimum request body rate after a 5 s grace period, 0 disables "
+                        "(default 240); slower clients get 408")
+    g = p.add_argument_group("timeouts (seconds)")
+    g.add_argument("--keep-alive-timeout", type=_seconds, default=t.keep_alive,
+                   help=f"idle time allowed between requests (default {t.keep_alive:g})")
+    g.add_argument("--headers-timeout", type=_seconds, default=t.request_headers,
+                   help=f"time allowed to receive a request's headers (default "
+                        f"{t.request_headers:g}); beyond it 408")
+    g.add_argument("--graceful-timeout", type=_seconds, default=t.graceful,
+                   help=f"on shutdown, time in-flight requests get to finish (default "
+                        f"{t.graceful:g})")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The :class:`Config` the parsed flags describe. Raises :class:`ConfigError`."""
+    binds: list[Bind] = []
+    if args.uds:
+        binds.append(Bind.unix(args.uds))
+    if args.fd is not None:
+        binds.append(Bind.from_fd(args.fd))
+    if not binds or args.host is not None or args.port is not None:
+        binds.append(Bind.tcp(args.host if args.host is not None else "127.0.0.1",
+                              args.port if args.port is not None else 8000))
+    if args.min_body_rate < 0:
+        raise ConfigError(f"--min-body-rate must be >= 0, got {args.min_body_rate!r}")
+    limits = Limits(
+        max_concurrent_connections=args.max_connections,
+        max_request_body_size=args.max_body_size or None,
+        max_request_line_size=args.max_request_line,
+        max_request_headers_count=args.max_headers,
+        max_request_headers_total_size=args.max_header_bytes,
+        min_request_body_data_rate=(MinDataRate(args.min_body_rate)
+                                    if args.min_body_rate > 0 else None),
+    )
+    timeouts = Timeouts(keep_alive=args.keep_alive_timeout,
+                        request_headers=args.headers_timeout,
+                        graceful=args.graceful_timeout)
+    return Config(
+        binds=tuple(binds),
+        limits=limits,
+        timeouts=timeouts,
+        server_header=args.server_header,
+        root_path=args.root_path,
+        access_log=args.access_log,
+        backlog=args.backlog,
+    )
+
+
+def _import_location(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    if tb:
+        frame = tb[-1]
+        return f" ({frame.filename}, line {frame.lineno})"
+    return ""
+
+
+def load_app(spec: str, *, app_dir: str = ".", factory: bool = False) -> Any:
+    """Import ``module:attribute`` (the attribute may be dotted) and return it, calling it first
+    when ``factory``. Raises :class:`AppLoadError` with a one-line reason."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise AppLoadError(f"APP must look like 'module:attribute', got {spec!r}")
+    if app_dir:
+        path = os.path.abspath(app_dir)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise AppLoadError(f"could not import module {module_name!r}: no module named "
+                               f"{exc.name!r} (searched from {os.path.abspath(app_dir)!r})"
+                               ) from exc
+        raise AppLoadError(f"error while importing {module_name!r}: {exc}"
+                           f"{_import_location(exc)}") from exc
+    except Exception as exc:
+        raise AppLoadError(f"error while importing {module_name!r}: "
+                           f"{type(exc).__name__}: {exc}{_import_location(exc)}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppLoadError(f"attribute {attr!r} not found in module {module_name!r}") \
+                from None
+    if factory:
+        if not callable(obj):
+            raise AppLoadError(f"--factory: {spec!r} is not callable")
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise AppLoadError(f"--factory: calling {spec!r} failed: "
+                               f"{type(exc).__name__}: {exc}{_import_location(exc)}") from exc
+    if not callable(obj):
+        raise AppLoadError(f"{spec!r} is not callable, so it is not an application")
+    return obj
+
+
+def _positional_count(obj: Any) -> int | None:
+    target = obj
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = getattr(type(obj), "__call__", None)
+        if inspect.isclass(obj):
+            return None
+        target = getattr(obj, "__call__", call)
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    n = 0
+    for prm in sig.parameters.values():
+        if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD):
+            n += 1
+        elif prm.kind == prm.VAR_POSITIONAL:
+            return None
+    return n
+
+
+def wrap_app(obj: Any, interface: str, lifespan: str) -> Application:
+    """Adapt a loaded object to a trioserve :data:`Application`. Raises :class:`AppLoadError`
+    when ``auto`` cannot tell, or the object does not fit the interface asked for."""
+    from trioserve.bridges.asgi import ASGIBridge
+
+    if interface == "auto":
+        n = _positional_count(obj)
+        if inspect.isclass(obj):
+            raise AppLoadError(f"{obj!r} is a class; ASGI 2 applications are not supported "
+                               "(pass an instance, or use an ASGI 3 application)")
+        if n == 1:
+            interface = "features"
+        elif n == 3 or n is None:
+            interface = "asgi"
+        else:
+            raise AppLoadError(f"cannot tell the interface of {obj!r}: it takes {n} positional "
+                               "parameters (ASGI 3 takes scope, receive, send; a features app "
+                               "takes ctx); use --interface")
+    if interface == "features":
+        return obj  # type: ignore[no-any-return]
+    return ASGIBridge(obj, lifespan=lifespan)  # type: ignore[arg-type]
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger("trioserve")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see module docs)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        obj = load_app(args.app, app_dir=args.app_dir, factory=args.factory)
+        app = wrap_app(obj, args.interface, args.lifespan)
+    except AppLoadError as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        if args.log_level == "debug" and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        return 1
+    try:
+        trio.run(serve, app, config)
+    except LifespanFailure as exc:
+        print(f"trioserve: error: application start-up failed: {exc}", file=sys.stderr)
+        return 1
+    except ListenError as exc:
+        print(f"trioserve: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run() -> NoReturn:  # pragma: no cover - console entry point helper
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Server configuration: frozen, validated data and nothing else.
+
+Every class here is a ``@dataclass(frozen=True, slots=True)`` that checks its own values in
+``__post_init__`` and raises :class:`ConfigError` naming the offending field. Loading from the
+command line, files or the environment lives in :mod:`trioserve.cli`; nothing here does I/O.
+
+Defaults follow Kestrel's ``KestrelServerLimits`` unless noted (the keep-alive timeout is the
+Python servers' 5 s rather than Kestrel's 130 s).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Bind", "Config", "ConfigError", "Limits", "MinDataRate", "Timeouts"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the field and the value."""
+
+
+def _positive_int(owner: str, name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        kind = "a positive integer" + (" or None" if allow_none else "")
+        raise ConfigError(f"{owner}.{name} must be {kind}, got {value!r}")
+
+
+def _positive_float(owner: str, name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type,operator]
+        kind = "a positive number of seconds" + (" or None" if allow_none else "")
+        raise ConfigError(f"{owner}.{name} must be {kind}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class MinDataRate:
+    """A minimum transfer rate: ``bytes_per_second`` on average once ``grace_period`` has passed.
+
+    Mirrors Kestrel's ``MinDataRate``: a client that sends a request body more slowly than this is
+    answered 408 and disconnected.
+    """
+
+    bytes_per_second: float = 240.0
+    grace_period: float = 5.0
+
+    def __post_init__(self) -> None:
+        _positive_float("MinDataRate", "bytes_per_second", self.bytes_per_second)
+        _positive_float("MinDataRate", "grace_period", self.grace_period)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size and count limits. Each is enforced by a counter in the protocol or connection.
+
+    - ``max_concurrent_connections``: open connections per server; when reached the listeners stop
+      accepting until one closes (the kernel backlog holds the rest). ``None``: unbounded.
+    - ``max_request_body_size``: bytes; beyond it 413. Per request an app may change it through
+      :class:`~trioserve.features.RequestBodyFeature` before reading. ``None``: unbounded.
+    - ``max_request_line_size``: bytes of the request line (method, target, version); beyond it 414.
+    - ``max_request_headers_count``: header fields per request; beyond it 431.
+    - ``max_request_headers_total_size``: bytes of the header section; beyond it 431.
+    - ``min_request_body_data_rate``: see :class:`MinDataRate`; ``None`` disables the check.
+    """
+
+    max_concurrent_connections: int | None = None
+    max_request_body_size: int | None = 30_000_000
+    max_request_line_size: int = 8 * 1024
+    max_request_headers_count: int = 100
+    max_request_headers_total_size: int = 32 * 1024
+    min_request_body_data_rate: MinDataRate | None = field(default_factory=MinDataRate)
+
+    def __post_init__(self) -> None:
+        _positive_int("Limits", "max_concurrent_connections", self.max_concurrent_connections,
+                      allow_none=True)
+        _positive_int("Limits", "max_request_body_size", self.max_request_body_size,
+                      allow_none=True)
+        _positive_int("Limits", "max_request_line_size", self.max_request_line_size)
+        _positive_int("Limits", "max_request_headers_count", self.max_request_headers_count)
+        _positive_int("Limits", "max_request_headers_total_size",
+                      self.max_request_headers_total_size)
+        if self.max_request_line_size < 16:
+            raise ConfigError("Limits.max_request_line_size must be at least 16 bytes, "
+                              f"got {self.max_request_line_size!r}")
+        if self.min_request_body_data_rate is not None and not isinstance(
+            self.min_request_body_data_rate, MinDataRate
+        ):
+            raise ConfigError("Limits.min_request_body_data_rate must be a MinDataRate or None, "
+                              f"got {self.min_request_body_data_rate!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Deadlines, in seconds. Each bounds exactly one wait with one cancel scope.
+
+    - ``keep_alive``: how long an idle keep-alive connection waits for the next request's first
+      byte before it is closed silently.
+    - ``request_headers``: from the first byte of a request (or from accept, for a connection's
+      first request) until its header section is complete; beyond it 408 and close.
+    - ``graceful``: on shutdown, how long in-flight requests may take to finish before they are
+      cancelled.
+    """
+
+    keep_alive: float = 5.0
+    request_headers: float = 30.0
+    graceful: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive_float("Timeouts", "keep_alive", self.keep_alive)
+        _positive_float("Timeouts", "request_headers", self.request_headers)
+        _positive_float("Timeouts", "graceful", self.graceful)
+
+
+BindKind = Literal["tcp", "unix", "fd"]
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """One address to listen on: TCP ``host``/``port``, a Unix socket ``path``, or an inherited
+    listening socket ``fd``. Build them with :meth:`tcp`, :meth:`unix` and :meth:`fd`.
+
+    Port 0 asks the kernel for a free port; the real one is reported once bound.
+    """
+
+    kind: BindKind = "tcp"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    path: str | None = None
+    fd: int | None = None
+
+    @classmethod
+    def tcp(cls, host: str = "127.0.0.1", port: int = 8000) -> Bind:
+        return cls(kind="tcp", host=host, port=port)
+
+    @classmethod
+    def unix(cls, path: str) -> Bind:
+        return cls(kind="unix", path=path)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Bind:
+        return cls(kind="fd", fd=fd)
+
+    def __post_init__(self) -> None:
+        if self.kind == "tcp":
+            if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
+                0 <= self.port <= 65535
+            ):
+                raise ConfigError(f"Bind.port must be an integer 0-65535, got {self.port!r}")
+            if not isinstance(self.host, str) or not self.host:
+                raise ConfigError(f"Bind.host must be a non-empty string, got {self.host!r}")
+        elif self.kind == "unix":
+            if not isinstance(self.path, str) or not self.path:
+                raise ConfigError(f"Bind.path must be a non-empty path, got {self.path!r}")
+        elif self.kind == "fd":
+            if isinstance(self.fd, bool) or not isinstance(self.fd, int) or self.fd < 0:
+                raise ConfigError(f"Bind.fd must be a non-negative integer, got {self.fd!r}")
+        else:
+            raise ConfigError(f"Bind.kind must be 'tcp', 'unix' or 'fd', got {self.kind!r}")
+
+    def describe(self) -> str:
+        """A human-readable form: ``127.0.0.1:8000``, ``[::1]:8000``, ``unix:/p``, ``fd://3``."""
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything :func:`trioserve.serve` needs, validated.
+
+    - ``binds``: the addresses to listen on (default ``127.0.0.1:8000``).
+    - ``server_header``: the ``Server`` response header value; ``None`` sends none.
+    - ``root_path``: the path prefix the app is mounted under (ASGI ``root_path``,
+      WSGI ``SCRIPT_NAME``); empty or starting with ``/`` and not ending with one.
+    - ``access_log``: log one line per request on the ``trioserve.access`` logger.
+    - ``backlog``: the listen backlog per socket.
+    """
+
+    binds: tuple[Bind, ...] = (Bind(),)
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    server_header: str | None = "trioserve"
+    root_path: str = ""
+    access_log: bool = True
+    backlog: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.binds, tuple) or not self.binds:
+            raise ConfigError(f"Config.binds must be a non-empty tuple of Bind, got {self.binds!r}")
+        for b in self.binds:
+            if not isinstance(b, Bind):
+                raise ConfigError(f"Config.binds must contain Bind objects, got {b!r}")
+        if not isinstance(self.limits, Limits):
+            raise ConfigError(f"Config.limits must be Limits, got {self.limits!r}")
+        if not isinstance(self.timeouts, Timeouts):
+            raise ConfigError(f"Config.timeouts must be Timeouts, got {self.timeouts!r}")
+        if self.server_header is not None:
+            if not isinstance(self.server_header, str) or not self.server_header.isprintable():
+                raise ConfigError("Config.server_header must be printable text or None, "
+                                  f"got {self.server_header!r}")
+            try:
+                self.server_header.encode("ascii")
+            except UnicodeEncodeError:
+                raise ConfigError("Config.server_header must be ASCII, "
+                                  f"got {self.server_header!r}") from None
+        rp = self.root_path
+        if not isinstance(rp, str) or (rp and (not rp.startswith("/") or rp.endswith("/"))):
+            raise ConfigError("Config.root_path must be empty or start with '/' and not end "
+                              f"with '/', got {rp!r}")
+        _positive_int("Config", "backlog", self.backlog)

@@ -1,0 +1,511 @@
+"""One HTTP/1.1 request's features, built from a :class:`RequestHead`.
+
+The objects here implement the protocols of :mod:`trioserve.features` on top of the sans-IO
+:class:`~trioserve.protocols.http1.HTTP1Protocol` and an :class:`Exchange`'s connection, which
+does the I/O (and owns every deadline; see :mod:`trioserve.server`).
+
+- :class:`H1Request`: ``RequestFeature``, ``UpgradeFeature``, ``RequestLifetimeFeature``
+- :class:`H1RequestBody`: ``RequestBodyFeature``
+- :class:`H1Response`: ``ResponseFeature`` and ``ResponseBodyFeature``
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import unquote_to_bytes
+
+import trio
+
+from .features import (
+    Callback,
+    ClientDisconnected,
+    FeatureCollection,
+    FeatureStateError,
+    Headers,
+    RequestBodyFeature,
+    RequestBodyTooLarge,
+    RequestContext,
+    RequestFeature,
+    RequestLifetimeFeature,
+    ResponseBodyFeature,
+    ResponseFeature,
+    UpgradeFeature,
+)
+from .protocols.events import NEED_DATA, BodyData, EndOfBody, ProtocolError, RequestHead
+
+if TYPE_CHECKING:
+    from .protocols.http1 import HTTP1Protocol
+
+__all__ = [
+    "BadRequestBody",
+    "Connection",
+    "Exchange",
+    "H1Request",
+    "H1RequestBody",
+    "H1Response",
+    "PrefixedStream",
+    "decode_path",
+]
+
+
+class BadRequestBody(RequestBodyTooLarge):
+    """The request body broke the protocol (bad chunk framing) or arrived too slowly.
+    ``status_code`` is 400 or 408; the server has answered it if the response had not started."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class Connection(Protocol):
+    """What an exchange needs from its connection (implemented in :mod:`trioserve.server`)."""
+
+    proto: HTTP1Protocol
+    stream: trio.abc.Stream
+    features: FeatureCollection
+    root_path: str
+    scheme: str
+
+    @property
+    def draining(self) -> bool: ...
+    async def send_all(self, data: bytes) -> None: ...
+    async def receive_body_event(self, exchange: Exchange) -> BodyData | EndOfBody: ...
+    async def wait_for_disconnect(self, exchange: Exchange) -> None: ...
+    async def send_file(self, path: str | os.PathLike[str], offset: int, count: int,
+                        prefix: bytes, suffix: bytes) -> int: ...
+
+
+def decode_path(raw_path: bytes) -> str:
+    """Percent-decode a path and decode it as UTF-8 (invalid sequences become U+FFFD)."""
+    if b"%" not in raw_path:
+        try:
+            return raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            return raw_path.decode("utf-8", "replace")
+    return unquote_to_bytes(raw_path).decode("utf-8", "replace")
+
+
+def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes, str | None]:
+    """``(raw_path, query_string, scheme from an absolute-form target or None)``."""
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+        return path, query, None
+    if target == b"*" or method == b"CONNECT":
+        return target, b"", None
+    # absolute-form, validated by the protocol: scheme "://" authority [path-abempty] ["?" query]
+    scheme, _, rest = target.partition(b"://")
+    slash = len(rest)
+    for sep in (b"/", b"?"):
+        i = rest.find(sep)
+        if 0 <= i < slash:
+            slash = i
+    path, _, query = rest[slash:].partition(b"?")
+    return path or b"/", query, scheme.decode("ascii").lower()
+
+
+class Exchange:
+    """One request/response exchange on an HTTP/1.1 connection: holds the three feature
+    objects, the request's :class:`~trioserve.features.RequestContext`, and what the access log
+    needs."""
+
+    __slots__ = (
+        "aborted",
+        "body",
+        "conn",
+        "context",
+        "disconnect_scope",
+        "head",
+        "request",
+        "response",
+        "start_time",
+        "upgraded",
+    )
+
+    def __init__(self, conn: Connection, head: RequestHead, max_body_size: int | None) -> None:
+        self.conn = conn
+        self.head = head
+        self.start_time = time.perf_counter()
+        self.aborted = False
+        self.upgraded = False
+        self.disconnect_scope: trio.CancelScope | None = None
+        self.request = req = H1Request(self)
+        self.body = body = H1RequestBody(self, max_body_size)
+        self.response = resp = H1Response(self)
+        items: dict[type, object] = {
+            RequestFeature: req,
+            UpgradeFeature: req,
+            RequestLifetimeFeature: req,
+            RequestBodyFeature: body,
+            ResponseFeature: resp,
+            ResponseBodyFeature: resp,
+        }
+        self.context = RequestContext(FeatureCollection(items, conn.features))
+
+    def mark_aborted(self) -> None:
+        self.aborted = True
+        self.conn.proto.keep_alive = False
+        if self.disconnect_scope is not None:
+            self.disconnect_scope.cancel()
+
+    async def reject(self, status: int, message: str) -> None:
+        """Answer ``status`` if no response has started, then stop keep-alive."""
+        proto = self.conn.proto
+        if not proto.response_started and not self.aborted:
+            self.response._status = status
+            self.response.mark_done()
+            try:
+                await self.conn.send_all(proto.error_response(status, message))
+            except ClientDisconnected:
+                pass
+        proto.keep_alive = False
+        self.mark_aborted()
+
+
+class H1Request:
+    """``RequestFeature``, ``UpgradeFeature`` and ``RequestLifetimeFeature`` of one request."""
+
+    __slots__ = (
+        "_ex",
+        "headers",
+        "http_version",
+        "method",
+        "path",
+        "query_string",
+        "raw_path",
+        "raw_target",
+        "root_path",
+        "scheme",
+    )
+
+    def __init__(self, ex: Exchange) -> None:
+        self._ex = ex
+        head = ex.head
+        raw_path, query, scheme = _split_target(head.method, head.target)
+        self.method = head.method.decode("ascii")
+        self.raw_target = head.target
+        self.raw_path = raw_path
+        self.query_string = query
+        self.path = decode_path(raw_path)
+        self.scheme = scheme if scheme in ("http", "https") else ex.conn.scheme
+        self.root_path = ex.conn.root_path
+        self.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
+        self.headers = head.headers
+
+    # RequestLifetimeFeature
+    @property
+    def aborted(self) -> bool:
+        return self._ex.aborted
+
+    def abort(self) -> None:
+        self._ex.mark_aborted()
+
+    async def wait_done(self) -> None:
+        ex = self._ex
+        if not ex.body.is_complete:
+            raise FeatureStateError("wait_done() needs the request body to be fully read first")
+        await ex.conn.wait_for_disconnect(ex)
+
+    # UpgradeFeature
+    @property
+    def is_upgradable_request(self) -> bool:
+        return self._ex.head.upgrade is not None
+
+    @property
+    def protocol(self) -> bytes | None:
+        return self._ex.head.upgrade
+
+    async def upgrade(self, headers: Headers | None = None) -> trio.abc.Stream:
+        ex = self._ex
+        proto = ex.conn.proto
+        if ex.head.upgrade is None:
+            raise FeatureStateError("the request did not ask to upgrade (no Connection: upgrade "
+                                    "and Upgrade headers)")
+        if proto.response_started:
+            raise FeatureStateError("cannot upgrade: the response has already started")
+        if not ex.body.is_complete:
+            raise FeatureStateError("cannot upgrade before the request body was fully read")
+        hdrs = list(headers or [])
+        if not any(n.lower() == b"upgrade" for n, _ in hdrs):
+            hdrs.append((b"upgrade", ex.head.upgrade))
+        ex.response._status = 101
+        data = proto.response_head(101, hdrs)
+        leftover = proto.switch_protocol()
+        ex.upgraded = True
+        ex.response.mark_done()
+        await ex.conn.send_all(data)
+        return PrefixedStream(ex.conn.stream, leftover)
+
+
+class H1RequestBody:
+    """``RequestBodyFeature``: streams the body from the connection, enforcing ``max_size``."""
+
+    __slots__ = ("_done", "_ex", "_max_size", "_pending", "_started", "received", "waited")
+
+    def __init__(self, ex: Exchange, max_size: int | None) -> None:
+        self._ex = ex
+        self._max_size = max_size
+        self._started = False
+        self._done = not ex.head.has_body
+        self._pending: bytes | None = None
+        self.received = 0
+        self.waited = 0.0  # seconds spent waiting for the client's body bytes
+
+    @property
+    def max_size(self) -> int | None:
+        return self._max_size
+
+    @max_size.setter
+    def max_size(self, value: int | None) -> None:
+        if self._started:
+            raise FeatureStateError("max_size cannot change after the request body was read")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 0):
+            raise ValueError(f"max_size must be a non-negative integer or None, got {value!r}")
+        self._max_size = value
+
+    @property
+    def expected_length(self) -> int | None:
+        return self._ex.head.content_length
+
+    @property
+    def is_complete(self) -> bool:
+        return self._done and self._pending is None
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def mark_complete(self) -> None:
+        self._done = True
+
+    async def receive(self) -> bytes:
+        ex = self._ex
+        if self._pending is not None:
+            data, self._pending = self._pending, None
+            return data
+        if self._done:
+            return b""
+        if ex.aborted:
+            raise ClientDisconnected("the request was aborted")
+        conn = ex.conn
+        proto = conn.proto
+        if not self._started:
+            self._started = True
+            length = ex.head.content_length
+            limit = self._max_size
+            if limit is not None and length is not None and length > limit:
+                await self._too_large(limit)
+            if ex.head.expects_continue and not proto.response_started:
+                await conn.send_all(proto.informational(100))
+        try:
+            ev = await conn.receive_body_event(ex)
+            while type(ev) is BodyData and not ev.data:
+                ev = await conn.receive_body_event(ex)
+        except ProtocolError as exc:
+            await ex.reject(exc.status_hint, exc.message)
+            raise BadRequestBody(exc.message, exc.status_hint) from None
+        if type(ev) is EndOfBody:
+            self._done = True
+            return b""
+        assert type(ev) is BodyData
+        data = ev.data
+        self.received += len(data)
+        if self._max_size is not None and self.received > self._max_size:
+            await self._too_large(self._max_size)
+        # Peek without blocking so the caller learns the body ended with its last chunk.
+        try:
+            nxt = proto.next_event()
+        except ProtocolError:
+            return data  # reported on the next receive()
+        if type(nxt) is EndOfBody:
+            self._done = True
+        elif type(nxt) is BodyData:
+            self._pending = nxt.data
+            self.received += len(nxt.data)
+            if self._max_size is not None and self.received > self._max_size:
+                self._pending = None
+                await self._too_large(self._max_size)
+        else:
+            assert nxt is NEED_DATA
+        return data
+
+    async def _too_large(self, limit: int) -> None:
+        msg = f"request body larger than the limit of {limit} bytes"
+        await self._ex.reject(413, msg)
+        raise RequestBodyTooLarge(msg)
+
+
+class H1Response:
+    """``ResponseFeature`` and ``ResponseBodyFeature`` of one HTTP/1.1 response."""
+
+    __slots__ = (
+        "_completed_cbs",
+        "_done",
+        "_ex",
+        "_reason",
+        "_starting_cbs",
+        "_status",
+        "bytes_sent",
+        "headers",
+    )
+
+    def __init__(self, ex: Exchange) -> None:
+        self._ex = ex
+        self._done = False
+        self._starting_cbs: list[Callback] | None = None
+        self._completed_cbs: list[Callback] | None = None
+        self._status = 200
+        self._reason: str | None = None
+        self.headers: Headers = []
+        self.bytes_sent = 0
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        if self._ex.conn.proto.response_started:
+            raise FeatureStateError("cannot set the response status: the response has started")
+        self._status = value
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    @reason.setter
+    def reason(self, value: str | None) -> None:
+        if self._ex.conn.proto.response_started:
+            raise FeatureStateError("cannot set the reason phrase: the response has started")
+        self._reason = value
+
+    # ResponseFeature
+    @property
+    def has_started(self) -> bool:
+        return self._ex.conn.proto.response_started
+
+    def on_starting(self, callback: Callback) -> None:
+        if self.has_started:
+            raise FeatureStateError("on_starting: the response has already started")
+        if self._starting_cbs is None:
+            self._starting_cbs = []
+        self._starting_cbs.append(callback)
+
+    def on_completed(self, callback: Callback) -> None:
+        if self._completed_cbs is None:
+            self._completed_cbs = []
+        self._completed_cbs.append(callback)
+
+    def take_completed_callbacks(self) -> list[Callback]:
+        cbs, self._completed_cbs = self._completed_cbs or [], None
+        return cbs
+
+    def mark_done(self) -> None:
+        self._done = True
+
+    # ResponseBodyFeature
+    @property
+    def is_complete(self) -> bool:
+        return self._done
+
+    def _check_writable(self) -> None:
+        if self._done:
+            raise FeatureStateError("the response is already complete")
+        if self._ex.aborted:
+            raise ClientDisconnected("the client disconnected or the request was aborted")
+
+    async def _head(self, body_length: int | None) -> bytes:
+        ex = self._ex
+        cbs = self._starting_cbs
+        if cbs:
+            self._starting_cbs = None
+            for cb in reversed(cbs):
+                await cb()
+        proto = ex.conn.proto
+        if ex.conn.draining:
+            proto.keep_alive = False
+        reason = self._reason.encode("latin-1") if self._reason is not None else None
+        return proto.response_head(self._status, self.headers, reason=reason,
+                                   body_length=body_length)
+
+    async def _send(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        await self._ex.conn.send_all(data)
+
+    async def start(self) -> None:
+        self._check_writable()
+        if not self.has_started:
+            await self._send(await self._head(None))
+
+    async def send(self, data: bytes) -> None:
+        self._check_writable()
+        proto = self._ex.conn.proto
+        if not proto.response_started:
+            head = await self._head(None)
+            await self._send(head + proto.response_body(data))
+        elif data:
+            await self._send(proto.response_body(data))
+
+    async def complete(self, data: bytes = b"", *, trailers: Headers | None = None) -> None:
+        self._check_writable()
+        proto = self._ex.conn.proto
+        if not proto.response_started:
+            out = await self._head(len(data))
+            out += proto.response_body(data) + proto.response_end(trailers or [])
+        else:
+            out = proto.response_body(data) + proto.response_end(trailers or [])
+        self._done = True
+        if out:
+            await self._send(out)
+        ex = self._ex
+        if ex.disconnect_scope is not None:
+            ex.disconnect_scope.cancel()
+
+    async def send_file(
+        self, path: str | os.PathLike[str], offset: int = 0, count: int | None = None
+    ) -> None:
+        self._check_writable()
+        size = os.stat(path).st_size
+        if offset < 0 or offset > size:
+            raise ValueError(f"offset {offset} outside the file (size {size})")
+        if count is None:
+            count = size - offset
+        if count < 0 or offset + count > size:
+            raise ValueError(f"count {count} from offset {offset} exceeds the file size {size}")
+        proto = self._ex.conn.proto
+        if not proto.response_started:
+            await self._send(await self._head(None))
+        if not proto.body_allowed or count == 0:
+            return
+        prefix, suffix = proto.file_frame(count)
+        sent = await self._ex.conn.send_file(path, offset, count, prefix, suffix)
+        self.bytes_sent += sent
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream that first yields ``prefix`` (bytes already read past an upgrade request)."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            await trio.lowlevel.checkpoint()
+            if max_bytes is None or max_bytes >= len(self._prefix):
+                data, self._prefix = self._prefix, b""
+            else:
+                data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

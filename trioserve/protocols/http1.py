@@ -1,0 +1,616 @@
+"""HTTP/1.1 server protocol, sans-IO: bytes in, events out; responses in, bytes out.
+
+Parsing is h11's (request line, header fields, Content-Length and chunked framing), wrapped with
+the stricter checks an edge server needs and h11 leaves to its caller:
+
+- limits: request line (414), header count and header section size (431);
+- line endings: a bare CR or LF anywhere in the head, and obs-fold, are refused (400) rather than
+  tolerated, since a proxy in front might read them differently (RFC 9112 §2.2, §5.2);
+- framing: ``Transfer-Encoding`` with ``Content-Length``, repeated ``Content-Length`` fields and
+  ``Transfer-Encoding`` on HTTP/1.0 are refused (RFC 9112 §6.1, §6.3); codings other than
+  ``chunked`` get 501 (h11);
+- exactly one valid ``Host`` (RFC 9112 §3.2), a request-target of the form the method allows
+  (§3.2.1-§3.2.4), versions other than 1.0/1.1 get 505.
+
+The response side is written here rather than through ``h11.Connection.send``: the app's headers
+are validated with one regex each, framing (Content-Length, chunked, or close-delimited) is chosen
+per RFC 9112 §6, and the status line, ``Date`` and ``Server`` bytes are cached. A new
+``h11.Connection`` parses each request cycle, so h11's state machine never waits on a response it
+did not write.
+
+No I/O and no Trio here: feed ``receive_data`` and call ``next_event``; send the bytes the
+``response_*`` methods return.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Final
+
+import h11
+
+from .events import (
+    NEED_DATA,
+    PAUSED,
+    BodyData,
+    ConnectionClosed,
+    EndOfBody,
+    Headers,
+    ProtocolError,
+    RequestHead,
+    ResponseError,
+    Sentinel,
+)
+
+__all__ = ["HTTP1Protocol", "date_header_value", "status_line"]
+
+Event = RequestHead | BodyData | EndOfBody | ConnectionClosed | Sentinel
+
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]{1,18}")
+# uri-host [ ":" port ]: IP-literal, or reg-name / IPv4address (RFC 3986 §3.2.2).
+_HOST_RE: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9\-._~]+)?\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
+_ABSOLUTE_FORM_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*(?:[/?].*)?", re.S)
+_VERSION_RE: Final = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
+_MAX_LEADING_EMPTY_LINES: Final = 8
+
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    """``HTTP/1.1 <status> <reason>\\r\\n``; the standard phrase when ``reason`` is ``None``."""
+    if reason is None:
+        cached = _STATUS_LINES.get(status)
+        if cached is not None:
+            return cached
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+_STATUS_LINES: Final[dict[int, bytes]] = {}
+for _s in HTTPStatus:
+    _STATUS_LINES[int(_s)] = b"HTTP/1.1 %d %s\r\n" % (int(_s), _s.phrase.encode("ascii"))
+
+_date_cache: list[object] = [0, b""]
+
+
+def date_header_value() -> bytes:
+    """The current IMF-fixdate, recomputed at most once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+    return _date_cache[1]  # type: ignore[return-value]
+
+
+def _comma_tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+class HTTP1Protocol:
+    """One HTTP/1.1 server connection's protocol state.
+
+    Receive side: :meth:`receive_data` (``b""`` for EOF), then :meth:`next_event` until it returns
+    ``NEED_DATA`` or ``PAUSED``. Events per request: one :class:`RequestHead`, any number of
+    :class:`BodyData`, one :class:`EndOfBody`; then ``PAUSED`` until :meth:`start_next_cycle`.
+    Between requests an EOF yields :class:`ConnectionClosed`. A malformed request raises
+    :class:`ProtocolError`; afterwards the connection must be closed.
+
+    Send side, once per request: :meth:`response_head` (optionally after
+    :meth:`informational` responses), :meth:`response_body` per chunk, :meth:`response_end`.
+    They raise :class:`ResponseError` for responses that cannot be sent; the connection must then
+    be closed. :attr:`keep_alive` tells whether another request may follow.
+    """
+
+    __slots__ = (
+        "_body_allowed",
+        "_buf",
+        "_chunked_out",
+        "_content_length_out",
+        "_eof",
+        "_h11",
+        "_head",
+        "_max_head",
+        "_max_headers_count",
+        "_max_headers_size",
+        "_max_line",
+        "_recv_state",
+        "_scan_from",
+        "_send_state",
+        "_sent_body",
+        "_server_header",
+        "keep_alive",
+        "response_status",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_request_line_size: int = 8192,
+        max_request_headers_count: int = 100,
+        max_request_headers_total_size: int = 32768,
+        server_header: bytes | None = b"trioserve",
+    ) -> None:
+        self._max_line = max_request_line_size
+        self._max_headers_count = max_request_headers_count
+        self._max_headers_size = max_request_headers_total_size
+        # request line + CRLF + header section + final CRLF
+        self._max_head = max_request_line_size + max_request_headers_total_size + 4
+        self._server_header = server_header
+        self._buf = bytearray()
+        self._scan_from = 0
+        self._eof = False
+        self._h11: h11.Connection | None = None
+        self._head: RequestHead | None = None
+        self._recv_state = "head"  # head | body | done | closed | switched
+        self._send_state = "idle"  # idle | body | done
+        self.keep_alive = True
+        self.response_status = 0
+        self._body_allowed = True
+        self._content_length_out: int | None = None
+        self._chunked_out = False
+        self._sent_body = 0
+
+    # ------------------------------------------------------------------ receive side
+
+    @property
+    def request(self) -> RequestHead | None:
+        """The current request's head, once received."""
+        return self._head
+
+    @property
+    def has_partial_request(self) -> bool:
+        """Bytes of a next request are buffered but its head is not complete yet."""
+        return self._recv_state == "head" and bool(self._buf)
+
+    @property
+    def request_complete(self) -> bool:
+        """The current request's body has been fully received."""
+        return self._recv_state in ("done", "switched")
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means the peer closed its sending side."""
+        if not data:
+            self._eof = True
+        if self._h11 is not None:
+            self._h11.receive_data(data)
+        elif data:
+            self._buf += data
+
+    def next_event(self) -> Event:
+        """The next event, ``NEED_DATA`` or ``PAUSED``.
+
+        Raises :class:`ProtocolError` (with a status hint) for a malformed request.
+        """
+        state = self._recv_state
+        if state == "body":
+            return self._next_body_event()
+        if state == "head":
+            return self._next_head()
+        return PAUSED
+
+    def _next_head(self) -> Event:
+        buf = self._buf
+        skipped = 0
+        while buf[:2] == b"\r\n":
+            del buf[:2]
+            skipped += 1
+            if skipped > _MAX_LEADING_EMPTY_LINES:
+                raise ProtocolError("too many empty lines before the request line")
+            self._scan_from = 0
+        end = buf.find(b"\r\n\r\n", self._scan_from)
+        if end < 0:
+            size = len(buf)
+            if size:
+                line_end = buf.find(b"\r\n")
+                if (line_end < 0 and size > self._max_line) or line_end > self._max_line:
+                    raise ProtocolError("request line too long", 414)
+                if size > self._max_head:
+                    raise ProtocolError("request header section too large", 431)
+                if self._eof:
+                    raise ProtocolError("connection closed in the middle of a request head")
+            elif self._eof:
+                self._recv_state = "closed"
+                return ConnectionClosed()
+            self._scan_from = max(0, size - 3)
+            return NEED_DATA
+        head_end = end + 4
+        line_end = buf.find(b"\r\n")
+        if line_end > self._max_line:
+            raise ProtocolError("request line too long", 414)
+        if end - line_end > self._max_headers_size:
+            raise ProtocolError("request header section too large", 431)
+        head = bytes(buf[:head_end])
+        crlf = head.count(b"\r\n")
+        if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+            raise ProtocolError("bare CR or LF in request head")
+        if b"\r\n " in head or b"\r\n\t" in head:
+            raise ProtocolError("obsolete line folding (obs-fold) is not accepted")
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head + 1024)
+        conn.receive_data(bytes(buf))
+        if self._eof:
+            conn.receive_data(b"")
+        buf.clear()
+        self._scan_from = 0
+        try:
+            ev = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ProtocolError(str(exc) or "malformed request", exc.error_status_hint) from None
+        if type(ev) is not h11.Request:  # pragma: no cover - h11 gave us a full head
+            raise ProtocolError("malformed request")
+        self._h11 = conn
+        self._head = head_ev = self._validate(ev, conn, head)
+        self._recv_state = "body"
+        self._send_state = "idle"
+        self.keep_alive = head_ev.keep_alive
+        self.response_status = 0
+        return head_ev
+
+    def _validate(self, ev: h11.Request, conn: h11.Connection, raw_head: bytes) -> RequestHead:
+        version = ev.http_version
+        if version not in (b"1.1", b"1.0"):
+            line = raw_head[: raw_head.find(b"\r\n")]
+            if _VERSION_RE.search(line) is None:
+                raise ProtocolError("malformed request line")
+            raise ProtocolError(f"HTTP version {version.decode()} is not supported", 505)
+        headers: Headers = [(n.lower(), v) for n, v in ev.headers.raw_items()]
+        if len(headers) > self._max_headers_count:
+            raise ProtocolError("too many request header fields", 431)
+        host_count = 0
+        host = b""
+        content_length: int | None = None
+        chunked = False
+        connection_tokens: list[bytes] = []
+        upgrade: bytes | None = None
+        expects_continue = False
+        for name, value in headers:
+            if name == b"host":
+                host_count += 1
+                host = value
+            elif name == b"content-length":
+                content_length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                connection_tokens.extend(_comma_tokens(value))
+            elif name == b"upgrade":
+                upgrade = value
+            elif name == b"expect":
+                expects_continue = value.lower() == b"100-continue"
+        if chunked:
+            if content_length is not None:
+                raise ProtocolError("both Transfer-Encoding and Content-Length")
+            if version == b"1.0":
+                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+            content_length = None
+        elif content_length is not None and raw_head.lower().count(b"\r\ncontent-length:") > 1:
+            raise ProtocolError("more than one Content-Length field")
+        if host_count > 1:
+            raise ProtocolError("more than one Host field")
+        if host_count == 0 and version == b"1.1":  # pragma: no cover - h11 checks this first
+            raise ProtocolError("missing Host field")
+        if host and _HOST_RE.fullmatch(host) is None:
+            raise ProtocolError("invalid Host field")
+        method = ev.method
+        target = ev.target
+        if target[:1] == b"/":
+            pass
+        elif method == b"CONNECT":
+            if _HOST_RE.fullmatch(target) is None or b":" not in target:
+                raise ProtocolError("CONNECT needs an authority-form target")
+        elif target == b"*":
+            if method != b"OPTIONS":
+                raise ProtocolError("asterisk-form target is only allowed for OPTIONS")
+        elif _ABSOLUTE_FORM_RE.fullmatch(target) is None:
+            raise ProtocolError("invalid request-target")
+        if version == b"1.1":
+            keep_alive = b"close" not in connection_tokens
+        else:
+            keep_alive = b"keep-alive" in connection_tokens and b"close" not in connection_tokens
+        if upgrade is not None and b"upgrade" not in connection_tokens:
+            upgrade = None
+        if expects_continue and version == b"1.0":
+            expects_continue = False  # RFC 9110 §10.1.1: ignore for HTTP/1.0
+        return RequestHead(
+            method=method,
+            target=target,
+            http_version=version,
+            headers=headers,
+            keep_alive=keep_alive,
+            expects_continue=expects_continue and conn.they_are_waiting_for_100_continue,
+            content_length=content_length,
+            chunked=chunked,
+            upgrade=upgrade,
+        )
+
+    def _next_body_event(self) -> Event:
+        conn = self._h11
+        assert conn is not None
+        try:
+            ev = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ProtocolError(str(exc) or "malformed request body", exc.error_status_hint) \
+                from None
+        t = type(ev)
+        if t is h11.Data:
+            return BodyData(bytes(ev.data))
+        if t is h11.EndOfMessage:
+            self._recv_state = "done"
+            return EndOfBody([(n.lower(), v) for n, v in ev.headers.raw_items()])
+        if ev is h11.NEED_DATA:
+            return NEED_DATA
+        if t is h11.ConnectionClosed:  # pragma: no cover - h11 raises for a truncated body
+            raise ProtocolError("connection closed in the middle of a request body")
+        return PAUSED  # pragma: no cover
+
+    def start_next_cycle(self) -> None:
+        """Prepare for the next request on this connection.
+
+        Post-condition: bytes already received after the previous request are kept.
+        Raises :class:`RuntimeError` if the request or response is not complete or the connection
+        cannot be kept alive.
+        """
+        if self._recv_state != "done" or self._send_state != "done" or not self.keep_alive:
+            raise RuntimeError("cannot start a new request cycle on this connection now")
+        assert self._h11 is not None
+        data, closed = self._h11.trailing_data
+        self._buf = bytearray(data)
+        self._eof = self._eof or closed
+        self._h11 = None
+        self._head = None
+        self._scan_from = 0
+        self._recv_state = "head"
+        self._send_state = "idle"
+
+    def switch_protocol(self) -> bytes:
+        """Hand the connection over to another protocol after a 101 response; returns the bytes
+        already received that belong to it. Only valid when the request body is complete."""
+        if self._recv_state != "done":
+            raise RuntimeError("the request body has not been fully received")
+        assert self._h11 is not None
+        data, _closed = self._h11.trailing_data
+        self._recv_state = "switched"
+        self._send_state = "done"
+        self.keep_alive = False
+        return bytes(data)
+
+    # --------------------------------------------------------------------- send side
+
+    def informational(self, status: int, headers: Headers = ()) -> bytes:  # type: ignore[assignment]
+        """Bytes for a 1xx response (``100 Continue``, ``103 Early Hints``).
+
+        Raises :class:`ResponseError` after the final response has started or for 101 (use
+        :meth:`response_head`) and invalid headers.
+        """
+        if self._send_state != "idle":
+            raise ResponseError("informational response after the final response started")
+        if not 100 <= status <= 199 or status == 101:
+            raise ResponseError(f"{status} is not an informational status")
+        if self._head is not None and self._head.http_version == b"1.0":
+            return b""  # HTTP/1.0 clients don't understand 1xx (RFC 9110 §15.2)
+        out = [status_line(status)]
+        for name, value in headers:
+            _check_header(name, value)
+            out.append(b"%s: %s\r\n" % (name, value))
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def response_head(
+        self,
+        status: int,
+        headers: Headers,
+        *,
+        reason: bytes | None = None,
+        body_length: int | None = None,
+    ) -> bytes:
+        """Bytes of the status line and header section, with framing chosen.
+
+        ``body_length``: when the whole body is already known, its size (used as Content-Length
+        if the app gave none). ``Transfer-Encoding`` from the app is dropped: framing is ours.
+        ``Connection: close`` from the app ends keep-alive. A 101 switches protocols: call
+        :meth:`switch_protocol` next.
+
+        Raises :class:`ResponseError` for a status outside 101/200-999, a header with an invalid
+        name or value, conflicting Content-Length values, or a second response.
+        """
+        if self._send_state != "idle":
+            raise ResponseError("a response was already started")
+        if not (200 <= status <= 999 or status == 101):
+            raise ResponseError(f"invalid final status code {status!r}")
+        if reason is not None and _BAD_VALUE_RE.search(reason) is not None:
+            raise ResponseError(f"invalid reason phrase {reason!r}")
+        req = self._head
+        keep_alive = self.keep_alive
+        content_length: int | None = None
+        has_date = has_server = False
+        out = [status_line(status, reason)]
+        append = out.append
+        for name, value in headers:
+            if _TOKEN_RE.fullmatch(name) is None:
+                raise ResponseError(f"invalid response header name {name!r}")
+            if _BAD_VALUE_RE.search(value) is not None:
+                raise ResponseError(f"invalid value for response header {name!r}: {value!r}")
+            lname = name.lower()
+            if lname == b"content-length":
+                value = value.strip()
+                if _CONTENT_LENGTH_RE.fullmatch(value) is None:
+                    raise ResponseError(f"invalid Content-Length {value!r}")
+                n = int(value)
+                if content_length is not None:
+                    if n != content_length:
+                        raise ResponseError("conflicting Content-Length headers")
+                    continue
+                content_length = n
+                continue  # re-emitted below once framing is decided
+            elif lname == b"transfer-encoding":
+                continue
+            elif lname == b"connection":
+                if b"close" in _comma_tokens(value):
+                    keep_alive = False
+                continue
+            elif lname == b"date":
+                has_date = True
+            elif lname == b"server":
+                has_server = True
+            append(b"%s: %s\r\n" % (name, value))
+        if not has_date:
+            append(b"date: %s\r\n" % date_header_value())
+        if not has_server and self._server_header is not None:
+            append(b"server: %s\r\n" % self._server_header)
+        is_head = req is not None and req.method == b"HEAD"
+        if status == 101:
+            self._body_allowed = False
+            self._content_length_out = 0
+            self._chunked_out = False
+            append(b"connection: upgrade\r\n")
+        elif status in _NO_BODY_STATUSES:
+            if status == 304 and content_length is not None:
+                append(b"content-length: %d\r\n" % content_length)
+            self._body_allowed = False
+            self._content_length_out = 0
+            self._chunked_out = False
+        else:
+            if content_length is None and body_length is not None and not is_head:
+                content_length = body_length
+            if content_length is not None:
+                append(b"content-length: %d\r\n" % content_length)
+                self._chunked_out = False
+            elif is_head:
+                self._chunked_out = False
+            elif req is not None and req.http_version == b"1.1":
+                append(b"transfer-encoding: chunked\r\n")
+                self._chunked_out = True
+            else:
+                keep_alive = False  # close-delimited body (RFC 9112 §6.3 rule 8)
+                self._chunked_out = False
+            self._body_allowed = not is_head
+            self._content_length_out = 0 if is_head else content_length
+        if status != 101:
+            if not keep_alive:
+                append(b"connection: close\r\n")
+            elif req is not None and req.http_version == b"1.0":
+                append(b"connection: keep-alive\r\n")
+        append(b"\r\n")
+        self.keep_alive = keep_alive
+        self.response_status = status
+        self._sent_body = 0
+        self._send_state = "body"
+        return b"".join(out)
+
+    def response_body(self, data: bytes) -> bytes:
+        """Framed bytes for one piece of response body (``b""`` for HEAD, 204 and 304).
+
+        Raises :class:`ResponseError` if the body would exceed the declared Content-Length or no
+        response has started.
+        """
+        if self._send_state != "body":
+            raise ResponseError("response body sent before the response started or after it ended")
+        if not data:
+            return b""
+        if not self._body_allowed:
+            return b""
+        limit = self._content_length_out
+        self._sent_body += len(data)
+        if limit is not None and self._sent_body > limit:
+            self.keep_alive = False
+            raise ResponseError(
+                f"response body longer than its Content-Length ({self._sent_body} > {limit})"
+            )
+        if self._chunked_out:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
+
+    def file_frame(self, count: int) -> tuple[bytes, bytes]:
+        """Framing around ``count`` body bytes sent out of band (``sendfile``): the bytes to
+        send before and after them. Raises like :meth:`response_body`."""
+        if self._send_state != "body":
+            raise ResponseError("response body sent before the response started or after it ended")
+        if not count or not self._body_allowed:
+            return b"", b""
+        limit = self._content_length_out
+        self._sent_body += count
+        if limit is not None and self._sent_body > limit:
+            self.keep_alive = False
+            raise ResponseError(
+                f"response body longer than its Content-Length ({self._sent_body} > {limit})"
+            )
+        if self._chunked_out:
+            return b"%x\r\n" % count, b"\r\n"
+        return b"", b""
+
+    @property
+    def body_allowed(self) -> bool:
+        """False for HEAD requests and 204/304 responses: body bytes are dropped."""
+        return self._body_allowed
+
+    def response_end(self, trailers: Headers = ()) -> bytes:  # type: ignore[assignment]
+        """The bytes that end the response (chunked terminator and trailers, else ``b""``).
+
+        Raises :class:`ResponseError` when fewer bytes were sent than the declared
+        Content-Length; the connection must then be closed, which tells the client the response
+        was truncated.
+        """
+        if self._send_state != "body":
+            raise ResponseError("response ended before it started or twice")
+        self._send_state = "done"
+        limit = self._content_length_out
+        if self._body_allowed and limit is not None and self._sent_body < limit:
+            self.keep_alive = False
+            raise ResponseError(
+                f"response body shorter than its Content-Length ({self._sent_body} < {limit})"
+            )
+        if self._chunked_out:
+            if not trailers:
+                return b"0\r\n\r\n"
+            out = [b"0\r\n"]
+            for name, value in trailers:
+                _check_header(name, value)
+                out.append(b"%s: %s\r\n" % (name, value))
+            out.append(b"\r\n")
+            return b"".join(out)
+        if self._body_allowed and limit is None:
+            self.keep_alive = False  # close-delimited
+        return b""
+
+    @property
+    def response_started(self) -> bool:
+        return self._send_state != "idle"
+
+    @property
+    def response_complete(self) -> bool:
+        return self._send_state == "done"
+
+    def error_response(self, status: int, message: str) -> bytes:
+        """A complete plain-text error response with ``Connection: close``; ends keep-alive."""
+        body = (message + "\n").encode("utf-8", "replace")
+        self.keep_alive = False
+        self._send_state = "done"
+        parts = [
+            status_line(status),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+            b"date: %s\r\n" % date_header_value(),
+        ]
+        if self._server_header is not None:
+            parts.append(b"server: %s\r\n" % self._server_header)
+        parts.append(b"\r\n")
+        if self._head is None or self._head.method != b"HEAD":
+            parts.append(body)
+        return b"".join(parts)
+
+
+def _check_header(name: bytes, value: bytes) -> None:
+    if _TOKEN_RE.fullmatch(name) is None:
+        raise ResponseError(f"invalid header name {name!r}")
+    if _BAD_VALUE_RE.search(value) is not None:
+        raise ResponseError(f"invalid value for header {name!r}: {value!r}")

@@ -1,0 +1,618 @@
+"""The supervision tree: every nursery and every deadline of the server lives here.
+
+::
+
+    serve()                               root nursery
+    ├── lifespan task                     app start-up before binding, shutdown after draining
+    ├── shutdown watcher                  SIGINT/SIGTERM or the ``shutdown`` event
+    └── connections nursery               cancelled at the graceful deadline
+        ├── accept loop per listener      stops on shutdown; bounded by max_concurrent_connections
+        └── connection task per socket    HTTP/1.1 requests run inline, one after another
+
+Deadlines, each one cancel scope around the wait it bounds: keep-alive idle
+(``Timeouts.keep_alive``), request headers (``Timeouts.request_headers``), the minimum request
+body data rate (``Limits.min_request_body_data_rate``), the graceful shutdown deadline
+(``Timeouts.graceful``) and short clean-up deadlines for closing sockets.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .config import Config
+from .context import BadRequestBody, Exchange
+from .features import (
+    Application,
+    ClientDisconnected,
+    ConnectionFeature,
+    FeatureCollection,
+    HostedApplication,
+    RequestBodyTooLarge,
+    ServerAddressesFeature,
+    ServerAddressesInfo,
+)
+from .listeners import BoundListener, open_listeners
+from .protocols.events import (
+    NEED_DATA,
+    BodyData,
+    ConnectionClosed,
+    EndOfBody,
+    ProtocolError,
+    RequestHead,
+    ResponseError,
+)
+from .protocols.http1 import HTTP1Protocol
+
+__all__ = ["serve"]
+
+log = logging.getLogger("trioserve")
+access_log = logging.getLogger("trioserve.access")
+
+RECEIVE_SIZE = 64 * 1024
+CLOSE_TIMEOUT = 1.0  # bound on a socket's graceful close
+DRAIN_TIMEOUT = 2.0  # bound on reading an unread request body to keep the connection alive
+MAX_DRAIN_BYTES = 256 * 1024
+MAX_PIPELINE_BUFFER = 64 * 1024  # bytes read ahead while waiting for a disconnect
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ids = itertools.count(1)
+
+
+class ConnectionInfo:
+    """``ConnectionFeature`` of one connection."""
+
+    __slots__ = ("connection_id", "local", "peer")
+
+    def __init__(self, connection_id: str, peer: tuple[str, int] | None,
+                 local: tuple[str, int] | None) -> None:
+        self.connection_id = connection_id
+        self.peer = peer
+        self.local = local
+
+
+def _address(sock: Any, peer: bool) -> tuple[str, int] | None:
+    try:
+        addr = sock.getpeername() if peer else sock.getsockname()
+    except OSError:
+        return None
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return None
+
+
+class _Server:
+    """State shared by the tree: config, draining flag, idle connections to close on drain."""
+
+    def __init__(self, app: Application, config: Config) -> None:
+        self.app = app
+        self.config = config
+        self.draining = False
+        self.idle_scopes: set[trio.CancelScope] = set()
+        self.features = FeatureCollection()
+        limit = config.limits.max_concurrent_connections
+        self.connection_slots = trio.Semaphore(limit) if limit is not None else None
+        self.server_header = (config.server_header.encode("ascii")
+                              if config.server_header is not None else None)
+        self.access_log = config.access_log
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        for scope in list(self.idle_scopes):
+            scope.cancel()
+
+
+class _H1Connection:
+    """One HTTP/1.1 connection: reads requests and runs the app inline for each, in turn."""
+
+    __slots__ = (
+        "exchange",
+        "features",
+        "first",
+        "peer_text",
+        "proto",
+        "root_path",
+        "scheme",
+        "server",
+        "sock",
+        "stream",
+    )
+
+    def __init__(self, server: _Server, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        config = server.config
+        limits = config.limits
+        self.proto = HTTP1Protocol(
+            max_request_line_size=limits.max_request_line_size,
+            max_request_headers_count=limits.max_request_headers_count,
+            max_request_headers_total_size=limits.max_request_headers_total_size,
+            server_header=server.server_header,
+        )
+        self.root_path = config.root_path
+        self.scheme = "http"
+        self.first = True
+        self.exchange: Exchange | None = None
+        sock = getattr(stream, "socket", None)
+        self.sock = sock
+        peer = _address(sock, True) if sock is not None else None
+        local = _address(sock, False) if sock is not None else None
+        self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
+        info = ConnectionInfo(f"{next(_ids):x}", peer, local)
+        self.features = FeatureCollection({ConnectionFeature: info}, server.features)
+
+    @property
+    def draining(self) -> bool:
+        return self.server.draining
+
+    # ------------------------------------------------------------------ I/O primitives
+
+    async def send_all(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self.exchange is not None:
+                self.exchange.mark_aborted()
+            raise ClientDisconnected("the client disconnected") from exc
+
+    async def receive_body_event(self, exchange: Exchange) -> BodyData | EndOfBody:
+        proto = self.proto
+        ev = proto.next_event()
+        if ev is not NEED_DATA:
+            assert type(ev) is BodyData or type(ev) is EndOfBody
+            return ev
+        rate = self.server.config.limits.min_request_body_data_rate
+        body = exchange.body
+        while True:
+            if rate is None:
+                data = await self._receive_body_bytes(exchange)
+            else:
+                # Time waiting on the client counts; time the app spends between reads does not.
+                allowed = max(rate.grace_period, body.received / rate.bytes_per_second)
+                budget = max(allowed - body.waited, 1.0)
+                started = trio.current_time()
+                with trio.move_on_after(budget) as scope:
+                    data = await self._receive_body_bytes(exchange)
+                body.waited += trio.current_time() - started
+                if scope.cancelled_caught:
+                    msg = (f"request body arrived more slowly than {rate.bytes_per_second:g} "
+                           "bytes per second")
+                    await exchange.reject(408, msg)
+                    raise BadRequestBody(msg, 408)
+            proto.receive_data(data)
+            ev = proto.next_event()  # may raise ProtocolError: a truncated or malformed body
+            if ev is not NEED_DATA:
+                assert type(ev) is BodyData or type(ev) is EndOfBody
+                return ev
+
+    async def _receive_body_bytes(self, exchange: Exchange) -> bytes:
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            exchange.mark_aborted()
+            raise ClientDisconnected("the client disconnected") from exc
+        if not data:
+            exchange.mark_aborted()
+            raise ClientDisconnected("the client closed the connection during the request body")
+        return bytes(data)
+
+    async def wait_for_disconnect(self, exchange: Exchange) -> None:
+        """Return once the client disconnects or the response completes. Bytes of pipelined
+        requests read meanwhile are kept for the next cycle (up to a bound)."""
+        if exchange.aborted or exchange.response.is_complete:
+            return
+        buffered = 0
+        with trio.CancelScope() as scope:
+            exchange.disconnect_scope = scope
+            try:
+                while buffered < MAX_PIPELINE_BUFFER:
+                    try:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:
+                        exchange.mark_aborted()
+                        return
+                    buffered += len(data)
+                    self.proto.receive_data(bytes(data))
+                await trio.sleep_forever()
+            finally:
+                exchange.disconnect_scope = None
+
+    async def send_file(self, path: str | os.PathLike[str], offset: int, count: int,
+                        prefix: bytes, suffix: bytes) -> int:
+        f = await trio.to_thread.run_sync(open, path, "rb")
+        try:
+            if prefix:
+                await self.send_all(prefix)
+            sock = self.sock
+            if sock is not None and isinstance(self.stream, trio.SocketStream):
+                sent = await _sendfile(self, sock, f.fileno(), offset, count)
+            else:
+                sent = 0
+                while sent < count:
+                    chunk = await trio.to_thread.run_sync(
+                        os.pread, f.fileno(), min(RECEIVE_SIZE * 4, count - sent), offset + sent)
+                    if not chunk:
+                        break
+                    await self.send_all(chunk)
+                    sent += len(chunk)
+            if sent < count:
+                if self.exchange is not None:
+                    self.exchange.mark_aborted()
+                raise ResponseError(f"file {os.fspath(path)!r} shrank while being sent")
+            if suffix:
+                await self.send_all(suffix)
+            return sent + len(prefix) + len(suffix)
+        finally:
+            f.close()
+
+    # -------------------------------------------------------------------- request loop
+
+    async def run(self) -> None:
+        try:
+            while True:
+                head = await self._read_head()
+                if head is None:
+                    return
+                await self._handle(head)
+                proto = self.proto
+                if not proto.keep_alive or self.server.draining:
+                    return
+                proto.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ClientDisconnected):
+            return
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT) as cleanup:
+                cleanup.shield = True
+                await trio.aclose_forcefully(self.stream) if self._must_reset() \
+                    else await self._graceful_close()
+
+    def _must_reset(self) -> bool:
+        ex = self.exchange
+        return ex is not None and ex.aborted and not ex.upgraded
+
+    async def _graceful_close(self) -> None:
+        stream = self.stream
+        sock = self.sock
+        if sock is not None:
+            # Half-close so a client still sending (a body we did not read) sees our response
+            # before any RST.
+            try:
+                sock.shutdown(trio.socket.SHUT_WR)
+            except OSError:
+                pass
+        await stream.aclose()
+
+    async def _read_head(self) -> RequestHead | None:
+        proto = self.proto
+        server = self.server
+        try:
+            ev = proto.next_event()
+            if ev is NEED_DATA:
+                timeouts = server.config.timeouts
+                partial = self.first or proto.has_partial_request
+                with trio.CancelScope() as scope:
+                    scope.deadline = trio.current_time() + (
+                        timeouts.request_headers if partial else timeouts.keep_alive)
+                    idle = not partial
+                    if idle:
+                        if server.draining:
+                            return None
+                        server.idle_scopes.add(scope)
+                    try:
+                        while ev is NEED_DATA:
+                            data = await self.stream.receive_some(RECEIVE_SIZE)
+                            if idle and data:
+                                idle = False
+                                server.idle_scopes.discard(scope)
+                                scope.deadline = trio.current_time() + timeouts.request_headers
+                            proto.receive_data(bytes(data))
+                            ev = proto.next_event()
+                    finally:
+                        if idle:
+                            server.idle_scopes.discard(scope)
+                if scope.cancelled_caught:
+                    if proto.has_partial_request or (self.first and not server.draining
+                                                     and scope.deadline <= trio.current_time()):
+                        await self._send_error(408, "timed out waiting for the request headers")
+                    return None
+        except ProtocolError as exc:
+            log.debug("bad request from %s: %s", self.peer_text, exc.message)
+            await self._send_error(exc.status_hint, exc.message)
+            return None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        self.first = False
+        if type(ev) is ConnectionClosed:
+            return None
+        assert type(ev) is RequestHead
+        return ev
+
+    async def _send_error(self, status: int, message: str) -> None:
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self.stream.send_all(self.proto.error_response(status, message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _handle(self, head: RequestHead) -> None:
+        server = self.server
+        proto = self.proto
+        ex = Exchange(self, head, server.config.limits.max_request_body_size)
+        self.exchange = ex
+        if not head.has_body:
+            end = proto.next_event()
+            assert type(end) is EndOfBody
+        response = ex.response
+        try:
+            await server.app(ex.context)
+        except (ClientDisconnected, RequestBodyTooLarge):
+            ex.mark_aborted() if not response.is_complete else None
+        except Exception as exc:
+            await self._app_failed(ex, exc)
+        if not response.is_complete and not ex.aborted:
+            # The app returned without completing: finish what it started.
+            try:
+                await response.complete()
+            except ResponseError as exc:
+                log.error("response to %s %s could not be completed: %s", ex.request.method,
+                          head.target.decode("latin-1"), exc)
+                ex.mark_aborted()
+            except ClientDisconnected:
+                pass
+        callbacks = response.take_completed_callbacks()
+        for cb in reversed(callbacks):
+            try:
+                await cb()
+            except Exception:
+                log.exception("an on_completed callback failed")
+        if server.access_log:
+            self._log_access(ex)
+        if ex.upgraded or ex.aborted:
+            proto.keep_alive = False
+        elif proto.keep_alive and not ex.body.is_complete:
+            await self._drain_body(ex)
+
+    async def _app_failed(self, ex: Exchange, exc: Exception) -> None:
+        proto = self.proto
+        target = ex.head.target.decode("latin-1")
+        if isinstance(exc, ResponseError):
+            log.error("invalid response to %s %s: %s", ex.request.method, target, exc)
+        else:
+            log.error("exception in application for %s %s", ex.request.method, target,
+                      exc_info=exc)
+        if ex.aborted:
+            return
+        if not proto.response_started and not ex.upgraded:
+            ex.response._status = 500
+            ex.response.mark_done()
+            proto.keep_alive = False
+            try:
+                await self.send_all(proto.error_response(500, "Internal Server Error"))
+            except ClientDisconnected:
+                pass
+        # After the response started there is no honest way to finish it: close the
+        # connection so the client sees a truncated response, never a complete-looking one.
+        ex.mark_aborted()
+
+    async def _drain_body(self, ex: Exchange) -> None:
+        """Read and discard an unread request body so the connection can be reused; close
+        instead when it is large, slow, or the client still waits for 100-continue."""
+        proto = self.proto
+        head = ex.head
+        if head.expects_continue and not ex.body.started:
+            proto.keep_alive = False
+            return
+        remaining = head.content_length
+        if remaining is not None and remaining - ex.body.received > MAX_DRAIN_BYTES:
+            proto.keep_alive = False
+            return
+        drained = 0
+        with trio.move_on_after(DRAIN_TIMEOUT) as scope:
+            try:
+                while True:
+                    ev = proto.next_event()
+                    if ev is NEED_DATA:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                        if not data:
+                            break
+                        proto.receive_data(bytes(data))
+                        continue
+                    if type(ev) is EndOfBody:
+                        ex.body.mark_complete()
+                        return
+                    if type(ev) is BodyData:
+                        drained += len(ev.data)
+                        if drained > MAX_DRAIN_BYTES:
+                            break
+            except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        del scope
+        proto.keep_alive = False
+
+    def _log_access(self, ex: Exchange) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        head = ex.head
+        elapsed = time.perf_counter() - ex.start_time
+        access_log.info(
+            '%s - "%s %s HTTP/%s" %d %d %.6fs',
+            self.peer_text,
+            ex.request.method,
+            head.target.decode("latin-1"),
+            ex.request.http_version,
+            ex.response.status,
+            ex.response.bytes_sent,
+            elapsed,
+        )
+
+
+async def _sendfile(conn: _H1Connection, sock: Any, fd: int, offset: int, count: int) -> int:
+    out = sock.fileno()
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(out, fd, offset + sent, min(count - sent, 1 << 20))
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            if conn.exchange is not None:
+                conn.exchange.mark_aborted()
+            raise ClientDisconnected("the client disconnected") from exc
+        if n == 0:
+            break
+        sent += n
+        await trio.lowlevel.checkpoint()
+    return sent
+
+
+# ------------------------------------------------------------------------- the tree
+
+
+async def _accept_loop(server: _Server, bound: BoundListener, nursery: trio.Nursery) -> None:
+    listener = bound.listener
+    slots = server.connection_slots
+    while True:
+        if slots is not None:
+            await slots.acquire()
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if slots is not None:
+                slots.release()
+            if exc.errno in _RESOURCE_ERRNOS:
+                log.error("accept on %s failed: %s; retrying in 100 ms", bound.url,
+                          os.strerror(exc.errno or 0))
+                await trio.sleep(0.1)
+                continue
+            raise
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
+        nursery.start_soon(_connection_task, server, stream)
+
+
+async def _connection_task(server: _Server, stream: trio.SocketStream) -> None:
+    try:
+        await _H1Connection(server, stream).run()
+    except Exception:
+        log.exception("unexpected error on a connection")
+    finally:
+        if server.connection_slots is not None:
+            server.connection_slots.release()
+
+
+async def _watch_signals(begin_shutdown: Callable[[], None], force: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            if count == 1:
+                log.info("received %s: shutting down gracefully",
+                         signal.Signals(signum).name)
+                begin_shutdown()
+            else:
+                log.warning("received %s again: cancelling in-flight requests now",
+                            signal.Signals(signum).name)
+                force()
+
+
+async def _watch_event(event: trio.Event, begin_shutdown: Callable[[], None]) -> None:
+    await event.wait()
+    begin_shutdown()
+
+
+async def serve(
+    app: Application,
+    config: Config | None = None,
+    *,
+    shutdown: trio.Event | None = None,
+    install_signal_handlers: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until shut down.
+
+    Runs the application's start-up (ASGI lifespan) first, then binds every address and calls
+    ``task_status.started(addresses)`` with the URLs actually bound. Shutdown begins on SIGINT
+    or SIGTERM (when ``install_signal_handlers`` and in the main thread) or when ``shutdown`` is
+    set: listeners close, idle keep-alive connections close at once, in-flight requests get until
+    ``config.timeouts.graceful`` to finish and are then cancelled, and finally the application's
+    shutdown runs. Returns normally after a graceful shutdown.
+
+    Raises :class:`~trioserve.features.LifespanFailure` if the application's start-up fails and
+    :class:`~trioserve.listeners.ListenError` if an address cannot be bound.
+    """
+    config = config or Config()
+    server = _Server(app, config)
+    lifespan_stop = trio.Event()
+    lifespan_done = trio.Event()
+
+    async def run_lifespan(*, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await app.run_lifespan(lifespan_stop, task_status=task_status)  # type: ignore[attr-defined]
+        finally:
+            lifespan_done.set()
+
+    async with trio.open_nursery() as root:
+        if isinstance(app, HostedApplication):
+            await root.start(run_lifespan)
+        else:
+            lifespan_done.set()
+        listeners = await open_listeners(config.binds, config.backlog)
+        addresses = [bl.url for bl in listeners]
+        server.features.set(ServerAddressesFeature, ServerAddressesInfo(list(addresses)))
+        connections_scope = trio.CancelScope()
+        accept_scope = trio.CancelScope()
+        stopping = trio.Event()
+
+        def begin_shutdown() -> None:
+            if stopping.is_set():
+                return
+            stopping.set()
+            accept_scope.cancel()
+            server.begin_drain()
+            connections_scope.deadline = trio.current_time() + config.timeouts.graceful
+
+        def force() -> None:
+            begin_shutdown()
+            connections_scope.cancel()
+
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            root.start_soon(_watch_signals, begin_shutdown, force)
+        if shutdown is not None:
+            root.start_soon(_watch_event, shutdown, begin_shutdown)
+
+        with connections_scope:
+            async with trio.open_nursery() as connections:
+                with accept_scope:
+                    async with trio.open_nursery() as acceptors:
+                        for bl in listeners:
+                            acceptors.start_soon(_accept_loop, server, bl, connections)
+                        for url in addresses:
+                            log.info("trioserve listening on %s", url)
+                        task_status.started(addresses)
+                # Accepting stopped: close the listening sockets so new connections are
+                # refused, while the connections nursery drains.
+                server.begin_drain()
+                with trio.CancelScope(shield=True) as cleanup:
+                    cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT
+                    for bl in listeners:
+                        await bl.aclose()
+        if connections_scope.cancelled_caught:
+            log.warning("graceful shutdown timed out after %gs: in-flight requests were "
+                        "cancelled", config.timeouts.graceful)
+        lifespan_stop.set()
+        await lifespan_done.wait()
+        root.cancel_scope.cancel()
+    log.info("trioserve stopped")
