@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     import os
@@ -277,10 +277,6 @@ class FeatureCollection:
     def __contains__(self, feature: type) -> bool:
         return self.get(feature) is not None
 
-    @overload
-    def set(self, feature: type[T], value: T) -> None: ...
-    @overload
-    def set(self, feature: type[T], value: None) -> None: ...
     def set(self, feature: type[T], value: T | None) -> None:
         """Set (or with ``None`` remove) a feature at this level."""
         if value is None:
@@ -288,14 +284,14 @@ class FeatureCollection:
         else:
             self._items[feature] = value
 
-    def types(self) -> set[type]:
+    def types(self) -> frozenset[type]:
         """Every feature type visible from here."""
         out: set[type] = set()
         c: FeatureCollection | None = self
         while c is not None:
             out.update(c._items)
             c = c._parent
-        return out
+        return frozenset(out)
 
 
 class RequestContext:

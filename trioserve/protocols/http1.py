@@ -340,15 +340,14 @@ class HTTP1Protocol:
         except h11.RemoteProtocolError as exc:
             raise ProtocolError(str(exc) or "malformed request body", exc.error_status_hint) \
                 from None
-        t = type(ev)
-        if t is h11.Data:
+        if type(ev) is h11.Data:
             return BodyData(bytes(ev.data))
-        if t is h11.EndOfMessage:
+        if type(ev) is h11.EndOfMessage:
             self._recv_state = "done"
             return EndOfBody([(n.lower(), v) for n, v in ev.headers.raw_items()])
         if ev is h11.NEED_DATA:
             return NEED_DATA
-        if t is h11.ConnectionClosed:  # pragma: no cover - h11 raises for a truncated body
+        if type(ev) is h11.ConnectionClosed:  # pragma: no cover - h11 raises for a truncated body
             raise ProtocolError("connection closed in the middle of a request body")
         return PAUSED  # pragma: no cover
 

@@ -1,0 +1,21 @@
+"""Applications the benchmarks serve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BODY = b"Hello, world!"
+_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")],
+}
+_BODY = {"type": "http.response.body", "body": BODY}
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI hello world."""
+    if scope["type"] != "http":
+        return
+    await send(_START)
+    await send(_BODY)

@@ -1,0 +1,136 @@
+"""Per-request overhead: trioserve against the Trio + h11 floor, side by side in one run.
+
+Each server runs pinned to CPU 0 (``taskset -c 0``) and ``wrk`` to CPU 1, one server after
+another, for several alternating rounds; the table reports the median requests per second of
+each and its ratio to the floors. Only loopback (127.0.0.1) is used.
+
+    python benchmarks/run.py                 # 3 rounds x 10 s, 50 connections
+    python benchmarks/run.py --rounds 5 --duration 15 --connections 100
+
+Needs ``wrk`` and ``taskset`` (Debian: ``apt-get install wrk util-linux``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def servers(port: int) -> dict[str, list[str]]:
+    trioserve = [PY, "-m", "trioserve", "apps:hello", "--app-dir", str(HERE),
+                 "--port", str(port), "--log-level", "warning"]
+    return {
+        "floor: trio+h11 (h11 send)": [PY, str(HERE / "floor_h11.py"), str(port), "h11"],
+        "floor: trio+h11 (prebuilt bytes)": [PY, str(HERE / "floor_h11.py"), str(port),
+                                             "prebuilt"],
+        "trioserve ASGI hello (no access log)": [*trioserve, "--no-access-log"],
+        "trioserve ASGI hello (access log on)": trioserve,
+    }
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+def run_wrk(port: int, duration: float, connections: int) -> float:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True, timeout=duration + 30,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        print(out, file=sys.stderr)
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    if not m:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    return float(m.group(1))
+
+
+def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace) -> float:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    log = open(HERE / "results" / "server.log", "ab")
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=log, stderr=log, env=env,
+                            cwd=HERE)
+    try:
+        wait_listening(port, proc)
+        run_wrk(port, 2, args.connections)  # warm-up
+        return run_wrk(port, args.duration, args.connections)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--only", help="regex: run only the servers whose name matches")
+    args = ap.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"benchmarks/run.py needs {tool!r} on PATH", file=sys.stderr)
+            return 2
+    (HERE / "results").mkdir(exist_ok=True)
+    results: dict[str, list[float]] = {}
+    for r in range(args.rounds):
+        for name in servers(0):
+            if args.only and not re.search(args.only, name):
+                continue
+            port = free_port()
+            rps = measure(name, servers(port)[name], port, args)
+            results.setdefault(name, []).append(rps)
+            print(f"round {r + 1}: {name}: {rps:,.0f} req/s", file=sys.stderr, flush=True)
+    med = {name: statistics.median(v) for name, v in results.items()}
+    floors = {n: v for n, v in med.items() if n.startswith("floor")}
+    lines = [
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s, server on CPU 0, wrk on CPU 1, "
+        f"median of {args.rounds} rounds; {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"Python {sys.version.split()[0]}",
+        "",
+        "| server | req/s (median) | rounds | " + " | ".join(f"vs {n}" for n in floors) + " |",
+        "|---|---:|---|" + "---:|" * len(floors),
+    ]
+    for name, value in med.items():
+        ratios = " | ".join(f"{value / f:.2f}x" for f in floors.values())
+        rounds = ", ".join(f"{x:,.0f}" for x in results[name])
+        lines.append(f"| {name} | {value:,.0f} | {rounds} | {ratios} |")
+    table = "\n".join(lines)
+    print(table)
+    (HERE / "results" / "latest.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
