@@ -73,7 +73,8 @@ async def handle_prebuilt(stream: trio.SocketStream) -> None:
                 await stream.send_all(PREBUILT + b"date: " + date + b"\r\n\r\n" + BODY)
                 leftover, closed = conn.trailing_data
                 conn = h11.Connection(h11.SERVER)
-                conn.receive_data(bytes(leftover))
+                if leftover:
+                    conn.receive_data(bytes(leftover))
                 if closed:
                     conn.receive_data(b"")
                 continue

@@ -102,7 +102,7 @@ class ASGIBridge:
             "server": conn.local if conn is not None else None,
             "extensions": {"http.response.pathsend": {}},
         }
-        if self.state:
+        if self.lifespan_supported:
             scope["state"] = self.state.copy()
         h = _HTTPCycle(body, resp, out, features.get(RequestLifetimeFeature))
         await self.app(scope, h.receive, h.send)

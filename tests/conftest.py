@@ -11,9 +11,9 @@ from typing import Any
 import h11
 import pytest
 import trio
+from trioserve.bridges.asgi import ASGIBridge
 
 from trioserve import Bind, Config, Limits, Timeouts, serve
-from trioserve.bridges.asgi import ASGIBridge
 from trioserve.features import Application
 
 
@@ -62,7 +62,7 @@ async def run_server(app: Any, config: Config | None = None, *, asgi: bool = Tru
 
 
 async def raw_exchange(port: int, data: bytes, *, host: str = "127.0.0.1",
-                       timeout: float = 10.0) -> bytes:
+                       timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
     """Send ``data``, half-close nothing, and read until the server closes (or ``timeout``)."""
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)

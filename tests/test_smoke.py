@@ -1,9 +1,8 @@
 import httpx
 import trio
+from conftest import parse_responses, raw_exchange, run_server
 
 from trioserve.demo import app as demo_app
-
-from conftest import make_config, parse_responses, raw_exchange, run_server
 
 
 async def test_demo_json_and_pipelining() -> None:

@@ -5,7 +5,9 @@ the stricter checks an edge server needs and h11 leaves to its caller:
 
 - limits: request line (414), header count and header section size (431);
 - line endings: a bare CR or LF anywhere in the head, and obs-fold, are refused (400) rather than
-  tolerated, since a proxy in front might read them differently (RFC 9112 §2.2, §5.2);
+  tolerated, since a proxy in front might read them differently (RFC 9112 §2.2, §5.2); so are
+  control bytes other than HTAB in field values (RFC 9110 §5.5), and the same faults in a chunked
+  body's chunk-size lines and trailer section (``_ChunkedGuard``);
 - framing: ``Transfer-Encoding`` with ``Content-Length``, repeated ``Content-Length`` fields and
   ``Transfer-Encoding`` on HTTP/1.0 are refused (RFC 9112 §6.1, §6.3); codings other than
   ``chunked`` get 501 (h11);
@@ -51,6 +53,11 @@ Event = RequestHead | BodyData | EndOfBody | ConnectionClosed | Sentinel
 
 _TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# CTLs other than HTAB, CR and LF (CR and LF are checked as line ends): RFC 9110 §5.5.
+_HEAD_CTL_RE: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CHUNK_SIZE_RE: Final = re.compile(rb"[0-9A-Fa-f]{1,20}")
+# a CR not followed by LF (once the next byte is there), or an LF not preceded by CR
+_BARE_CR_LF_RE: Final = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
 _CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]{1,18}")
 # uri-host [ ":" port ]: IP-literal, or reg-name / IPv4address (RFC 3986 §3.2.2).
 _HOST_RE: Final = re.compile(
@@ -58,6 +65,7 @@ _HOST_RE: Final = re.compile(
 )
 _ABSOLUTE_FORM_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*(?:[/?].*)?", re.S)
 _VERSION_RE: Final = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
+_CL_LIST_RE: Final = re.compile(rb"\r\ncontent-length:[^\r]*,", re.I)
 _MAX_LEADING_EMPTY_LINES: Final = 8
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
@@ -116,7 +124,9 @@ class HTTP1Protocol:
         "_buf",
         "_chunked_out",
         "_content_length_out",
+        "_empty_lines",
         "_eof",
+        "_guard",
         "_h11",
         "_head",
         "_max_head",
@@ -148,7 +158,9 @@ class HTTP1Protocol:
         self._server_header = server_header
         self._buf = bytearray()
         self._scan_from = 0
+        self._empty_lines = 0
         self._eof = False
+        self._guard: _ChunkedGuard | None = None
         self._h11: h11.Connection | None = None
         self._head: RequestHead | None = None
         self._recv_state = "head"  # head | body | done | closed | switched
@@ -183,6 +195,8 @@ class HTTP1Protocol:
             self._eof = True
         if self._h11 is not None:
             self._h11.receive_data(data)
+            if self._guard is not None and data:
+                self._guard.feed(data)
         elif data:
             self._buf += data
 
@@ -200,11 +214,11 @@ class HTTP1Protocol:
 
     def _next_head(self) -> Event:
         buf = self._buf
-        skipped = 0
         while buf[:2] == b"\r\n":
             del buf[:2]
-            skipped += 1
-            if skipped > _MAX_LEADING_EMPTY_LINES:
+            # counted across calls, so the limit holds however the bytes are split
+            self._empty_lines += 1
+            if self._empty_lines > _MAX_LEADING_EMPTY_LINES:
                 raise ProtocolError("too many empty lines before the request line")
             self._scan_from = 0
         end = buf.find(b"\r\n\r\n", self._scan_from)
@@ -212,10 +226,19 @@ class HTTP1Protocol:
             size = len(buf)
             if size:
                 line_end = buf.find(b"\r\n")
-                if (line_end < 0 and size > self._max_line) or line_end > self._max_line:
+                # a request line of exactly the maximum may be waiting for the LF of its CRLF
+                if (line_end < 0 and size - buf.endswith(b"\r") > self._max_line) \
+                        or line_end > self._max_line:
                     raise ProtocolError("request line too long", 414)
-                if size > self._max_head:
+                # same bound as for a complete head: a header section already longer than the
+                # limit cannot end within it
+                if size > self._max_head or (
+                    line_end >= 0 and size - line_end > self._max_headers_size + 3
+                ):
                     raise ProtocolError("request header section too large", 431)
+                # refuse a bare CR or LF now rather than wait for a CRLF CRLF that may never come
+                if _BARE_CR_LF_RE.search(buf, self._scan_from) is not None:
+                    raise ProtocolError("bare CR or LF in request head")
                 if self._eof:
                     raise ProtocolError("connection closed in the middle of a request head")
             elif self._eof:
@@ -235,6 +258,8 @@ class HTTP1Protocol:
             raise ProtocolError("bare CR or LF in request head")
         if b"\r\n " in head or b"\r\n\t" in head:
             raise ProtocolError("obsolete line folding (obs-fold) is not accepted")
+        if _HEAD_CTL_RE.search(head) is not None:
+            raise ProtocolError("control character in request head")
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head + 1024)
         conn.receive_data(bytes(buf))
         if self._eof:
@@ -249,6 +274,9 @@ class HTTP1Protocol:
             raise ProtocolError("malformed request")
         self._h11 = conn
         self._head = head_ev = self._validate(ev, conn, head)
+        if head_ev.chunked:
+            self._guard = _ChunkedGuard(self._max_headers_size)
+            self._guard.feed(conn.trailing_data[0])  # body bytes that came with the head
         self._recv_state = "body"
         self._send_state = "idle"
         self.keep_alive = head_ev.keep_alive
@@ -292,7 +320,10 @@ class HTTP1Protocol:
             if version == b"1.0":
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
             content_length = None
-        elif content_length is not None and raw_head.lower().count(b"\r\ncontent-length:") > 1:
+        elif content_length is not None and (
+            raw_head.lower().count(b"\r\ncontent-length:") > 1
+            or _CL_LIST_RE.search(raw_head) is not None  # "5, 5": a repeated field on one line
+        ):
             raise ProtocolError("more than one Content-Length field")
         if host_count > 1:
             raise ProtocolError("more than one Host field")
@@ -302,11 +333,13 @@ class HTTP1Protocol:
             raise ProtocolError("invalid Host field")
         method = ev.method
         target = ev.target
-        if target[:1] == b"/":
-            pass
-        elif method == b"CONNECT":
+        if b"#" in target:
+            raise ProtocolError("a request-target cannot contain a fragment ('#')")
+        if method == b"CONNECT":  # authority-form only, never origin-form (RFC 9112 §3.2.3)
             if _HOST_RE.fullmatch(target) is None or b":" not in target:
                 raise ProtocolError("CONNECT needs an authority-form target")
+        elif target[:1] == b"/":
+            pass
         elif target == b"*":
             if method != b"OPTIONS":
                 raise ProtocolError("asterisk-form target is only allowed for OPTIONS")
@@ -335,6 +368,8 @@ class HTTP1Protocol:
     def _next_body_event(self) -> Event:
         conn = self._h11
         assert conn is not None
+        if self._guard is not None and self._guard.error is not None:
+            raise self._guard.error
         try:
             ev = conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -365,8 +400,10 @@ class HTTP1Protocol:
         self._buf = bytearray(data)
         self._eof = self._eof or closed
         self._h11 = None
+        self._guard = None
         self._head = None
         self._scan_from = 0
+        self._empty_lines = 0
         self._recv_state = "head"
         self._send_state = "idle"
 
@@ -613,3 +650,66 @@ def _check_header(name: bytes, value: bytes) -> None:
         raise ResponseError(f"invalid header name {name!r}")
     if _BAD_VALUE_RE.search(value) is not None:
         raise ResponseError(f"invalid value for header {name!r}: {value!r}")
+
+
+class _ChunkedGuard:
+    """Follows a chunked request body's framing alongside h11, to refuse what h11 tolerates there
+    but the request head may not contain: a bare CR or other control byte in a chunk-size line or
+    chunk extension, and in the trailer section a line not ended by CRLF (``0\\r\\n\\n``), obs-fold
+    or a control byte (RFC 9112 §2.2, §5.2, §7.1.1, §7.1.2). h11 still does the parsing; the first
+    problem found is kept in :attr:`error` and raised by the next ``next_event``. Memory is bounded:
+    at most one line of ``max_line`` bytes is held."""
+
+    __slots__ = ("_line", "_max_line", "_remaining", "_state", "_trailer_size", "error")
+
+    def __init__(self, max_line: int) -> None:
+        self._state = 0  # 0: chunk-size line, 1: chunk data and its CRLF, 2: trailer, 3: done
+        self._line = bytearray()
+        self._remaining = 0
+        self._trailer_size = 0
+        self._max_line = max_line
+        self.error: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        pos, size = 0, len(data)
+        while pos < size and self.error is None and self._state != 3:
+            if self._state == 1:
+                take = min(self._remaining, size - pos)
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = 0
+                continue
+            nl = data.find(b"\n", pos)
+            end = size if nl < 0 else nl + 1
+            self._line += data[pos:end]
+            pos = end
+            if len(self._line) > self._max_line:
+                self.error = (ProtocolError("chunked trailer section too large", 431)
+                              if self._state == 2 else ProtocolError("chunk-size line too long"))
+                return
+            if nl < 0:
+                return
+            line = bytes(self._line)
+            self._line.clear()
+            if line[-2:] != b"\r\n" or _BAD_VALUE_RE.search(line, 0, len(line) - 2) is not None:
+                self.error = ProtocolError("bare CR or LF, or a control byte, in chunked framing")
+                return
+            if self._state == 0:
+                m = _CHUNK_SIZE_RE.match(line)
+                if m is None:
+                    self.error = ProtocolError("invalid chunk-size line")
+                    return
+                chunk_size = int(m.group(), 16)
+                self._remaining = chunk_size + 2  # the data and its CRLF
+                self._state = 1 if chunk_size else 2
+            elif line == b"\r\n":
+                self._state = 3
+            elif line[:1] in (b" ", b"\t"):
+                self.error = ProtocolError("obsolete line folding (obs-fold) in trailer section")
+                return
+            else:
+                self._trailer_size += len(line)
+                if self._trailer_size > self._max_line:
+                    self.error = ProtocolError("chunked trailer section too large", 431)
+                    return

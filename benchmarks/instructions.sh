@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Instructions per request (perf stat -p on the server process) while wrk drives it: a
+# noise-robust companion to run.py's req/s ratios. Usage: benchmarks/instructions.sh [seconds]
+# Needs perf (Debian: linux-perf), wrk and taskset. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+DUR=${1:-5}
+run() {
+  local name=$1; shift
+  local port; port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local cmd=("${@//PORT/$port}")
+  taskset -c 0 "${cmd[@]}" >/dev/null 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+  taskset -c 1 wrk -t1 -c50 -d2s "http://127.0.0.1:$port/" >/dev/null
+  perf stat -x, -e instructions -p "$pid" -o /tmp/perf.$$ -- sleep $((DUR + 1)) &
+  local perfpid=$!
+  local reqs
+  reqs=$(taskset -c 1 wrk -t1 -c50 -d"${DUR}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+  wait $perfpid
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local ins; ins=$(awk -F, '/instructions/ {print $1}' /tmp/perf.$$)
+  printf '%-40s %10s requests %14s instructions %10.0f instructions/request\n' "$name" "$reqs" "$ins" "$(echo "$ins / $reqs" | bc -l)"
+}
+run "floor trio+h11 (h11 send)" $PY floor_h11.py PORT h11
+run "floor trio+h11 (prebuilt bytes)" $PY floor_h11.py PORT prebuilt
+run "trioserve ASGI hello (no access log)" $PY -m trioserve apps:hello --app-dir . --port PORT --no-access-log --log-level warning

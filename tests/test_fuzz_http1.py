@@ -1,0 +1,94 @@
+"""Property tests for the HTTP/1.1 protocol, driven by ``trioserve.fuzz.http1``.
+
+Bounded so the module runs in a few seconds: each property has a fixed example budget, no
+deadline (byte-by-byte feeding of a long request is slow on a loaded machine), and no example
+database written into the checkout.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from trioserve.fuzz.http1 import (  # noqa: E402
+    GeneratedRequest,
+    ProtocolLimits,
+    check_parse,
+    check_same_whole_and_split,
+    check_valid,
+    mutated_requests,
+    split_points,
+    valid_requests,
+)
+
+FUZZ = settings(max_examples=300, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@FUZZ
+@given(st.data())
+def test_valid_requests_parse_exactly(data: st.DataObject) -> None:
+    """Valid generated requests parse to what was generated: whole, byte by byte, split."""
+    req: GeneratedRequest = data.draw(valid_requests(), label="request")
+    cuts = data.draw(split_points(req.raw), label="cuts")
+    check_valid(req, cuts)
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_requests_parse_or_protocol_error(data: st.DataObject) -> None:
+    """Damaged requests: a clean parse or a ProtocolError with a 4xx/5xx hint, never anything
+    else, never a hang; splitting the bytes never changes acceptance."""
+    raw = data.draw(mutated_requests(), label="raw")
+    cuts = data.draw(split_points(raw), label="cuts")
+    check_same_whole_and_split(raw, cuts)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+@example(b"")
+@example(b"\r\n" * 20)
+@example(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 3)
+def test_arbitrary_bytes_parse_or_protocol_error(raw: bytes) -> None:
+    check_same_whole_and_split(raw)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(valid_requests(), min_size=2, max_size=4))
+def test_pipelined_valid_requests(reqs: list[GeneratedRequest]) -> None:
+    """Back-to-back valid requests are parsed one after the other, whole and byte by byte,
+    up to the first one that does not keep the connection alive."""
+    data = b"".join(r.raw for r in reqs)
+    expected = []
+    for r in reqs:
+        expected.append(r)
+        if not r.keep_alive:
+            break
+    for bbb in (False, True):
+        outcome = check_parse(data, byte_by_byte=bbb)
+        assert outcome.error is None, outcome.error
+        got = outcome.completed
+        assert len(got) == len(expected)
+        for parsed, want in zip(got, expected, strict=True):
+            assert (parsed.head.method, parsed.head.target, parsed.body) == \
+                (want.method, want.target, want.body)
+            assert parsed.head.headers == list(want.headers)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.data())
+def test_small_limits_give_4xx_not_crashes(data: st.DataObject) -> None:
+    """With tiny limits, valid requests are either accepted or refused with 414/431."""
+    req = data.draw(valid_requests(), label="request")
+    limits: ProtocolLimits = {
+        "max_request_line_size": data.draw(st.integers(16, 80), label="line"),
+        "max_request_headers_count": data.draw(st.integers(1, 6), label="count"),
+        "max_request_headers_total_size": data.draw(st.integers(16, 200), label="size"),
+    }
+    outcome = check_parse(req.raw, **limits)
+    if outcome.error is not None:
+        assert outcome.error.status_hint in (400, 414, 431), outcome.error
+    check_same_whole_and_split(req.raw, **limits)
