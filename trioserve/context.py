@@ -182,13 +182,15 @@ class H1Request:
     def __init__(self, ex: Exchange) -> None:
         self._ex = ex
         head = ex.head
-        raw_path, query, scheme = _split_target(head.method, head.target)
+        raw_path, query, _target_scheme = _split_target(head.method, head.target)
         self.method = head.method.decode("ascii")
         self.raw_target = head.target
         self.raw_path = raw_path
         self.query_string = query
         self.path = decode_path(raw_path)
-        self.scheme = scheme if scheme in ("http", "https") else ex.conn.scheme
+        # The connection decides the scheme: an absolute-form "https://" target sent over
+        # plain TCP must not make the app believe the request was encrypted.
+        self.scheme = ex.conn.scheme
         self.root_path = ex.conn.root_path
         self.http_version = "1.1" if head.http_version == b"1.1" else "1.0"
         self.headers = head.headers

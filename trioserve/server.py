@@ -37,11 +37,12 @@ from .features import (
     ConnectionFeature,
     FeatureCollection,
     HostedApplication,
+    LifespanFailure,
     RequestBodyTooLarge,
     ServerAddressesFeature,
     ServerAddressesInfo,
 )
-from .listeners import BoundListener, open_listeners
+from .listeners import BoundListener, ListenError, open_listeners
 from .protocols.events import (
     NEED_DATA,
     BodyData,
@@ -177,7 +178,9 @@ class _H1Connection:
             else:
                 # Time waiting on the client counts; time the app spends between reads does not.
                 allowed = max(rate.grace_period, body.received / rate.bytes_per_second)
-                budget = max(allowed - body.waited, 1.0)
+                # No floor: a client trickling bytes just often enough must still be cut off
+                # once its average rate falls below the minimum.
+                budget = max(allowed - body.waited, 0.0)
                 started = trio.current_time()
                 with trio.move_on_after(budget) as scope:
                     data = await self._receive_body_bytes(exchange)
@@ -199,9 +202,7 @@ class _H1Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             exchange.mark_aborted()
             raise ClientDisconnected("the client disconnected") from exc
-        if not data:
-            exchange.mark_aborted()
-            raise ClientDisconnected("the client closed the connection during the request body")
+        # b"" (EOF mid-body) goes to the protocol, which reports a truncated body (400).
         return bytes(data)
 
     async def wait_for_disconnect(self, exchange: Exchange) -> None:
@@ -299,11 +300,13 @@ class _H1Connection:
             ev = proto.next_event()
             if ev is NEED_DATA:
                 timeouts = server.config.timeouts
-                partial = self.first or proto.has_partial_request
+                # Idle: no byte of the next request yet. A connection's first request gets the
+                # request-headers timeout from accept; later ones the keep-alive timeout.
+                idle = not proto.has_partial_request
                 with trio.CancelScope() as scope:
                     scope.deadline = trio.current_time() + (
-                        timeouts.request_headers if partial else timeouts.keep_alive)
-                    idle = not partial
+                        timeouts.keep_alive if idle and not self.first
+                        else timeouts.request_headers)
                     if idle:
                         if server.draining:
                             return None
@@ -321,8 +324,9 @@ class _H1Connection:
                         if idle:
                             server.idle_scopes.discard(scope)
                 if scope.cancelled_caught:
-                    if proto.has_partial_request or (self.first and not server.draining
-                                                     and scope.deadline <= trio.current_time()):
+                    # A connection that never sent a byte is closed silently (browsers open
+                    # spare connections); one stuck mid-headers is told why.
+                    if proto.has_partial_request:
                         await self._send_error(408, "timed out waiting for the request headers")
                     return None
         except ProtocolError as exc:
@@ -553,6 +557,30 @@ async def serve(
     Raises :class:`~trioserve.features.LifespanFailure` if the application's start-up fails and
     :class:`~trioserve.listeners.ListenError` if an address cannot be bound.
     """
+    try:
+        await _serve(app, config, shutdown, install_signal_handlers, task_status)
+    except BaseExceptionGroup as group:
+        # Trio's nurseries wrap a start-up error in an exception group; raise the documented
+        # exception itself (the CLI catches LifespanFailure and ListenError by type).
+        sole = _sole_exception(group)
+        if isinstance(sole, LifespanFailure | ListenError):
+            raise sole from None
+        raise
+
+
+def _sole_exception(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _serve(
+    app: Application,
+    config: Config | None,
+    shutdown: trio.Event | None,
+    install_signal_handlers: bool,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     config = config or Config()
     server = _Server(app, config)
     lifespan_stop = trio.Event()

@@ -53,8 +53,12 @@ Event = RequestHead | BodyData | EndOfBody | ConnectionClosed | Sentinel
 
 _TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# CTLs other than HTAB, CR and LF (CR and LF are checked as line ends): RFC 9110 §5.5.
-_HEAD_CTL_RE: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# One pass over a complete head: a control byte, a bare CR or LF, or obs-fold (a line that
+# starts with SP/HTAB, which also catches whitespace between the request line and the first
+# field).
+_HEAD_BAD_RE: Final = re.compile(
+    rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n|\n[ \t]"
+)
 _CHUNK_SIZE_RE: Final = re.compile(rb"[0-9A-Fa-f]{1,20}")
 # a CR not followed by LF (once the next byte is there), or an LF not preceded by CR
 _BARE_CR_LF_RE: Final = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
@@ -63,12 +67,18 @@ _CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]{1,18}")
 _HOST_RE: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9\-._~]+)?\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
 )
-_ABSOLUTE_FORM_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*(?:[/?].*)?", re.S)
+# absolute-form with a non-empty authority (RFC 9110 §4.2.1: an empty host is invalid)
+_ABSOLUTE_FORM_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]+(?:[/?].*)?", re.S)
 _VERSION_RE: Final = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _CL_LIST_RE: Final = re.compile(rb"\r\ncontent-length:[^\r]*,", re.I)
 _MAX_LEADING_EMPTY_LINES: Final = 8
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+# Response fields the protocol handles itself: 1 content-length, 2 transfer-encoding,
+# 3 connection, 4 date, 5 server.
+_SPECIAL_RESPONSE_FIELDS: Final = {
+    b"content-length": 1, b"transfer-encoding": 2, b"connection": 3, b"date": 4, b"server": 5,
+}
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:
@@ -121,6 +131,7 @@ class HTTP1Protocol:
 
     __slots__ = (
         "_body_allowed",
+        "_bodyless",
         "_buf",
         "_chunked_out",
         "_content_length_out",
@@ -164,6 +175,7 @@ class HTTP1Protocol:
         self._h11: h11.Connection | None = None
         self._head: RequestHead | None = None
         self._recv_state = "head"  # head | body | done | closed | switched
+        self._bodyless = False
         self._send_state = "idle"  # idle | body | done
         self.keep_alive = True
         self.response_status = 0
@@ -207,6 +219,12 @@ class HTTP1Protocol:
         """
         state = self._recv_state
         if state == "body":
+            if self._bodyless:
+                # No Content-Length body and not chunked: the body is empty by definition
+                # (RFC 9112 §6.3 rule 7), so h11 need not be asked; its buffer keeps any
+                # pipelined bytes for start_next_cycle.
+                self._recv_state = "done"
+                return EndOfBody([])
             return self._next_body_event()
         if state == "head":
             return self._next_head()
@@ -253,12 +271,13 @@ class HTTP1Protocol:
         if end - line_end > self._max_headers_size:
             raise ProtocolError("request header section too large", 431)
         head = bytes(buf[:head_end])
-        crlf = head.count(b"\r\n")
-        if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
-            raise ProtocolError("bare CR or LF in request head")
-        if b"\r\n " in head or b"\r\n\t" in head:
-            raise ProtocolError("obsolete line folding (obs-fold) is not accepted")
-        if _HEAD_CTL_RE.search(head) is not None:
+        bad = _HEAD_BAD_RE.search(head)
+        if bad is not None:
+            c = bad.group()
+            if c[:1] == b"\n":
+                raise ProtocolError("obsolete line folding (obs-fold) is not accepted")
+            if c in (b"\r", b"\n"):
+                raise ProtocolError("bare CR or LF in request head")
             raise ProtocolError("control character in request head")
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head + 1024)
         conn.receive_data(bytes(buf))
@@ -278,6 +297,7 @@ class HTTP1Protocol:
             self._guard = _ChunkedGuard(self._max_headers_size)
             self._guard.feed(conn.trailing_data[0])  # body bytes that came with the head
         self._recv_state = "body"
+        self._bodyless = not head_ev.has_body
         self._send_state = "idle"
         self.keep_alive = head_ev.keep_alive
         self.response_status = 0
@@ -289,7 +309,11 @@ class HTTP1Protocol:
             line = raw_head[: raw_head.find(b"\r\n")]
             if _VERSION_RE.search(line) is None:
                 raise ProtocolError("malformed request line")
-            raise ProtocolError(f"HTTP version {version.decode()} is not supported", 505)
+            if version[:2] != b"1." or version == b"1.0":
+                raise ProtocolError(f"HTTP version {version.decode()} is not supported", 505)
+            # A higher minor version of HTTP/1 is processed as the highest we implement, 1.1
+            # (RFC 9110 §2.5).
+            version = b"1.1"
         headers: Headers = [(n.lower(), v) for n, v in ev.headers.raw_items()]
         if len(headers) > self._max_headers_count:
             raise ProtocolError("too many request header fields", 431)
@@ -470,34 +494,34 @@ class HTTP1Protocol:
         has_date = has_server = False
         out = [status_line(status, reason)]
         append = out.append
+        special = _SPECIAL_RESPONSE_FIELDS
         for name, value in headers:
             if _TOKEN_RE.fullmatch(name) is None:
                 raise ResponseError(f"invalid response header name {name!r}")
             if _BAD_VALUE_RE.search(value) is not None:
                 raise ResponseError(f"invalid value for response header {name!r}: {value!r}")
-            lname = name.lower()
-            if lname == b"content-length":
+            kind = special.get(name.lower())
+            if kind is None:
+                append(b"%s: %s\r\n" % (name, value))
+            elif kind == 1:  # content-length: re-emitted below once framing is decided
                 value = value.strip()
                 if _CONTENT_LENGTH_RE.fullmatch(value) is None:
                     raise ResponseError(f"invalid Content-Length {value!r}")
                 n = int(value)
-                if content_length is not None:
-                    if n != content_length:
-                        raise ResponseError("conflicting Content-Length headers")
-                    continue
+                if content_length is not None and n != content_length:
+                    raise ResponseError("conflicting Content-Length headers")
                 content_length = n
-                continue  # re-emitted below once framing is decided
-            elif lname == b"transfer-encoding":
-                continue
-            elif lname == b"connection":
+            elif kind == 3:  # connection
                 if b"close" in _comma_tokens(value):
                     keep_alive = False
-                continue
-            elif lname == b"date":
-                has_date = True
-            elif lname == b"server":
-                has_server = True
-            append(b"%s: %s\r\n" % (name, value))
+            elif kind == 2:  # transfer-encoding: framing is ours
+                pass
+            else:
+                if kind == 4:
+                    has_date = True
+                else:
+                    has_server = True
+                append(b"%s: %s\r\n" % (name, value))
         if not has_date:
             append(b"date: %s\r\n" % date_header_value())
         if not has_server and self._server_header is not None:
