@@ -42,8 +42,8 @@ def _positive_float(owner: str, name: str, value: object, *, allow_none: bool = 
 class MinDataRate:
     """A minimum transfer rate: ``bytes_per_second`` on average once ``grace_period`` has passed.
 
-    Mirrors Kestrel's ``MinDataRate``: a client that sends a request body more slowly than this is
-    answered 408 and disconnected.
+    Mirrors Kestrel's ``MinDataRate``. Only time spent waiting on the client counts, so a slow
+    application never makes a client look slow.
     """
 
     bytes_per_second: float = 240.0
@@ -65,7 +65,10 @@ class Limits:
     - ``max_request_line_size``: bytes of the request line (method, target, version); beyond it 414.
     - ``max_request_headers_count``: header fields per request; beyond it 431.
     - ``max_request_headers_total_size``: bytes of the header section; beyond it 431.
-    - ``min_request_body_data_rate``: see :class:`MinDataRate`; ``None`` disables the check.
+    - ``min_request_body_data_rate``: see :class:`MinDataRate`; a client sending the body more
+      slowly gets 408 and is disconnected. ``None`` disables the check.
+    - ``min_response_data_rate``: see :class:`MinDataRate`; a client that reads the response
+      more slowly (or stops reading) is disconnected. ``None`` disables the check.
     """
 
     max_concurrent_connections: int | None = None
@@ -74,6 +77,7 @@ class Limits:
     max_request_headers_count: int = 100
     max_request_headers_total_size: int = 32 * 1024
     min_request_body_data_rate: MinDataRate | None = field(default_factory=MinDataRate)
+    min_response_data_rate: MinDataRate | None = field(default_factory=MinDataRate)
 
     def __post_init__(self) -> None:
         _positive_int("Limits", "max_concurrent_connections", self.max_concurrent_connections,
@@ -87,11 +91,10 @@ class Limits:
         if self.max_request_line_size < 16:
             raise ConfigError("Limits.max_request_line_size must be at least 16 bytes, "
                               f"got {self.max_request_line_size!r}")
-        if self.min_request_body_data_rate is not None and not isinstance(
-            self.min_request_body_data_rate, MinDataRate
-        ):
-            raise ConfigError("Limits.min_request_body_data_rate must be a MinDataRate or None, "
-                              f"got {self.min_request_body_data_rate!r}")
+        for name in ("min_request_body_data_rate", "min_response_data_rate"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, MinDataRate):
+                raise ConfigError(f"Limits.{name} must be a MinDataRate or None, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,7 @@ BindKind = Literal["tcp", "unix", "fd"]
 @dataclass(frozen=True, slots=True)
 class Bind:
     """One address to listen on: TCP ``host``/``port``, a Unix socket ``path``, or an inherited
-    listening socket ``fd``. Build them with :meth:`tcp`, :meth:`unix` and :meth:`fd`.
+    listening socket ``fd``. Build them with :meth:`tcp`, :meth:`unix` and :meth:`from_fd`.
 
     Port 0 asks the kernel for a free port; the real one is reported once bound.
     """

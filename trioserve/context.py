@@ -50,6 +50,11 @@ __all__ = [
 ]
 
 
+MAX_DRAIN_BYTES = 256 * 1024
+"""An unread request body up to this size is read and discarded after the response so the
+connection can be kept alive; a larger one ends keep-alive (``Connection: close``)."""
+
+
 class BadRequestBody(RequestBodyTooLarge):
     """The request body broke the protocol (bad chunk framing) or arrived too slowly.
     ``status_code`` is 400 or 408; the server has answered it if the response had not started."""
@@ -63,13 +68,14 @@ class Connection(Protocol):
     """What an exchange needs from its connection (implemented in :mod:`trioserve.server`)."""
 
     proto: HTTP1Protocol
-    stream: trio.abc.Stream
     features: FeatureCollection
     root_path: str
     scheme: str
 
     @property
     def draining(self) -> bool: ...
+    @property
+    def stream(self) -> trio.abc.Stream: ...
     async def send_all(self, data: bytes) -> None: ...
     async def receive_body_event(self, exchange: Exchange) -> BodyData | EndOfBody: ...
     async def wait_for_disconnect(self, exchange: Exchange) -> None: ...

@@ -20,8 +20,10 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import math
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +31,8 @@ from typing import Any
 
 import trio
 
-from .config import Config
-from .context import BadRequestBody, Exchange
+from .config import Config, MinDataRate
+from .context import MAX_DRAIN_BYTES, BadRequestBody, Exchange
 from .features import (
     Application,
     ClientDisconnected,
@@ -61,8 +63,9 @@ access_log = logging.getLogger("trioserve.access")
 
 RECEIVE_SIZE = 64 * 1024
 CLOSE_TIMEOUT = 1.0  # bound on a socket's graceful close
+LINGER_TIMEOUT = 2.0  # bound on discarding a request body the app did not read, before closing
+MAX_LINGER_BYTES = 16 * 1024 * 1024
 DRAIN_TIMEOUT = 2.0  # bound on reading an unread request body to keep the connection alive
-MAX_DRAIN_BYTES = 256 * 1024
 MAX_PIPELINE_BUFFER = 64 * 1024  # bytes read ahead while waiting for a disconnect
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ids = itertools.count(1)
@@ -111,25 +114,139 @@ class _Server:
             scope.cancel()
 
 
+class _SocketIO:
+    """Plain-socket I/O for one connection: the stdlib socket, non-blocking, driven with
+    ``trio.lowlevel.wait_readable``/``wait_writable``.
+
+    A send or receive that completes at once does not go through the scheduler (that would
+    double the per-request cost); every ``FAIR_BUDGET`` such operations one checkpoint is taken so
+    a busy connection cannot starve the others. Waits are checkpoints, so cancel scopes around
+    them work as usual. Errors from a broken connection become ``trio.BrokenResourceError``.
+    """
+
+    __slots__ = ("_budget", "_stream", "sock")
+
+    FAIR_BUDGET = 16
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._budget = self.FAIR_BUDGET
+        self._stream: trio.SocketStream | None = None
+
+    async def fairness(self) -> None:
+        """Count one operation that did not wait; checkpoint every ``FAIR_BUDGET`` of them."""
+        self._budget -= 1
+        if self._budget <= 0:
+            self._budget = self.FAIR_BUDGET
+            await trio.lowlevel.checkpoint()
+
+    def try_receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes | None:
+        """Bytes available now (``b""`` at EOF), or ``None`` if reading would block."""
+        try:
+            return self.sock.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+        sock = self.sock
+        try:
+            data = sock.recv(max_bytes)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        else:
+            await self.fairness()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def send_all(self, data: bytes, rate: MinDataRate | None) -> None:
+        """Send everything. When the client does not take the bytes at once, the wait is bounded
+        by ``rate`` (grace period plus the time the bytes take at the minimum rate); past it
+        the connection is broken off (``trio.BrokenResourceError``)."""
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if sent == len(data):
+            await self.fairness()
+            return
+        view = memoryview(data)[sent:]
+        deadline = math.inf
+        if rate is not None:
+            deadline = trio.current_time() + rate.grace_period + len(view) / rate.bytes_per_second
+        with trio.CancelScope(deadline=deadline) as scope:
+            while view:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    n = sock.send(view)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                view = view[n:]
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError("the client read the response too slowly")
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def stream(self) -> trio.SocketStream:
+        """The socket as a Trio stream (for protocols that take over the connection)."""
+        if self._stream is None:
+            self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(self.sock))
+        return self._stream
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.socket.close()
+        else:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+
 class _H1Connection:
-    """One HTTP/1.1 connection: reads requests and runs the app inline for each, in turn."""
+    """One HTTP/1.1 connection: reads requests and runs the app inline for each, in turn.
+
+    One cancel scope, :attr:`timer`, bounds every wait for a request head: its deadline is set
+    only while waiting (keep-alive or request-headers timeout) and is infinite while the app
+    runs. While idle it is registered with the server so a graceful shutdown closes the
+    connection at once.
+    """
 
     __slots__ = (
         "exchange",
         "features",
         "first",
+        "io",
         "peer_text",
         "proto",
+        "response_rate",
         "root_path",
         "scheme",
         "server",
-        "sock",
-        "stream",
+        "timer",
     )
 
-    def __init__(self, server: _Server, stream: trio.abc.Stream) -> None:
+    def __init__(self, server: _Server, sock: socket.socket) -> None:
         self.server = server
-        self.stream = stream
+        self.io = _SocketIO(sock)
         config = server.config
         limits = config.limits
         self.proto = HTTP1Protocol(
@@ -138,14 +255,14 @@ class _H1Connection:
             max_request_headers_total_size=limits.max_request_headers_total_size,
             server_header=server.server_header,
         )
+        self.response_rate = limits.min_response_data_rate
         self.root_path = config.root_path
         self.scheme = "http"
         self.first = True
         self.exchange: Exchange | None = None
-        sock = getattr(stream, "socket", None)
-        self.sock = sock
-        peer = _address(sock, True) if sock is not None else None
-        local = _address(sock, False) if sock is not None else None
+        self.timer = trio.CancelScope()
+        peer = _address(sock, True)
+        local = _address(sock, False)
         self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
         info = ConnectionInfo(f"{next(_ids):x}", peer, local)
         self.features = FeatureCollection({ConnectionFeature: info}, server.features)
@@ -154,12 +271,16 @@ class _H1Connection:
     def draining(self) -> bool:
         return self.server.draining
 
+    @property
+    def stream(self) -> trio.abc.Stream:
+        return self.io.stream()
+
     # ------------------------------------------------------------------ I/O primitives
 
     async def send_all(self, data: bytes) -> None:
         try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self.io.send_all(data, self.response_rate)
+        except trio.BrokenResourceError as exc:
             if self.exchange is not None:
                 self.exchange.mark_aborted()
             raise ClientDisconnected("the client disconnected") from exc
@@ -173,57 +294,83 @@ class _H1Connection:
         rate = self.server.config.limits.min_request_body_data_rate
         body = exchange.body
         while True:
-            if rate is None:
-                data = await self._receive_body_bytes(exchange)
-            else:
-                # Time waiting on the client counts; time the app spends between reads does not.
-                allowed = max(rate.grace_period, body.received / rate.bytes_per_second)
-                # No floor: a client trickling bytes just often enough must still be cut off
-                # once its average rate falls below the minimum.
-                budget = max(allowed - body.waited, 0.0)
-                started = trio.current_time()
-                with trio.move_on_after(budget) as scope:
+            data = self._try_receive_body(exchange)
+            if data is None:
+                if rate is None:
                     data = await self._receive_body_bytes(exchange)
-                body.waited += trio.current_time() - started
-                if scope.cancelled_caught:
-                    msg = (f"request body arrived more slowly than {rate.bytes_per_second:g} "
-                           "bytes per second")
-                    await exchange.reject(408, msg)
-                    raise BadRequestBody(msg, 408)
+                else:
+                    # Time waiting on the client counts; time the app spends between reads
+                    # does not. No floor: a client trickling bytes just often enough must still
+                    # be cut off once its average rate falls below the minimum.
+                    allowed = max(rate.grace_period, body.received / rate.bytes_per_second)
+                    budget = max(allowed - body.waited, 0.0)
+                    started = trio.current_time()
+                    with trio.move_on_after(budget) as scope:
+                        data = await self._receive_body_bytes(exchange)
+                    body.waited += trio.current_time() - started
+                    if scope.cancelled_caught:
+                        msg = (f"request body arrived more slowly than "
+                               f"{rate.bytes_per_second:g} bytes per second")
+                        await exchange.reject(408, msg)
+                        raise BadRequestBody(msg, 408)
+                    assert data is not None
             proto.receive_data(data)
             ev = proto.next_event()  # may raise ProtocolError: a truncated or malformed body
             if ev is not NEED_DATA:
                 assert type(ev) is BodyData or type(ev) is EndOfBody
                 return ev
 
-    async def _receive_body_bytes(self, exchange: Exchange) -> bytes:
+    def _try_receive_body(self, exchange: Exchange) -> bytes | None:
         try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            return self.io.try_receive()
+        except trio.BrokenResourceError as exc:
             exchange.mark_aborted()
             raise ClientDisconnected("the client disconnected") from exc
-        # b"" (EOF mid-body) goes to the protocol, which reports a truncated body (400).
-        return bytes(data)
+
+    async def _receive_body_bytes(self, exchange: Exchange) -> bytes:
+        try:
+            # b"" (EOF mid-body) goes to the protocol, which reports a truncated body (400).
+            return await self.io.receive()
+        except trio.BrokenResourceError as exc:
+            exchange.mark_aborted()
+            raise ClientDisconnected("the client disconnected") from exc
 
     async def wait_for_disconnect(self, exchange: Exchange) -> None:
         """Return once the client disconnects or the response completes. Bytes of pipelined
-        requests read meanwhile are kept for the next cycle (up to a bound)."""
+        requests read meanwhile are kept for the next cycle (up to a bound).
+
+        A disconnect that already happened is seen without blocking, so this also works inside
+        an already-cancelled scope (Starlette's ``request.is_disconnected()`` polls that way).
+        """
         if exchange.aborted or exchange.response.is_complete:
             return
         buffered = 0
+        io = self.io
+        while buffered < MAX_PIPELINE_BUFFER:
+            try:
+                data = io.try_receive()
+            except trio.BrokenResourceError:
+                data = b""
+            if data is None:
+                break
+            if not data:
+                exchange.mark_aborted()
+                return
+            buffered += len(data)
+            self.proto.receive_data(data)
         with trio.CancelScope() as scope:
             exchange.disconnect_scope = scope
             try:
                 while buffered < MAX_PIPELINE_BUFFER:
                     try:
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = await io.receive()
+                    except trio.BrokenResourceError:
                         data = b""
                     if not data:
                         exchange.mark_aborted()
                         return
                     buffered += len(data)
-                    self.proto.receive_data(bytes(data))
+                    self.proto.receive_data(data)
                 await trio.sleep_forever()
             finally:
                 exchange.disconnect_scope = None
@@ -234,18 +381,7 @@ class _H1Connection:
         try:
             if prefix:
                 await self.send_all(prefix)
-            sock = self.sock
-            if sock is not None and isinstance(self.stream, trio.SocketStream):
-                sent = await _sendfile(self, sock, f.fileno(), offset, count)
-            else:
-                sent = 0
-                while sent < count:
-                    chunk = await trio.to_thread.run_sync(
-                        os.pread, f.fileno(), min(RECEIVE_SIZE * 4, count - sent), offset + sent)
-                    if not chunk:
-                        break
-                    await self.send_all(chunk)
-                    sent += len(chunk)
+            sent = await self._sendfile(f.fileno(), offset, count)
             if sent < count:
                 if self.exchange is not None:
                     self.exchange.mark_aborted()
@@ -256,42 +392,95 @@ class _H1Connection:
         finally:
             f.close()
 
+    async def _sendfile(self, fd: int, offset: int, count: int) -> int:
+        """``os.sendfile`` from ``fd`` to the socket; each wait is bounded like a send."""
+        sock = self.io.sock
+        out = sock.fileno()
+        rate = self.response_rate
+        sent = 0
+        while sent < count:
+            step = min(count - sent, 1 << 20)
+            try:
+                n = os.sendfile(out, fd, offset + sent, step)
+            except BlockingIOError:
+                deadline = math.inf
+                if rate is not None:
+                    deadline = (trio.current_time() + rate.grace_period
+                                + step / rate.bytes_per_second)
+                with trio.CancelScope(deadline=deadline) as scope:
+                    await trio.lowlevel.wait_writable(sock)
+                if not scope.cancelled_caught:
+                    continue
+                n = -1
+            except OSError:
+                n = -1
+            if n < 0:
+                if self.exchange is not None:
+                    self.exchange.mark_aborted()
+                raise ClientDisconnected("the client disconnected or read too slowly")
+            if n == 0:
+                break
+            sent += n
+            await self.io.fairness()
+        return sent
+
     # -------------------------------------------------------------------- request loop
 
     async def run(self) -> None:
         try:
-            while True:
-                head = await self._read_head()
-                if head is None:
-                    return
-                await self._handle(head)
-                proto = self.proto
-                if not proto.keep_alive or self.server.draining:
-                    return
-                proto.start_next_cycle()
+            with self.timer:
+                while True:
+                    head = await self._read_head()
+                    if head is None:
+                        return
+                    await self._handle(head)
+                    proto = self.proto
+                    if not proto.keep_alive or self.server.draining:
+                        return
+                    proto.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientDisconnected):
             return
         finally:
-            with trio.move_on_after(CLOSE_TIMEOUT) as cleanup:
-                cleanup.shield = True
-                await trio.aclose_forcefully(self.stream) if self._must_reset() \
-                    else await self._graceful_close()
+            self.server.idle_scopes.discard(self.timer)
+            with trio.CancelScope(shield=True) as cleanup:
+                cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT
+                # Only a head-wait deadline (or a drain while idle) cancels the timer scope. A
+                # connection that never sent a byte is closed silently (browsers open spare
+                # connections); one stuck mid-headers is told why.
+                if (self.timer.cancelled_caught and self.proto.has_partial_request
+                        and not self.server.draining):
+                    await self._send_error(408, "timed out waiting for the request headers")
+                await self._close()
 
-    def _must_reset(self) -> bool:
+    async def _close(self) -> None:
+        io = self.io
         ex = self.exchange
-        return ex is not None and ex.aborted and not ex.upgraded
+        try:
+            if ex is not None and (ex.upgraded or ex.aborted):
+                # Upgraded: the new protocol closed it. Aborted: no orderly close, so a client
+                # cannot take a truncated response for a whole one.
+                return
+            io.shutdown_write()
+            if ex is not None and not ex.body.is_complete:
+                await self._linger()
+        finally:
+            io.close()
 
-    async def _graceful_close(self) -> None:
-        stream = self.stream
-        sock = self.sock
-        if sock is not None:
-            # Half-close so a client still sending (a body we did not read) sees our response
-            # before any RST.
-            try:
-                sock.shutdown(trio.socket.SHUT_WR)
-            except OSError:
-                pass
-        await stream.aclose()
+    async def _linger(self) -> None:
+        """After answering without reading the whole body (413, an early response), read and
+        discard what the client still sends for a short while, so that closing does not reset
+        the connection before the client has read the response (RFC 9112 §9.6)."""
+        io = self.io
+        with trio.move_on_after(LINGER_TIMEOUT):
+            discarded = 0
+            while discarded < MAX_LINGER_BYTES:
+                try:
+                    data = await io.receive()
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                discarded += len(data)
 
     async def _read_head(self) -> RequestHead | None:
         proto = self.proto
@@ -299,41 +488,40 @@ class _H1Connection:
         try:
             ev = proto.next_event()
             if ev is NEED_DATA:
+                # Bytes already waiting in the socket need no deadline.
+                data = self.io.try_receive()
+                if data is not None:
+                    proto.receive_data(data)
+                    ev = proto.next_event()
+            if ev is NEED_DATA:
                 timeouts = server.config.timeouts
+                timer = self.timer
                 # Idle: no byte of the next request yet. A connection's first request gets the
                 # request-headers timeout from accept; later ones the keep-alive timeout.
                 idle = not proto.has_partial_request
-                with trio.CancelScope() as scope:
-                    scope.deadline = trio.current_time() + (
-                        timeouts.keep_alive if idle and not self.first
-                        else timeouts.request_headers)
-                    if idle:
-                        if server.draining:
-                            return None
-                        server.idle_scopes.add(scope)
-                    try:
-                        while ev is NEED_DATA:
-                            data = await self.stream.receive_some(RECEIVE_SIZE)
-                            if idle and data:
-                                idle = False
-                                server.idle_scopes.discard(scope)
-                                scope.deadline = trio.current_time() + timeouts.request_headers
-                            proto.receive_data(bytes(data))
-                            ev = proto.next_event()
-                    finally:
-                        if idle:
-                            server.idle_scopes.discard(scope)
-                if scope.cancelled_caught:
-                    # A connection that never sent a byte is closed silently (browsers open
-                    # spare connections); one stuck mid-headers is told why.
-                    if proto.has_partial_request:
-                        await self._send_error(408, "timed out waiting for the request headers")
-                    return None
+                timer.deadline = trio.current_time() + (
+                    timeouts.keep_alive if idle and not self.first else timeouts.request_headers)
+                if idle:
+                    if server.draining:
+                        return None
+                    server.idle_scopes.add(timer)
+                while ev is NEED_DATA:
+                    data = await self.io.receive()
+                    if idle and data:
+                        idle = False
+                        server.idle_scopes.discard(timer)
+                        timer.deadline = trio.current_time() + timeouts.request_headers
+                    proto.receive_data(data)
+                    ev = proto.next_event()
+                if idle:
+                    server.idle_scopes.discard(timer)
+                timer.deadline = math.inf
         except ProtocolError as exc:
             log.debug("bad request from %s: %s", self.peer_text, exc.message)
+            self.timer.deadline = math.inf
             await self._send_error(exc.status_hint, exc.message)
             return None
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.BrokenResourceError:
             return None
         self.first = False
         if type(ev) is ConnectionClosed:
@@ -344,8 +532,8 @@ class _H1Connection:
     async def _send_error(self, status: int, message: str) -> None:
         try:
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await self.stream.send_all(self.proto.error_response(status, message))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.io.send_all(self.proto.error_response(status, message), None)
+        except trio.BrokenResourceError:
             pass
 
     async def _handle(self, head: RequestHead) -> None:
@@ -354,13 +542,13 @@ class _H1Connection:
         ex = Exchange(self, head, server.config.limits.max_request_body_size)
         self.exchange = ex
         if not head.has_body:
-            end = proto.next_event()
-            assert type(end) is EndOfBody
+            proto.next_event()  # the (empty) body's end
         response = ex.response
         try:
             await server.app(ex.context)
         except (ClientDisconnected, RequestBodyTooLarge):
-            ex.mark_aborted() if not response.is_complete else None
+            if not response.is_complete:
+                ex.mark_aborted()
         except Exception as exc:
             await self._app_failed(ex, exc)
         if not response.is_complete and not ex.aborted:
@@ -389,21 +577,28 @@ class _H1Connection:
     async def _app_failed(self, ex: Exchange, exc: Exception) -> None:
         proto = self.proto
         target = ex.head.target.decode("latin-1")
+        if ex.aborted:
+            # The client left (or the app aborted) first; what the app raised after that is a
+            # consequence, not a server error worth a traceback.
+            log.debug("application raised %s after %s %s was aborted", type(exc).__name__,
+                      ex.request.method, target)
+            return
         if isinstance(exc, ResponseError):
             log.error("invalid response to %s %s: %s", ex.request.method, target, exc)
         else:
             log.error("exception in application for %s %s", ex.request.method, target,
                       exc_info=exc)
-        if ex.aborted:
-            return
         if not proto.response_started and not ex.upgraded:
             ex.response._status = 500
             ex.response.mark_done()
             proto.keep_alive = False
+            data = proto.error_response(500, "Internal Server Error")
+            ex.response.bytes_sent += len(data)
             try:
-                await self.send_all(proto.error_response(500, "Internal Server Error"))
+                await self.send_all(data)
             except ClientDisconnected:
                 pass
+            return
         # After the response started there is no honest way to finish it: close the
         # connection so the client sees a truncated response, never a complete-looking one.
         ex.mark_aborted()
@@ -421,15 +616,15 @@ class _H1Connection:
             proto.keep_alive = False
             return
         drained = 0
-        with trio.move_on_after(DRAIN_TIMEOUT) as scope:
+        with trio.move_on_after(DRAIN_TIMEOUT):
             try:
                 while True:
                     ev = proto.next_event()
                     if ev is NEED_DATA:
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                        data = await self.io.receive()
                         if not data:
                             break
-                        proto.receive_data(bytes(data))
+                        proto.receive_data(data)
                         continue
                     if type(ev) is EndOfBody:
                         ex.body.mark_complete()
@@ -438,9 +633,8 @@ class _H1Connection:
                         drained += len(ev.data)
                         if drained > MAX_DRAIN_BYTES:
                             break
-            except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (ProtocolError, trio.BrokenResourceError):
                 pass
-        del scope
         proto.keep_alive = False
 
     def _log_access(self, ex: Exchange) -> None:
@@ -458,26 +652,6 @@ class _H1Connection:
             ex.response.bytes_sent,
             elapsed,
         )
-
-
-async def _sendfile(conn: _H1Connection, sock: Any, fd: int, offset: int, count: int) -> int:
-    out = sock.fileno()
-    sent = 0
-    while sent < count:
-        try:
-            n = os.sendfile(out, fd, offset + sent, min(count - sent, 1 << 20))
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            continue
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            if conn.exchange is not None:
-                conn.exchange.mark_aborted()
-            raise ClientDisconnected("the client disconnected") from exc
-        if n == 0:
-            break
-        sent += n
-        await trio.lowlevel.checkpoint()
-    return sent
 
 
 # ------------------------------------------------------------------------- the tree
@@ -509,7 +683,10 @@ async def _accept_loop(server: _Server, bound: BoundListener, nursery: trio.Nurs
 
 async def _connection_task(server: _Server, stream: trio.SocketStream) -> None:
     try:
-        await _H1Connection(server, stream).run()
+        # The connection drives the socket itself (see _SocketIO); take it out of the stream.
+        tsock = stream.socket
+        sock = socket.socket(tsock.family, tsock.type, tsock.proto, fileno=tsock.detach())
+        await _H1Connection(server, sock).run()
     except Exception:
         log.exception("unexpected error on a connection")
     finally:
