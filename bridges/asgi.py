@@ -1,6 +1,6 @@
 """ASGI 3 bridge: serves an ASGI application on trioserve's request features.
 
-HTTP (spec 2.4) and lifespan (spec 2.0) are implemented::
+HTTP (spec 2.4) and lifespan (spec 2.0, with state) are implemented::
 
     from trioserve.bridges.asgi import ASGIBridge
     await trioserve.serve(ASGIBridge(asgi_app), config)
@@ -157,7 +157,8 @@ class ASGIBridge:
             else:
                 raise RuntimeError(f"unexpected ASGI lifespan message {t!r} during {phase}")
 
-        scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                 "state": self.state}
         try:
             await self.app(scope, receive, send)
         except LifespanFailure:

@@ -352,11 +352,11 @@ class H1Response:
         "_completed_cbs",
         "_done",
         "_ex",
+        "_headers",
         "_reason",
         "_starting_cbs",
         "_status",
         "bytes_sent",
-        "headers",
     )
 
     def __init__(self, ex: Exchange) -> None:
@@ -366,7 +366,7 @@ class H1Response:
         self._completed_cbs: list[Callback] | None = None
         self._status = 200
         self._reason: str | None = None
-        self.headers: Headers = []
+        self._headers: Headers = []
         self.bytes_sent = 0
 
     @property
@@ -378,6 +378,21 @@ class H1Response:
         if self._ex.conn.proto.response_started:
             raise FeatureStateError("cannot set the response status: the response has started")
         self._status = value
+
+    @property
+    def headers(self) -> Headers:
+        """The response headers: a list to change freely until the response starts; after that
+        a read-only view (changing it raises :class:`FeatureStateError`)."""
+        if self._ex.conn.proto.response_started:
+            return _SentHeaders(self._headers)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        if self._ex.conn.proto.response_started:
+            raise FeatureStateError("cannot replace the response headers: the response has "
+                                    "started")
+        self._headers = value
 
     @property
     def reason(self) -> str | None:
@@ -434,8 +449,18 @@ class H1Response:
         proto = ex.conn.proto
         if ex.conn.draining:
             proto.keep_alive = False
+        body = ex.body
+        if not body.is_complete and proto.keep_alive:
+            # Answering before the body was read: say now whether the connection will close
+            # (the client still waits for 100-continue, or too much is left to discard).
+            head = ex.head
+            if head.expects_continue and not body.started:
+                proto.keep_alive = False
+            elif (head.content_length is not None
+                  and head.content_length - body.received > MAX_DRAIN_BYTES):
+                proto.keep_alive = False
         reason = self._reason.encode("latin-1") if self._reason is not None else None
-        return proto.response_head(self._status, self.headers, reason=reason,
+        return proto.response_head(self._status, self._headers, reason=reason,
                                    body_length=body_length)
 
     async def _send(self, data: bytes) -> None:
@@ -490,6 +515,16 @@ class H1Response:
         prefix, suffix = proto.file_frame(count)
         sent = await self._ex.conn.send_file(path, offset, count, prefix, suffix)
         self.bytes_sent += sent
+
+
+class _SentHeaders(list[tuple[bytes, bytes]]):
+    """The headers of a response already sent: reading works, changing raises."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise FeatureStateError("cannot change the response headers: the response has started")
+
+    append = extend = insert = remove = clear = sort = reverse = _refuse
+    pop = __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
 
 
 class PrefixedStream(trio.abc.Stream):

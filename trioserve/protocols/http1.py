@@ -539,7 +539,9 @@ class HTTP1Protocol:
             self._content_length_out = 0
             self._chunked_out = False
         else:
-            if content_length is None and body_length is not None and not is_head:
+            # A HEAD response's body is dropped, so an empty one says nothing about its size.
+            if content_length is None and body_length is not None and (
+                    not is_head or body_length > 0):
                 content_length = body_length
             if content_length is not None:
                 append(b"content-length: %d\r\n" % content_length)
