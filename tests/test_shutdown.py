@@ -168,3 +168,59 @@ def test_sigterm_with_no_connections_exits_0(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 3.0
     finally:
         sp.close()
+
+
+LIFESPAN_APP = """
+    import sys
+    import trio
+
+    async def app(scope, receive, send):
+        assert scope["type"] == "lifespan"
+        message = await receive()
+        print("APP starting", file=sys.stderr, flush=True)
+        await trio.sleep({startup_delay})
+        await send({{"type": "lifespan.startup.complete"}})
+        await receive()
+        print("APP shutting down", file=sys.stderr, flush=True)
+        await trio.sleep({shutdown_delay})
+        await send({{"type": "lifespan.shutdown.complete"}})
+"""
+
+
+def start_lifespan(tmp_path: Path, startup_delay: float, shutdown_delay: float,
+                   *extra: str) -> ServerProcess:
+    (tmp_path / "lsapp.py").write_text(textwrap.dedent(LIFESPAN_APP).format(
+        startup_delay=startup_delay, shutdown_delay=shutdown_delay))
+    return ServerProcess(module_command("lsapp:app", "--port", "0", "--app-dir",
+                                        str(tmp_path), *extra))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_startup_exits_cleanly(tmp_path: Path, signum: int) -> None:
+    sp = start_lifespan(tmp_path, 30, 0)
+    try:
+        sp.wait_for_line("APP starting")
+        t0 = time.monotonic()
+        sp.signal(signum)
+        assert sp.wait(10) == 0
+        assert time.monotonic() - t0 < 5.0
+        assert "Traceback" not in sp.stderr
+        assert "listening on" not in sp.stderr
+        assert "shutdown requested during start-up" in sp.stderr
+    finally:
+        sp.close()
+
+
+def test_hanging_application_shutdown_is_bounded(tmp_path: Path) -> None:
+    sp = start_lifespan(tmp_path, 0, 60, "--graceful-timeout", "1")
+    try:
+        sp.wait_port()
+        t0 = time.monotonic()
+        sp.signal(signal.SIGTERM)
+        sp.wait_for_line("APP shutting down")
+        assert sp.wait(10) == 0
+        assert time.monotonic() - t0 < 6.0
+        assert "did not finish within 1s" in sp.stderr
+        assert "Traceback" not in sp.stderr
+    finally:
+        sp.close()

@@ -38,8 +38,7 @@ class AppLoadError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"trioserve: error: {message}\n")
+        self.exit(2, f"trioserve: error: {message}\n(run 'trioserve --help' for the options)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -69,6 +68,17 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bytes per second, got {text!r}") from None
+    if not (value >= 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected bytes per second >= 0 (0 disables), "
+                                         f"got {text!r}")
     return value
 
 
@@ -144,9 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default=lim.max_request_headers_total_size,
                    help=f"maximum bytes of the request header section (default "
                         f"{lim.max_request_headers_total_size}); beyond it 431")
-    g.add_argument("--min-body-rate", type=float, default=240.0, metavar="BYTES_PER_SECOND",
+    g.add_argument("--min-body-rate", type=_rate, default=240.0, metavar="BYTES_PER_SECOND",
                    help="minimum request body rate after a 5 s grace period, 0 disables "
                         "(default 240); slower clients get 408")
+    g.add_argument("--min-response-rate", type=_rate, default=240.0,
+                   metavar="BYTES_PER_SECOND",
+                   help="minimum rate at which clients must read responses, after a 5 s grace "
+                        "period, 0 disables (default 240); slower clients are disconnected")
     g = p.add_argument_group("timeouts (seconds)")
     g.add_argument("--keep-alive-timeout", type=_seconds, default=t.keep_alive,
                    help=f"idle time allowed between requests (default {t.keep_alive:g})")
@@ -169,8 +183,6 @@ def build_config(args: argparse.Namespace) -> Config:
     if not binds or args.host is not None or args.port is not None:
         binds.append(Bind.tcp(args.host if args.host is not None else "127.0.0.1",
                               args.port if args.port is not None else 8000))
-    if args.min_body_rate < 0:
-        raise ConfigError(f"--min-body-rate must be >= 0, got {args.min_body_rate!r}")
     limits = Limits(
         max_concurrent_connections=args.max_connections,
         max_request_body_size=args.max_body_size or None,
@@ -179,6 +191,8 @@ def build_config(args: argparse.Namespace) -> Config:
         max_request_headers_total_size=args.max_header_bytes,
         min_request_body_data_rate=(MinDataRate(args.min_body_rate)
                                     if args.min_body_rate > 0 else None),
+        min_response_data_rate=(MinDataRate(args.min_response_rate)
+                                if args.min_response_rate > 0 else None),
     )
     timeouts = Timeouts(keep_alive=args.keep_alive_timeout,
                         request_headers=args.headers_timeout,
@@ -295,6 +309,20 @@ def _setup_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see module docs)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BaseExceptionGroup as group:
+        # Ctrl-C that reached Trio before the server's own signal handling was installed.
+        if group.subgroup(KeyboardInterrupt) is not None and \
+                group.subgroup(lambda e: not isinstance(e, KeyboardInterrupt | BaseExceptionGroup)
+                               ) is None:
+            return 130
+        raise
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
@@ -319,10 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ListenError as exc:
         print(f"trioserve: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 0
 
 
-def run() -> NoReturn:  # pragma: no cover - console entry point helper
+def run() -> NoReturn:
+    """Console-script entry point."""
     sys.exit(main())

@@ -759,9 +759,32 @@ async def _serve(
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     config = config or Config()
+    graceful = config.timeouts.graceful
     server = _Server(app, config)
     lifespan_stop = trio.Event()
     lifespan_done = trio.Event()
+    startup_scope = trio.CancelScope()  # a shutdown request during start-up ends start-up
+    accept_scope = trio.CancelScope()
+    connections_scope = trio.CancelScope()  # gets the graceful deadline on shutdown
+    lifespan_wait = trio.CancelScope()  # bounds the application's shutdown
+    forced = stopping = False
+
+    def begin_shutdown() -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        startup_scope.cancel()
+        accept_scope.cancel()
+        server.begin_drain()
+        connections_scope.deadline = trio.current_time() + graceful
+
+    def force() -> None:
+        nonlocal forced
+        forced = True
+        begin_shutdown()
+        connections_scope.cancel()
+        lifespan_wait.cancel()
 
     async def run_lifespan(*, task_status: trio.TaskStatus[None]) -> None:
         try:
@@ -770,54 +793,51 @@ async def _serve(
             lifespan_done.set()
 
     async with trio.open_nursery() as root:
-        if isinstance(app, HostedApplication):
-            await root.start(run_lifespan)
-        else:
-            lifespan_done.set()
-        listeners = await open_listeners(config.binds, config.backlog)
-        addresses = [bl.url for bl in listeners]
-        server.features.set(ServerAddressesFeature, ServerAddressesInfo(list(addresses)))
-        connections_scope = trio.CancelScope()
-        accept_scope = trio.CancelScope()
-        stopping = trio.Event()
-
-        def begin_shutdown() -> None:
-            if stopping.is_set():
-                return
-            stopping.set()
-            accept_scope.cancel()
-            server.begin_drain()
-            connections_scope.deadline = trio.current_time() + config.timeouts.graceful
-
-        def force() -> None:
-            begin_shutdown()
-            connections_scope.cancel()
-
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             root.start_soon(_watch_signals, begin_shutdown, force)
         if shutdown is not None:
             root.start_soon(_watch_event, shutdown, begin_shutdown)
-
-        with connections_scope:
-            async with trio.open_nursery() as connections:
-                with accept_scope:
-                    async with trio.open_nursery() as acceptors:
+        lifespan_started = False
+        listeners: list[BoundListener] | None = None
+        with startup_scope:
+            if isinstance(app, HostedApplication):
+                await root.start(run_lifespan)
+                lifespan_started = True
+            listeners = await open_listeners(config.binds, config.backlog)
+        if startup_scope.cancelled_caught:
+            log.info("shutdown requested during start-up")
+        if listeners is not None:
+            addresses = [bl.url for bl in listeners]
+            server.features.set(ServerAddressesFeature, ServerAddressesInfo(list(addresses)))
+            with connections_scope:
+                async with trio.open_nursery() as connections:
+                    with accept_scope:
+                        async with trio.open_nursery() as acceptors:
+                            for bl in listeners:
+                                acceptors.start_soon(_accept_loop, server, bl, connections)
+                            for url in addresses:
+                                log.info("trioserve listening on %s", url)
+                            task_status.started(addresses)
+                    # Accepting stopped: close the listening sockets so new connections are
+                    # refused, while the connections nursery drains.
+                    server.begin_drain()
+                    with trio.CancelScope(shield=True) as cleanup:
+                        cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT
                         for bl in listeners:
-                            acceptors.start_soon(_accept_loop, server, bl, connections)
-                        for url in addresses:
-                            log.info("trioserve listening on %s", url)
-                        task_status.started(addresses)
-                # Accepting stopped: close the listening sockets so new connections are
-                # refused, while the connections nursery drains.
-                server.begin_drain()
-                with trio.CancelScope(shield=True) as cleanup:
-                    cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT
-                    for bl in listeners:
-                        await bl.aclose()
-        if connections_scope.cancelled_caught:
-            log.warning("graceful shutdown timed out after %gs: in-flight requests were "
-                        "cancelled", config.timeouts.graceful)
-        lifespan_stop.set()
-        await lifespan_done.wait()
+                            await bl.aclose()
+            if connections_scope.cancelled_caught:
+                if forced:
+                    log.warning("in-flight requests were cancelled on a second signal")
+                else:
+                    log.warning("graceful shutdown timed out after %gs: in-flight requests "
+                                "were cancelled", graceful)
+        if lifespan_started:
+            lifespan_stop.set()
+            with lifespan_wait:
+                lifespan_wait.deadline = trio.current_time() + graceful
+                await lifespan_done.wait()
+            if lifespan_wait.cancelled_caught:
+                log.warning("the application's shutdown did not finish %s; it was cancelled",
+                            "before a second signal" if forced else f"within {graceful:g}s")
         root.cancel_scope.cancel()
     log.info("trioserve stopped")
