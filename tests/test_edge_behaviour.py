@@ -9,6 +9,7 @@ import anyio
 import httpx
 import pytest
 import trio
+from conftest import make_config, parse_responses, raw_exchange, run_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -21,8 +22,6 @@ from trioserve.features import (
     ResponseBodyFeature,
     ResponseFeature,
 )
-
-from conftest import make_config, parse_responses, raw_exchange, run_server
 
 
 async def test_client_that_stops_reading_is_disconnected() -> None:
@@ -126,7 +125,7 @@ async def test_starlette_is_disconnected_sees_a_client_that_left() -> None:
 
     async def poll(request: Request) -> PlainTextResponse:
         await request.body()
-        while not await request.is_disconnected():
+        while not await request.is_disconnected():  # noqa: ASYNC110 - the polling under test
             await anyio.sleep(0.02)
         noticed.set()
         return PlainTextResponse("gone")

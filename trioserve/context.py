@@ -123,6 +123,7 @@ class Exchange:
         "context",
         "disconnect_scope",
         "head",
+        "rejected",
         "request",
         "response",
         "start_time",
@@ -134,6 +135,7 @@ class Exchange:
         self.head = head
         self.start_time = time.perf_counter()
         self.aborted = False
+        self.rejected = False  # answered with an error by the server (413, 400, 408)
         self.upgraded = False
         self.disconnect_scope: trio.CancelScope | None = None
         self.request = req = H1Request(self)
@@ -156,17 +158,24 @@ class Exchange:
             self.disconnect_scope.cancel()
 
     async def reject(self, status: int, message: str) -> None:
-        """Answer ``status`` if no response has started, then stop keep-alive."""
+        """Answer ``status`` and end keep-alive if no response has started (the connection then
+        closes in an orderly way, lingering so the client can read the answer); otherwise abort,
+        since the response already under way cannot be finished honestly."""
         proto = self.conn.proto
-        if not proto.response_started and not self.aborted:
-            self.response._status = status
-            self.response.mark_done()
-            try:
-                await self.conn.send_all(proto.error_response(status, message))
-            except ClientDisconnected:
-                pass
         proto.keep_alive = False
-        self.mark_aborted()
+        if proto.response_started or self.aborted:
+            self.mark_aborted()
+            return
+        self.rejected = True
+        response = self.response
+        response._status = status
+        response.mark_done()
+        data = proto.error_response(status, message)
+        response.bytes_sent += len(data)
+        try:
+            await self.conn.send_all(data)
+        except ClientDisconnected:
+            pass
 
 
 class H1Request:
@@ -293,10 +302,10 @@ class H1RequestBody:
         if self._pending is not None:
             data, self._pending = self._pending, None
             return data
+        if ex.aborted or ex.rejected:
+            raise ClientDisconnected("the request was aborted or already answered with an error")
         if self._done:
             return b""
-        if ex.aborted:
-            raise ClientDisconnected("the request was aborted")
         conn = ex.conn
         proto = conn.proto
         if not self._started:
@@ -434,10 +443,12 @@ class H1Response:
         return self._done
 
     def _check_writable(self) -> None:
+        ex = self._ex
+        if ex.aborted or ex.rejected:
+            raise ClientDisconnected("the client disconnected, or the request was aborted or "
+                                     "answered with an error by the server")
         if self._done:
             raise FeatureStateError("the response is already complete")
-        if self._ex.aborted:
-            raise ClientDisconnected("the client disconnected or the request was aborted")
 
     async def _head(self, body_length: int | None) -> bytes:
         ex = self._ex
