@@ -1260,3 +1260,23 @@ def test_full_keep_alive_exchange_parsed_by_client() -> None:
         bodies.append(body)
         client.start_next_cycle()
     assert bodies == [b"one", b"two"]
+
+
+def test_transfer_encoding_value_reaches_the_app_as_sent() -> None:
+    p = HTTP1Protocol()
+    p.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                   b"3\r\nabc\r\n0\r\n\r\n")
+    head = p.next_event()
+    assert isinstance(head, RequestHead) and head.chunked
+    assert (b"transfer-encoding", b"Chunked") in head.headers
+
+
+def test_chunk_size_beyond_63_bits_is_refused() -> None:
+    p = HTTP1Protocol()
+    p.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"8000000000000000\r\nabc")
+    assert isinstance(p.next_event(), RequestHead)
+    with pytest.raises(ProtocolError) as info:
+        for _ in range(5):
+            p.next_event()
+    assert info.value.status_hint == 400

@@ -72,6 +72,9 @@ _ABSOLUTE_FORM_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]+(?:[/
 _VERSION_RE: Final = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _CL_LIST_RE: Final = re.compile(rb"\r\ncontent-length:[^\r]*,", re.I)
 _MAX_LEADING_EMPTY_LINES: Final = 8
+_MAX_CHUNK_SIZE: Final = 2**63 - 1
+# h11 lower-cases the Transfer-Encoding value; the app gets the value as sent.
+_TE_VALUE_RE: Final = re.compile(rb"\r\ntransfer-encoding:[ \t]*([^\r]*?)[ \t]*\r", re.I)
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # Response fields the protocol handles itself: 1 content-length, 2 transfer-encoding,
@@ -343,7 +346,10 @@ class HTTP1Protocol:
                 raise ProtocolError("both Transfer-Encoding and Content-Length")
             if version == b"1.0":
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-            content_length = None
+            m = _TE_VALUE_RE.search(raw_head)
+            if m is not None and m.group(1) != b"chunked":
+                headers = [(n, m.group(1) if n == b"transfer-encoding" else v)
+                           for n, v in headers]
         elif content_length is not None and (
             raw_head.lower().count(b"\r\ncontent-length:") > 1
             or _CL_LIST_RE.search(raw_head) is not None  # "5, 5": a repeated field on one line
@@ -727,6 +733,10 @@ class _ChunkedGuard:
                     self.error = ProtocolError("invalid chunk-size line")
                     return
                 chunk_size = int(m.group(), 16)
+                if chunk_size > _MAX_CHUNK_SIZE:
+                    # RFC 9112 §7.1: guard against overflow in whoever parses this next.
+                    self.error = ProtocolError("chunk size too large")
+                    return
                 self._remaining = chunk_size + 2  # the data and its CRLF
                 self._state = 1 if chunk_size else 2
             elif line == b"\r\n":
