@@ -19,3 +19,9 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     await send(_START)
     await send(_BODY)
+
+
+def wsgi_hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """WSGI hello world."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
+    return [BODY]

@@ -120,9 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory added to the import path before loading APP (default '.')")
     g.add_argument("--factory", action="store_true",
                    help="APP is a factory: call it without arguments to get the application")
-    g.add_argument("--interface", choices=("auto", "asgi", "features"), default="auto",
-                   help="application interface (default auto: three parameters (scope, "
-                        "receive, send) is ASGI 3, one parameter (ctx) is a features app)")
+    g.add_argument("--interface", choices=("auto", "asgi", "wsgi", "features"), default="auto",
+                   help="application interface (default auto: an async callable taking (scope, "
+                        "receive, send) is ASGI 3, a plain callable taking (environ, "
+                        "start_response) is WSGI, an async callable taking (ctx) is a "
+                        "features app)")
+    g.add_argument("--threads", type=_positive_int, default=40,
+                   help="WSGI only: worker threads running the application (default 40)")
     g.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                    help="ASGI lifespan (default auto: used when the app supports it)")
     g.add_argument("--root-path", default=d.root_path,
@@ -275,26 +279,52 @@ def _positional_count(obj: Any) -> int | None:
     return n
 
 
-def wrap_app(obj: Any, interface: str, lifespan: str) -> Application:
+def _is_async(obj: Any) -> bool:
+    call = type(obj).__call__ if not inspect.isroutine(obj) else None
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(call)
+
+
+def detect_interface(obj: Any) -> str:
+    """``"asgi"``, ``"wsgi"`` or ``"features"`` for an application object.
+
+    An ``async`` callable taking three positional parameters is ASGI 3, one parameter a
+    features app; a plain (non-async) callable taking two is WSGI. A class is refused (ASGI 2).
+    Raises :class:`AppLoadError` when the object fits none of these."""
+    if inspect.isclass(obj):
+        raise AppLoadError(f"{obj!r} is a class; ASGI 2 applications are not supported "
+                           "(pass an instance, or use an ASGI 3 application)")
+    n = _positional_count(obj)
+    if _is_async(obj):
+        if n == 1:
+            return "features"
+        if n == 3 or n is None:
+            return "asgi"
+    elif n == 2:
+        return "wsgi"
+    elif n == 3:
+        return "asgi"  # a plain callable returning a coroutine (some ASGI wrappers do)
+    raise AppLoadError(f"cannot tell the interface of {obj!r}: it is "
+                       f"{'an async' if _is_async(obj) else 'a plain'} callable taking "
+                       f"{'an unknown number of' if n is None else n} positional parameters "
+                       "(ASGI 3: async (scope, receive, send); WSGI: (environ, start_response); "
+                       "features: async (ctx)); use --interface")
+
+
+def wrap_app(obj: Any, interface: str, lifespan: str, threads: int = 40) -> Application:
     """Adapt a loaded object to a trioserve :data:`Application`. Raises :class:`AppLoadError`
-    when ``auto`` cannot tell, or the object does not fit the interface asked for."""
+    when ``auto`` cannot tell the interface."""
+    if interface == "auto":
+        interface = detect_interface(obj)
     # Imported by name: bridges/ is installed as trioserve.bridges, which type checkers
     # looking at the source tree cannot see.
-    bridge_cls: Any = importlib.import_module("trioserve.bridges.asgi").ASGIBridge
-    if interface == "auto":
-        n = _positional_count(obj)
-        if inspect.isclass(obj):
-            raise AppLoadError(f"{obj!r} is a class; ASGI 2 applications are not supported "
-                               "(pass an instance, or use an ASGI 3 application)")
-        if n == 1:
-            interface = "features"
-        elif n == 3 or n is None:
-            interface = "asgi"
-        else:
-            raise AppLoadError(f"cannot tell the interface of {obj!r}: it takes {n} positional "
-                               "parameters (ASGI 3 takes scope, receive, send; a features app "
-                               "takes ctx); use --interface")
-    app: Application = obj if interface == "features" else bridge_cls(obj, lifespan=lifespan)
+    if interface == "features":
+        app: Application = obj
+    elif interface == "wsgi":
+        app = importlib.import_module("trioserve.bridges.wsgi").WSGIBridge(obj, threads=threads)
+    else:
+        app = importlib.import_module("trioserve.bridges.asgi").ASGIBridge(obj,
+                                                                            lifespan=lifespan)
+    log.debug("serving %r as a %s application", obj, interface)
     return app
 
 
@@ -333,7 +363,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     try:
         obj = load_app(args.app, app_dir=args.app_dir, factory=args.factory)
-        app = wrap_app(obj, args.interface, args.lifespan)
+        app = wrap_app(obj, args.interface, args.lifespan, args.threads)
     except AppLoadError as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
         if args.log_level == "debug" and exc.__cause__ is not None:

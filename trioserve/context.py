@@ -79,7 +79,7 @@ class Connection(Protocol):
     async def send_all(self, data: bytes) -> None: ...
     async def receive_body_event(self, exchange: Exchange) -> BodyData | EndOfBody: ...
     async def wait_for_disconnect(self, exchange: Exchange) -> None: ...
-    async def send_file(self, path: str | os.PathLike[str], offset: int, count: int,
+    async def send_file(self, path: str | os.PathLike[str] | int, offset: int, count: int,
                         prefix: bytes, suffix: bytes) -> int: ...
 
 
@@ -508,7 +508,7 @@ class H1Response:
             ex.disconnect_scope.cancel()
 
     async def send_file(
-        self, path: str | os.PathLike[str], offset: int = 0, count: int | None = None
+        self, path: str | os.PathLike[str] | int, offset: int = 0, count: int | None = None
     ) -> None:
         self._check_writable()
         size = os.stat(path).st_size

@@ -155,8 +155,10 @@ class ResponseBodyFeature(Protocol):
     if needed). ``send_file`` sends ``count`` bytes (``None``: to the end) of a file from
     ``offset``, with ``os.sendfile`` on plain TCP. ``complete(data)`` sends the last chunk and
     optional trailers; if the response has not started, ``data`` is the whole body and its
-    length becomes the Content-Length. After ``complete`` every method raises
-    :class:`FeatureStateError`. Writes raise :class:`ClientDisconnected` when the client is gone.
+    length becomes the Content-Length. ``send_file`` also takes an open file descriptor (it
+    reads with ``pread``/``sendfile`` from ``offset`` and does not close it). After
+    ``complete`` every method raises :class:`FeatureStateError`. Writes raise
+    :class:`ClientDisconnected` when the client is gone.
     """
 
     @property
@@ -164,7 +166,7 @@ class ResponseBodyFeature(Protocol):
     async def start(self) -> None: ...
     async def send(self, data: bytes) -> None: ...
     async def send_file(
-        self, path: str | os.PathLike[str], offset: int = 0, count: int | None = None
+        self, path: str | os.PathLike[str] | int, offset: int = 0, count: int | None = None
     ) -> None: ...
     async def complete(self, data: bytes = b"", *, trailers: Headers | None = None) -> None: ...
 

@@ -375,22 +375,25 @@ class _H1Connection:
             finally:
                 exchange.disconnect_scope = None
 
-    async def send_file(self, path: str | os.PathLike[str], offset: int, count: int,
+    async def send_file(self, path: str | os.PathLike[str] | int, offset: int, count: int,
                         prefix: bytes, suffix: bytes) -> int:
-        f = await trio.to_thread.run_sync(open, path, "rb")
+        f = None if isinstance(path, int) else await trio.to_thread.run_sync(open, path, "rb")
         try:
             if prefix:
                 await self.send_all(prefix)
-            sent = await self._sendfile(f.fileno(), offset, count)
+            sent = await self._sendfile(path if f is None else f.fileno(),  # type: ignore[arg-type]
+                                        offset, count)
             if sent < count:
                 if self.exchange is not None:
                     self.exchange.mark_aborted()
-                raise ResponseError(f"file {os.fspath(path)!r} shrank while being sent")
+                name = path if isinstance(path, int) else os.fspath(path)
+                raise ResponseError(f"file {name!r} shrank while being sent")
             if suffix:
                 await self.send_all(suffix)
             return sent + len(prefix) + len(suffix)
         finally:
-            f.close()
+            if f is not None:
+                f.close()
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> int:
         """``os.sendfile`` from ``fd`` to the socket; each wait is bounded like a send."""
@@ -577,11 +580,11 @@ class _H1Connection:
     async def _app_failed(self, ex: Exchange, exc: Exception) -> None:
         proto = self.proto
         target = ex.head.target.decode("latin-1")
-        if ex.aborted:
-            # The client left (or the app aborted) first; what the app raised after that is a
-            # consequence, not a server error worth a traceback.
-            log.debug("application raised %s after %s %s was aborted", type(exc).__name__,
-                      ex.request.method, target)
+        if ex.aborted or ex.rejected:
+            # The client left, the app aborted, or the server already answered with an error
+            # (413 …); what the app raised after that is a consequence, not a server error.
+            log.debug("application raised %s after %s %s was aborted or rejected",
+                      type(exc).__name__, ex.request.method, target)
             return
         if isinstance(exc, ResponseError):
             log.error("invalid response to %s %s: %s", ex.request.method, target, exc)

@@ -1,0 +1,502 @@
+"""WSGI bridge (PEP 3333): serves a WSGI application on trioserve's request features.
+
+Never through ASGI, never buffering whole bodies::
+
+    from trioserve.bridges.wsgi import WSGIBridge
+    await trioserve.serve(WSGIBridge(flask_app, threads=40), config)
+
+How it works:
+
+- Each request's application call runs in a worker thread, at most ``threads`` at once; the
+  Trio loop never blocks on the application. What the thread needs from the connection (body
+  pieces, writes) runs in the request's own Trio task, under its deadlines.
+- ``wsgi.input`` streams the request body from the connection: every read the application makes
+  pulls the next piece through the Trio loop, so a body is never held
+  whole and a slow application slows the client down (TCP backpressure). The core's body limit
+  applies (413).
+- The response iterable is consumed in the worker thread and each chunk is written as it is
+  yielded; ``write()`` writes at once. Headers go out with the first non-empty chunk (or at the
+  end), as PEP 3333 requires. A list or tuple result is sent from the Trio side in one write with
+  its Content-Length. ``close()`` on the iterable is always called, also when the client
+  disconnects (writes then raise, which stops the iteration) or the application fails.
+- ``wsgi.file_wrapper`` returns a :class:`FileWrapper`; when the application returns it for a
+  regular file, the file is sent with ``os.sendfile`` on plain TCP.
+- Errors: an exception before anything was sent gives 500 (traceback in the log); a missing
+  ``start_response``, a non-bytes chunk, or more bytes than the declared Content-Length give a
+  logged error and a closed connection, never a silently short response.
+
+``environ`` follows PEP 3333: ``PATH_INFO`` is percent-decoded bytes as latin-1, ``SCRIPT_NAME``
+is the configured root path, header names containing ``_`` are dropped (so ``X_Forwarded_For``
+cannot pose as ``X-Forwarded-For``), repeated headers are joined with ``", "`` (``"; "`` for
+``Cookie``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes
+
+import outcome
+import trio
+
+from trioserve.features import (
+    ClientDisconnected,
+    ConnectionFeature,
+    RequestBodyFeature,
+    RequestBodyTooLarge,
+    RequestContext,
+    RequestFeature,
+    ResponseBodyFeature,
+    ResponseFeature,
+)
+
+__all__ = ["FileWrapper", "WSGIApp", "WSGIBridge"]
+
+log = logging.getLogger("trioserve.wsgi")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], None]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_READ_SIZE = 64 * 1024
+
+
+class _Job:
+    """One application call handed to a worker thread. The thread talks back to the waiting
+    Trio task with messages: ``("call", (async_fn, args))`` asks the task to run ``async_fn``
+    and reply on :attr:`reply`; ``("done", outcome)`` ends the job."""
+
+    __slots__ = ("abandoned", "args", "fn", "reply", "task", "token")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.task = trio.lowlevel.current_task()
+        self.token = trio.lowlevel.current_trio_token()
+        self.reply: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
+        self.abandoned = False
+
+    def call(self, afn: Callable[..., Any], *args: Any) -> Any:
+        """Thread side: run ``await afn(*args)`` in the request's own Trio task; its result or
+        exception comes back here. Raises ``ClientDisconnected`` if the request was cancelled."""
+        self.token.run_sync_soon(_deliver, self, outcome.Value(("call", (afn, args))))
+        return self.reply.get().unwrap()
+
+
+def _deliver(job: _Job, message: outcome.Outcome[Any]) -> None:
+    """Trio thread: wake the task waiting on ``job`` with ``message``."""
+    if job.abandoned:
+        kind = message.unwrap()[0] if isinstance(message, outcome.Value) else "done"
+        if kind == "call":
+            job.reply.put(outcome.Error(ClientDisconnected("the request was cancelled")))
+        return
+    trio.lowlevel.reschedule(job.task, message)
+
+
+class _WorkerPool:
+    """At most ``size`` daemon threads running application calls, started as needed.
+
+    Cheaper than ``trio.to_thread`` per call (one queue put, one wake-up back), and the async
+    operations a thread asks for run in the calling task itself, so its cancel scopes apply."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._threads = 0
+        self._busy = 0
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            result = outcome.capture(job.fn, *job.args, job)
+            job.token.run_sync_soon(_deliver, job, outcome.Value(("done", result)))
+            del job, result
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args, job)`` in a worker thread; serve its ``job.call`` requests until it
+        returns; return its result or raise its exception. If this task is cancelled while the
+        thread runs, the thread is abandoned (its further calls raise ``ClientDisconnected``)."""
+        job = _Job(fn, args)
+        self._busy += 1
+        if self._busy > self._threads and self._threads < self.size:
+            self._threads += 1
+            threading.Thread(target=self._work, name=f"trioserve-wsgi-{self._threads}",
+                             daemon=True).start()
+        self._jobs.put(job)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            job.abandoned = True
+            self._busy -= 1
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            kind, payload = await trio.lowlevel.wait_task_rescheduled(abort)
+            if kind == "done":
+                self._busy -= 1
+                return payload.unwrap()
+            afn, fargs = payload
+            try:
+                res: outcome.Outcome[Any] = outcome.Value(await afn(*fargs))
+            except trio.Cancelled:
+                job.abandoned = True
+                self._busy -= 1
+                job.reply.put(outcome.Error(ClientDisconnected("the request was cancelled")))
+                raise
+            except Exception as exc:
+                res = outcome.Error(exc)
+            job.reply.put(res)
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterates a file in blocks; served with ``sendfile`` when the
+    application returns it unchanged for a regular file."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 64 * 1024) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+    def fileno(self) -> int | None:
+        """The file descriptor when the file is a regular file, else ``None``."""
+        try:
+            fd = self.filelike.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return None
+        try:
+            return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError:
+            return None
+
+
+class _Input:
+    """``wsgi.input``: the request body, pulled from the connection as the application reads.
+
+    Reads raise :class:`~trioserve.features.ClientDisconnected` (an ``OSError``) when the client
+    goes away or the server has already refused the body (413)."""
+
+    __slots__ = ("_body", "_buf", "_eof", "job")
+
+    def __init__(self, body: RequestBodyFeature) -> None:
+        self.job: _Job | None = None  # set when the application call starts
+        self._body = body
+        self._buf = bytearray()
+        self._eof = body.is_complete
+
+    def _fill(self) -> bool:
+        """Pull one more piece; False at the end of the body."""
+        if self._eof:
+            return False
+        try:
+            assert self.job is not None
+            data = self.job.call(self._body.receive)
+        except RequestBodyTooLarge as exc:
+            self._eof = True
+            raise ClientDisconnected(f"request body refused: {exc}") from exc
+        if not data:
+            self._eof = True
+            return False
+        self._buf += data
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data = bytes(self._buf)
+            self._buf.clear()
+            return data
+        while len(self._buf) < size and self._fill():
+            pass
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        start = 0
+        while True:
+            i = self._buf.find(b"\n", start)
+            if i >= 0:
+                end = i + 1
+                break
+            if 0 <= limit <= len(self._buf):
+                end = limit
+                break
+            start = len(self._buf)
+            if not self._fill():
+                end = len(self._buf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        data = bytes(self._buf[:end])
+        del self._buf[:end]
+        return data
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class _Errors:
+    """``wsgi.errors``: text written by the application goes to the ``trioserve.wsgi`` log."""
+
+    def write(self, text: str) -> None:
+        text = text.rstrip("\n")
+        if text:
+            log.error("%s", text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+
+_ERRORS = _Errors()
+
+
+class _Cycle:
+    """One request's response state, shared by the worker thread and the Trio side."""
+
+    __slots__ = ("headers", "headers_sent", "job", "out", "reason", "resp", "status")
+
+    def __init__(self, resp: ResponseFeature, out: ResponseBodyFeature) -> None:
+        self.job: _Job | None = None
+        self.resp = resp
+        self.out = out
+        self.status: int | None = None
+        self.reason: str | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_sent = False
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # break the reference cycle (PEP 3333)
+        elif self.status is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() \
+                or status[3:4] not in (" ", ""):
+            raise ValueError(f"WSGI status must be a string like '200 OK', got {status!r}")
+        out_headers = []
+        for name, value in headers:
+            if type(name) is not str or type(value) is not str:
+                raise TypeError(f"WSGI header names and values must be str, got {name!r}: "
+                                f"{value!r}")
+            out_headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        self.status = int(status[:3])
+        self.reason = status[4:] or None
+        self.headers = out_headers
+        return self.write
+
+    def _apply(self) -> None:
+        """Trio side: move status and headers onto the response feature."""
+        if self.status is None:
+            raise RuntimeError("the WSGI application sent body data before calling "
+                               "start_response()")
+        resp = self.resp
+        resp.status = self.status
+        resp.reason = self.reason
+        resp.headers = self.headers
+        self.headers_sent = True
+
+    async def _send(self, data: bytes) -> None:
+        if not self.headers_sent:
+            self._apply()
+        await self.out.send(data)
+
+    async def _finish(self) -> None:
+        if not self.headers_sent:
+            self._apply()
+        await self.out.complete()
+
+    def write(self, data: bytes) -> None:
+        """The ``write()`` callable (thread side)."""
+        if type(data) is not bytes:
+            raise TypeError(f"WSGI write() takes bytes, got {type(data).__name__}")
+        if data:
+            assert self.job is not None
+            self.job.call(self._send, data)
+
+
+class WSGIBridge:
+    """Adapts a WSGI application to a trioserve application (see module docs).
+
+    ``threads``: the most application calls running at once (worker threads).
+    Raises :class:`TypeError` for an object that is not callable, :class:`ValueError` for a
+    non-positive ``threads``.
+    """
+
+    def __init__(self, app: WSGIApp, *, threads: int = 40) -> None:
+        if not callable(app):
+            raise TypeError(f"WSGI application must be callable, got {app!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        self.app = app
+        self.threads = threads
+        self.pool = _WorkerPool(threads)
+
+    def environ(self, ctx: RequestContext) -> dict[str, Any]:
+        """The PEP 3333 ``environ`` for a request (without ``wsgi.input``)."""
+        features = ctx.features
+        req = features[RequestFeature]
+        conn = features.get(ConnectionFeature)
+        env: dict[str, Any] = {
+            "REQUEST_METHOD": req.method,
+            "SCRIPT_NAME": req.root_path,
+            "PATH_INFO": unquote_to_bytes(req.raw_path).decode("latin-1"),
+            "QUERY_STRING": req.query_string.decode("latin-1"),
+            "SERVER_PROTOCOL": "HTTP/2" if req.http_version == "2" else
+                               f"HTTP/{req.http_version}",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": req.scheme,
+            "wsgi.errors": _ERRORS,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+        host_header: str | None = None
+        for name, value in req.headers:
+            if name == b"content-type":
+                env["CONTENT_TYPE"] = value.decode("latin-1")
+                continue
+            if name == b"content-length":
+                env["CONTENT_LENGTH"] = value.decode("latin-1")
+                continue
+            if b"_" in name:
+                continue  # would collide with the '-' spelling once converted
+            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+            text = value.decode("latin-1")
+            if name == b"host":
+                host_header = text
+            old = env.get(key)
+            if old is None:
+                env[key] = text
+            else:
+                env[key] = old + ("; " if name == b"cookie" else ", ") + text
+        local = conn.local if conn is not None else None
+        if local is not None:
+            env["SERVER_NAME"], env["SERVER_PORT"] = local[0], str(local[1])
+        elif host_header:
+            host, sep, port = host_header.rpartition(":")
+            if sep and port.isdigit():
+                env["SERVER_NAME"], env["SERVER_PORT"] = host, port
+            else:
+                env["SERVER_NAME"] = host_header
+                env["SERVER_PORT"] = "443" if req.scheme == "https" else "80"
+        else:
+            env["SERVER_NAME"] = "localhost"
+            env["SERVER_PORT"] = "443" if req.scheme == "https" else "80"
+        peer = conn.peer if conn is not None else None
+        if peer is not None:
+            env["REMOTE_ADDR"], env["REMOTE_PORT"] = peer[0], str(peer[1])
+        else:
+            env["REMOTE_ADDR"] = ""
+        return env
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        features = ctx.features
+        env = self.environ(ctx)
+        body = features[RequestBodyFeature]
+        env["wsgi.input"] = _Input(body)
+        cycle = _Cycle(features[ResponseFeature], features[ResponseBodyFeature])
+        result = await self.pool.run(self._run, env, cycle)
+        if result is None:
+            return
+        # A list, tuple or file wrapper handed back to finish on the Trio side.
+        if isinstance(result, FileWrapper):
+            try:
+                await self._send_file(result, cycle)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            return
+        chunks: list[bytes] = []
+        for chunk in result:
+            if type(chunk) is not bytes:
+                raise TypeError(f"WSGI response chunks must be bytes, got "
+                                f"{type(chunk).__name__}")
+            chunks.append(chunk)
+        if not cycle.headers_sent:
+            cycle._apply()
+        await cycle.out.complete(b"".join(chunks))
+
+    def _run(self, env: dict[str, Any], cycle: _Cycle, job: _Job) -> Any:
+        """Worker thread: call the application and stream its response. Returns a list, tuple
+        or :class:`FileWrapper` for the Trio side to send, or ``None`` when done here."""
+        cycle.job = env["wsgi.input"].job = job
+        iterable = self.app(env, cycle.start_response)
+        kind = type(iterable)
+        if (kind is list or kind is tuple) and not cycle.headers_sent:
+            return iterable
+        if kind is FileWrapper and not cycle.headers_sent and \
+                iterable.fileno() is not None:  # type: ignore[attr-defined]
+            return iterable
+        try:
+            for chunk in iterable:
+                if type(chunk) is not bytes:
+                    raise TypeError(f"WSGI response chunks must be bytes, got "
+                                    f"{type(chunk).__name__}")
+                if chunk:
+                    job.call(cycle._send, chunk)
+            job.call(cycle._finish)
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+        return None
+
+    async def _send_file(self, wrapper: FileWrapper, cycle: _Cycle) -> None:
+        fd = wrapper.fileno()
+        assert fd is not None
+        filelike = wrapper.filelike
+        offset = filelike.tell()
+        size = os.fstat(fd).st_size
+        count = max(size - offset, 0)
+        for name, value in cycle.headers:
+            if name.lower() == b"content-length" and value.strip().isdigit():
+                count = min(count, int(value))
+        cycle._apply()
+        if count:
+            await cycle.out.send_file(fd, offset, count)
+        await cycle.out.complete()
