@@ -132,6 +132,8 @@ class ASGIBridge:
 
         async def receive() -> Message:
             nonlocal received_startup, phase
+            if failure is not None:  # start-up failed: there is nothing more to receive
+                raise LifespanFailure(failure)
             if not received_startup:
                 received_startup = True
                 return {"type": "lifespan.startup"}
@@ -171,6 +173,8 @@ class ASGIBridge:
             else:
                 log.info("ASGI lifespan not supported by the application (it raised %s); "
                          "serving without it", type(exc).__name__)
+        if failure is not None:  # the app swallowed the exception its send() raised
+            raise LifespanFailure(failure)
         if not started:
             if self.lifespan == "on":
                 raise LifespanFailure("the application returned from lifespan without "
@@ -248,7 +252,9 @@ class _HTTPCycle:
                 raise RuntimeError("ASGI 'http.response.start' sent twice")
             status = message["status"]
             if type(status) is not int:
-                raise TypeError(f"ASGI response status must be an int, got {status!r}")
+                if not isinstance(status, int) or isinstance(status, bool):
+                    raise TypeError(f"ASGI response status must be an int, got {status!r}")
+                status = int(status)  # HTTPStatus and other int enums
             headers = []
             for pair in message.get("headers", ()):
                 name, value = pair

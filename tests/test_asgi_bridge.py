@@ -454,7 +454,8 @@ async def test_exception_after_start_with_content_length_truncates() -> None:
             assert body == b"x" * 10
             assert_incomplete(data)
             async with httpx.AsyncClient(base_url=srv.url) as client:
-                with pytest.raises(httpx.RemoteProtocolError):
+                # the server resets the connection: a truncated response never looks whole
+                with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
                     await client.get("/")
 
 

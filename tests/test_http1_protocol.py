@@ -887,7 +887,7 @@ def test_switch_protocol_returns_bytes_after_request() -> None:
     proto = request_cycle(req("GET /ws HTTP/1.1|Host: a|Upgrade: websocket|Connection: Upgrade")
                           + b"\x81\x05hello")
     proto.receive_data(b"more")
-    out = proto.response_head(101, [(b"upgrade", b"websocket")])
+    out = proto.response_head(101, [(b"upgrade", b"websocket")], switching_protocols=True)
     assert b"content-length" not in out.lower() and b"transfer-encoding" not in out.lower()
     assert b"connection: upgrade\r\n" in out.lower()
     assert out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
@@ -1280,3 +1280,12 @@ def test_chunk_size_beyond_63_bits_is_refused() -> None:
         for _ in range(5):
             p.next_event()
     assert info.value.status_hint == 400
+
+
+def test_101_only_when_switching_protocols() -> None:
+    proto = request_cycle(req("GET / HTTP/1.1|Host: a"))
+    with pytest.raises(ResponseError):
+        proto.response_head(101, [])
+    with pytest.raises(ResponseError):  # no Upgrade in the request
+        proto.response_head(101, [], switching_protocols=True)
+    assert proto.response_head(200, []).startswith(b"HTTP/1.1 200 OK\r\n")

@@ -117,12 +117,15 @@ class Exchange:
     needs."""
 
     __slots__ = (
+        "_done",
         "aborted",
         "body",
         "conn",
         "context",
         "disconnect_scope",
         "head",
+        "read_ahead",
+        "reading",
         "rejected",
         "request",
         "response",
@@ -138,6 +141,9 @@ class Exchange:
         self.rejected = False  # answered with an error by the server (413, 400, 408)
         self.upgraded = False
         self.disconnect_scope: trio.CancelScope | None = None
+        self._done: trio.Event | None = None  # created only if someone waits for it
+        self.read_ahead = 0  # bytes of later requests read while waiting for a disconnect
+        self.reading = False  # a task is reading the socket for a disconnect
         self.request = req = H1Request(self)
         self.body = body = H1RequestBody(self, max_body_size)
         self.response = resp = H1Response(self)
@@ -151,11 +157,23 @@ class Exchange:
         }
         self.context = RequestContext(FeatureCollection(items, conn.features))
 
+    def done_event(self) -> trio.Event:
+        """Set once the client disconnected, the request was aborted or the response
+        completed."""
+        if self._done is None:
+            self._done = trio.Event()
+        return self._done
+
+    def signal_done(self) -> None:
+        if self._done is not None:
+            self._done.set()
+        if self.disconnect_scope is not None:
+            self.disconnect_scope.cancel()
+
     def mark_aborted(self) -> None:
         self.aborted = True
         self.conn.proto.keep_alive = False
-        if self.disconnect_scope is not None:
-            self.disconnect_scope.cancel()
+        self.signal_done()
 
     async def reject(self, status: int, message: str) -> None:
         """Answer ``status`` and end keep-alive if no response has started (the connection then
@@ -247,7 +265,7 @@ class H1Request:
         if not any(n.lower() == b"upgrade" for n, _ in hdrs):
             hdrs.append((b"upgrade", ex.head.upgrade))
         ex.response._status = 101
-        data = proto.response_head(101, hdrs)
+        data = proto.response_head(101, hdrs, switching_protocols=True)
         leftover = proto.switch_protocol()
         ex.upgraded = True
         ex.response.mark_done()
@@ -386,7 +404,10 @@ class H1Response:
     def status(self, value: int) -> None:
         if self._ex.conn.proto.response_started:
             raise FeatureStateError("cannot set the response status: the response has started")
-        self._status = value
+        if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 999:
+            raise ValueError(f"response status must be an integer 200-999 (1xx responses go "
+                             f"through their own features), got {value!r}")
+        self._status = int(value)
 
     @property
     def headers(self) -> Headers:
@@ -411,6 +432,13 @@ class H1Response:
     def reason(self, value: str | None) -> None:
         if self._ex.conn.proto.response_started:
             raise FeatureStateError("cannot set the reason phrase: the response has started")
+        if value is not None:
+            try:
+                encoded = value.encode("latin-1")
+            except (AttributeError, UnicodeEncodeError):
+                raise ValueError(f"reason phrase must be latin-1 text, got {value!r}") from None
+            if any((c < 0x20 and c != 0x09) or c == 0x7F for c in encoded):
+                raise ValueError(f"reason phrase contains a control character: {value!r}")
         self._reason = value
 
     # ResponseFeature
@@ -475,8 +503,8 @@ class H1Response:
                                    body_length=body_length)
 
     async def _send(self, data: bytes) -> None:
-        self.bytes_sent += len(data)
         await self._ex.conn.send_all(data)
+        self.bytes_sent += len(data)
 
     async def start(self) -> None:
         self._check_writable()
@@ -503,9 +531,7 @@ class H1Response:
         self._done = True
         if out:
             await self._send(out)
-        ex = self._ex
-        if ex.disconnect_scope is not None:
-            ex.disconnect_scope.cancel()
+        self._ex.signal_done()
 
     async def send_file(
         self, path: str | os.PathLike[str] | int, offset: int = 0, count: int | None = None

@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -118,10 +119,13 @@ class _SocketIO:
     """Plain-socket I/O for one connection: the stdlib socket, non-blocking, driven with
     ``trio.lowlevel.wait_readable``/``wait_writable``.
 
-    A send or receive that completes at once does not go through the scheduler (that would
-    double the per-request cost); every ``FAIR_BUDGET`` such operations one checkpoint is taken so
-    a busy connection cannot starve the others. Waits are checkpoints, so cancel scopes around
-    them work as usual. Errors from a broken connection become ``trio.BrokenResourceError``.
+    Trio's socket contract, made cheaper: each operation first checks for cancellation
+    (``checkpoint_if_cancelled``: raises before anything is sent or read), and one that then
+    completes at once does not go through the scheduler (that would double the per-request cost);
+    instead every ``FAIR_BUDGET`` such operations take one cancel-shielded checkpoint, so a busy
+    connection cannot starve the others and an operation that happened is never reported as
+    cancelled. Waits are checkpoints, so cancel scopes around them work as usual. Errors from a
+    broken connection become ``trio.BrokenResourceError``.
     """
 
     __slots__ = ("_budget", "_stream", "sock")
@@ -135,11 +139,12 @@ class _SocketIO:
         self._stream: trio.SocketStream | None = None
 
     async def fairness(self) -> None:
-        """Count one operation that did not wait; checkpoint every ``FAIR_BUDGET`` of them."""
+        """Count one operation that did not wait; every ``FAIR_BUDGET`` of them, let the other
+        tasks run (without raising ``Cancelled`` for an operation that already happened)."""
         self._budget -= 1
         if self._budget <= 0:
             self._budget = self.FAIR_BUDGET
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def try_receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes | None:
         """Bytes available now (``b""`` at EOF), or ``None`` if reading would block."""
@@ -152,6 +157,7 @@ class _SocketIO:
 
     async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
         sock = self.sock
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             data = sock.recv(max_bytes)
         except BlockingIOError:
@@ -175,6 +181,7 @@ class _SocketIO:
         by ``rate`` (grace period plus the time the bytes take at the minimum rate); past it
         the connection is broken off (``trio.BrokenResourceError``)."""
         sock = self.sock
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             sent = sock.send(data)
         except BlockingIOError:
@@ -207,6 +214,14 @@ class _SocketIO:
         except OSError:
             pass
 
+    def reset_on_close(self) -> None:
+        """Make the coming close send RST instead of FIN, so that a client never takes a
+        response cut short (one delimited by the close, say) for a complete one."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+
     def stream(self) -> trio.SocketStream:
         """The socket as a Trio stream (for protocols that take over the connection)."""
         if self._stream is None:
@@ -231,6 +246,7 @@ class _H1Connection:
     """
 
     __slots__ = (
+        "errored",
         "exchange",
         "features",
         "first",
@@ -259,6 +275,7 @@ class _H1Connection:
         self.root_path = config.root_path
         self.scheme = "http"
         self.first = True
+        self.errored = False  # the server answered a bad request head
         self.exchange: Exchange | None = None
         self.timer = trio.CancelScope()
         peer = _address(sock, True)
@@ -278,12 +295,19 @@ class _H1Connection:
     # ------------------------------------------------------------------ I/O primitives
 
     async def send_all(self, data: bytes) -> None:
+        """Write response bytes. If the write does not complete (client gone or too slow,
+        or cancelled), the exchange is aborted: the protocol already counted these bytes, so
+        the response can no longer be finished honestly, nor the connection reused."""
         try:
             await self.io.send_all(data, self.response_rate)
         except trio.BrokenResourceError as exc:
             if self.exchange is not None:
                 self.exchange.mark_aborted()
             raise ClientDisconnected("the client disconnected") from exc
+        except BaseException:
+            if self.exchange is not None:
+                self.exchange.mark_aborted()
+            raise
 
     async def receive_body_event(self, exchange: Exchange) -> BodyData | EndOfBody:
         proto = self.proto
@@ -294,8 +318,11 @@ class _H1Connection:
         rate = self.server.config.limits.min_request_body_data_rate
         body = exchange.body
         while True:
+            await trio.lowlevel.checkpoint_if_cancelled()
             data = self._try_receive_body(exchange)
-            if data is None:
+            if data is not None:
+                await self.io.fairness()
+            else:
                 if rate is None:
                     data = await self._receive_body_bytes(exchange)
                 else:
@@ -336,17 +363,18 @@ class _H1Connection:
             raise ClientDisconnected("the client disconnected") from exc
 
     async def wait_for_disconnect(self, exchange: Exchange) -> None:
-        """Return once the client disconnects or the response completes. Bytes of pipelined
-        requests read meanwhile are kept for the next cycle (up to a bound).
+        """Return once the client disconnects or the response completes (or the request is
+        aborted). Bytes of pipelined requests read meanwhile are kept for the next cycle, at
+        most ``MAX_PIPELINE_BUFFER`` per request; past that the socket is no longer read.
 
-        A disconnect that already happened is seen without blocking, so this also works inside
-        an already-cancelled scope (Starlette's ``request.is_disconnected()`` polls that way).
+        One caller reads the socket; concurrent callers wait for the same outcome. A disconnect
+        that already happened is seen without blocking, so this also works inside an
+        already-cancelled scope (Starlette's ``request.is_disconnected()`` polls that way).
         """
         if exchange.aborted or exchange.response.is_complete:
             return
-        buffered = 0
         io = self.io
-        while buffered < MAX_PIPELINE_BUFFER:
+        while exchange.read_ahead < MAX_PIPELINE_BUFFER and not exchange.reading:
             try:
                 data = io.try_receive()
             except trio.BrokenResourceError:
@@ -356,12 +384,17 @@ class _H1Connection:
             if not data:
                 exchange.mark_aborted()
                 return
-            buffered += len(data)
+            exchange.read_ahead += len(data)
             self.proto.receive_data(data)
-        with trio.CancelScope() as scope:
-            exchange.disconnect_scope = scope
-            try:
-                while buffered < MAX_PIPELINE_BUFFER:
+        done = exchange.done_event()
+        if exchange.reading or exchange.read_ahead >= MAX_PIPELINE_BUFFER:
+            await done.wait()
+            return
+        exchange.reading = True
+        try:
+            with trio.CancelScope() as scope:
+                exchange.disconnect_scope = scope
+                while exchange.read_ahead < MAX_PIPELINE_BUFFER:
                     try:
                         data = await io.receive()
                     except trio.BrokenResourceError:
@@ -369,11 +402,12 @@ class _H1Connection:
                     if not data:
                         exchange.mark_aborted()
                         return
-                    buffered += len(data)
+                    exchange.read_ahead += len(data)
                     self.proto.receive_data(data)
-                await trio.sleep_forever()
-            finally:
-                exchange.disconnect_scope = None
+                await done.wait()
+        finally:
+            exchange.reading = False
+            exchange.disconnect_scope = None
 
     async def send_file(self, path: str | os.PathLike[str] | int, offset: int, count: int,
                         prefix: bytes, suffix: bytes) -> int:
@@ -458,14 +492,24 @@ class _H1Connection:
     async def _close(self) -> None:
         io = self.io
         ex = self.exchange
+        proto = self.proto
         try:
-            if ex is not None and (ex.upgraded or ex.aborted):
-                # Upgraded: the new protocol closed it. Aborted: no orderly close, so a client
-                # cannot take a truncated response for a whole one.
+            if ex is not None and ex.upgraded:
+                return  # the new protocol owned the connection
+            if ex is not None and (ex.aborted or (proto.response_started
+                                                  and not proto.response_complete)):
+                # A response cut short: reset, so the client cannot take it for a whole one
+                # (a FIN would end a close-delimited body as if it were complete).
+                io.reset_on_close()
                 return
             io.shutdown_write()
-            if ex is not None and not ex.body.is_complete:
+            # Linger when the client may still be sending (a body not read, a request refused
+            # for a bad head, pipelined bytes), so our answer is not destroyed by a reset.
+            if (ex is not None and not ex.body.is_complete) or self.errored \
+                    or io.try_receive() is not None:
                 await self._linger()
+        except trio.BrokenResourceError:
+            pass
         finally:
             io.close()
 
@@ -513,12 +557,18 @@ class _H1Connection:
                     if idle and data:
                         idle = False
                         server.idle_scopes.discard(timer)
-                        timer.deadline = trio.current_time() + timeouts.request_headers
+                        if not self.first:  # the first request's deadline runs from accept
+                            timer.deadline = trio.current_time() + timeouts.request_headers
                     proto.receive_data(data)
                     ev = proto.next_event()
                 if idle:
                     server.idle_scopes.discard(timer)
                 timer.deadline = math.inf
+                if timer.cancel_called:
+                    # The deadline passed, or a drain closed this idle connection, while the
+                    # bytes were arriving: the app must not run under a cancelled scope. The
+                    # client sees the close that the keep-alive race always allows.
+                    return None
         except ProtocolError as exc:
             log.debug("bad request from %s: %s", self.peer_text, exc.message)
             self.timer.deadline = math.inf
@@ -533,6 +583,7 @@ class _H1Connection:
         return ev
 
     async def _send_error(self, status: int, message: str) -> None:
+        self.errored = True
         try:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await self.io.send_all(self.proto.error_response(status, message), None)
@@ -552,18 +603,17 @@ class _H1Connection:
         except (ClientDisconnected, RequestBodyTooLarge):
             if not response.is_complete:
                 ex.mark_aborted()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: one request must not stop the server.
             await self._app_failed(ex, exc)
-        if not response.is_complete and not ex.aborted:
+        if not response.is_complete and not ex.aborted and not ex.rejected:
             # The app returned without completing: finish what it started.
             try:
                 await response.complete()
-            except ResponseError as exc:
-                log.error("response to %s %s could not be completed: %s", ex.request.method,
-                          head.target.decode("latin-1"), exc)
-                ex.mark_aborted()
             except ClientDisconnected:
                 pass
+            except Exception as exc:  # an on_starting callback, an invalid header …
+                await self._app_failed(ex, exc)
         callbacks = response.take_completed_callbacks()
         for cb in reversed(callbacks):
             try:
@@ -577,7 +627,7 @@ class _H1Connection:
         elif proto.keep_alive and not ex.body.is_complete:
             await self._drain_body(ex)
 
-    async def _app_failed(self, ex: Exchange, exc: Exception) -> None:
+    async def _app_failed(self, ex: Exchange, exc: BaseException) -> None:
         proto = self.proto
         target = ex.head.target.decode("latin-1")
         if ex.aborted or ex.rejected:

@@ -477,6 +477,7 @@ class HTTP1Protocol:
         *,
         reason: bytes | None = None,
         body_length: int | None = None,
+        switching_protocols: bool = False,
     ) -> bytes:
         """Bytes of the status line and header section, with framing chosen.
 
@@ -490,8 +491,13 @@ class HTTP1Protocol:
         """
         if self._send_state != "idle":
             raise ResponseError("a response was already started")
-        if not (200 <= status <= 999 or status == 101):
-            raise ResponseError(f"invalid final status code {status!r}")
+        if not (200 <= status <= 999 or (status == 101 and switching_protocols)):
+            raise ResponseError(
+                f"invalid final status code {status!r}" if status != 101 else
+                "101 Switching Protocols is sent only when switching (the upgrade feature)")
+        if switching_protocols and (status != 101 or self._head is None
+                                    or self._head.upgrade is None):
+            raise ResponseError("switching protocols needs status 101 and an Upgrade request")
         if reason is not None and _BAD_VALUE_RE.search(reason) is not None:
             raise ResponseError(f"invalid reason phrase {reason!r}")
         req = self._head
