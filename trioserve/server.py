@@ -10,9 +10,11 @@
         └── connection task per socket    HTTP/1.1 requests run inline, one after another
 
 Deadlines, each one cancel scope around the wait it bounds: keep-alive idle
-(``Timeouts.keep_alive``), request headers (``Timeouts.request_headers``), the minimum request
-body data rate (``Limits.min_request_body_data_rate``), the graceful shutdown deadline
-(``Timeouts.graceful``) and short clean-up deadlines for closing sockets.
+(``Timeouts.keep_alive``) and request headers (``Timeouts.request_headers``) on the connection's
+timer scope, the minimum request body and response data rates
+(``Limits.min_request_body_data_rate``, ``Limits.min_response_data_rate``) around reads and
+writes that must wait, the graceful shutdown deadline (``Timeouts.graceful``, also bounding the
+application's shutdown) and short clean-up deadlines for closing and lingering.
 """
 
 from __future__ import annotations
@@ -480,7 +482,8 @@ class _H1Connection:
         finally:
             self.server.idle_scopes.discard(self.timer)
             with trio.CancelScope(shield=True) as cleanup:
-                cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT
+                # sending a last error, then lingering (each bounded on its own too)
+                cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT + LINGER_TIMEOUT
                 # Only a head-wait deadline (or a drain while idle) cancels the timer scope. A
                 # connection that never sent a byte is closed silently (browsers open spare
                 # connections); one stuck mid-headers is told why.
