@@ -449,7 +449,9 @@ class WSGIBridge:
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
-                    close()
+                    # Application code (Django's request_finished, thread-local cleanup):
+                    # in a worker thread, never on the Trio loop. Queued even if cancelled.
+                    await self.pool.run(lambda _job: close())
             return
         chunks: list[bytes] = []
         for chunk in result:
