@@ -13,6 +13,7 @@ Needs ``wrk`` and ``taskset`` (Debian: ``apt-get install wrk util-linux``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -45,6 +46,20 @@ def servers(port: int) -> dict[str, list[str]]:
         # the access log written to a file (results/server.log), as in production
         "trioserve ASGI hello (access log on)": [*trioserve, "--log-level", "info"],
     }
+
+
+def wsgi_servers(port: int) -> dict[str, list[str]]:
+    """WSGI hello world: trioserve (1 process) against Gunicorn gthread (1 worker, 8 threads),
+    the comparison the WSGI issue sets; Gunicorn only when installed."""
+    out = {"trioserve WSGI hello": [PY, "-m", "trioserve", "apps:wsgi_hello", "--app-dir",
+                                    str(HERE), "--port", str(port), "--no-access-log",
+                                    "--log-level", "warning"]}
+    if importlib.util.find_spec("gunicorn") is not None:
+        out["gunicorn gthread WSGI hello (1 worker, 8 threads)"] = [
+            PY, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "1", "-b",
+            f"127.0.0.1:{port}", "--log-level", "warning", "--chdir", str(HERE),
+            "apps:wsgi_hello"]
+    return out
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -99,6 +114,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--only", help="regex: run only the servers whose name matches")
+    ap.add_argument("--wsgi", action="store_true",
+                    help="also run the WSGI hello world against Gunicorn gthread")
     args = ap.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -106,12 +123,16 @@ def main() -> int:
             return 2
     (HERE / "results").mkdir(exist_ok=True)
     results: dict[str, list[float]] = {}
+
+    def all_servers(port: int) -> dict[str, list[str]]:
+        return {**servers(port), **(wsgi_servers(port) if args.wsgi else {})}
+
     for r in range(args.rounds):
-        for name in servers(0):
+        for name in all_servers(0):
             if args.only and not re.search(args.only, name):
                 continue
             port = free_port()
-            rps = measure(name, servers(port)[name], port, args)
+            rps = measure(name, all_servers(port)[name], port, args)
             results.setdefault(name, []).append(rps)
             print(f"round {r + 1}: {name}: {rps:,.0f} req/s", file=sys.stderr, flush=True)
     med = {name: statistics.median(v) for name, v in results.items()}
@@ -125,9 +146,20 @@ def main() -> int:
         "|---|---:|---|" + "---:|" * len(floors),
     ]
     for name, value in med.items():
+        if "WSGI" in name:
+            continue
         ratios = " | ".join(f"{value / f:.2f}x" for f in floors.values())
         rounds = ", ".join(f"{x:,.0f}" for x in results[name])
         lines.append(f"| {name} | {value:,.0f} | {rounds} | {ratios} |")
+    wsgi = {n: v for n, v in med.items() if "WSGI" in n}
+    if wsgi:
+        base = next((v for n, v in wsgi.items() if n.startswith("gunicorn")), None)
+        lines += ["", "| WSGI server | req/s (median) | rounds | vs gunicorn gthread |",
+                  "|---|---:|---|---:|"]
+        for name, value in wsgi.items():
+            rounds = ", ".join(f"{x:,.0f}" for x in results[name])
+            ratio = f"{value / base:.2f}x" if base else "-"
+            lines.append(f"| {name} | {value:,.0f} | {rounds} | {ratio} |")
     table = "\n".join(lines)
     print(table)
     (HERE / "results" / "latest.md").write_text(table + "\n")
