@@ -33,6 +33,7 @@ cannot pose as ``X-Forwarded-For``), repeated headers are joined with ``", "`` (
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import os
@@ -70,89 +71,136 @@ _READ_SIZE = 64 * 1024
 
 
 class _Job:
-    """One application call handed to a worker thread. The thread talks back to the waiting
-    Trio task with messages: ``("call", (async_fn, args))`` asks the task to run ``async_fn``
-    and reply on :attr:`reply`; ``("done", outcome)`` ends the job."""
+    """One application call handed to a worker thread.
 
-    __slots__ = ("abandoned", "args", "fn", "reply", "task", "token")
+    Threads talk to the request's Trio task through :attr:`inbox`, filled on the Trio thread by
+    :func:`_deliver`: ``("call", (async_fn, args))`` asks the task to run ``async_fn`` and reply
+    on :attr:`reply`; ``("done", outcome)`` ends the job. Calls are serialised by a lock, so
+    even an application that writes from several threads gets one reply per call. Once the job
+    is over (``finished``) or given up (``abandoned``), calls fail with ``ClientDisconnected``
+    instead of reaching a task that no longer listens."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    __slots__ = ("abandoned", "always", "args", "finished", "fn", "inbox", "lock", "reply",
+                 "task", "token", "waiting")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], always: bool) -> None:
         self.fn = fn
         self.args = args
+        self.always = always  # run even if abandoned before a thread picked it up
         self.task = trio.lowlevel.current_task()
         self.token = trio.lowlevel.current_trio_token()
         self.reply: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self.waiting = False
         self.abandoned = False
+        self.finished = False
 
     def call(self, afn: Callable[..., Any], *args: Any) -> Any:
         """Thread side: run ``await afn(*args)`` in the request's own Trio task; its result or
-        exception comes back here. Raises ``ClientDisconnected`` if the request was cancelled."""
-        self.token.run_sync_soon(_deliver, self, outcome.Value(("call", (afn, args))))
-        return self.reply.get().unwrap()
+        exception comes back here. Raises ``ClientDisconnected`` once the request is over."""
+        with self.lock:
+            try:
+                self.token.run_sync_soon(_deliver, self, ("call", (afn, args)), None)
+            except trio.RunFinishedError:
+                raise ClientDisconnected("the server has stopped") from None
+            return self.reply.get().unwrap()
 
 
-def _deliver(job: _Job, message: outcome.Outcome[Any]) -> None:
-    """Trio thread: wake the task waiting on ``job`` with ``message``."""
-    if job.abandoned:
-        kind = message.unwrap()[0] if isinstance(message, outcome.Value) else "done"
+def _ended() -> outcome.Error:
+    """A fresh failure for a call or job that comes after its request ended (an outcome can be
+    unwrapped only once)."""
+    return outcome.Error(ClientDisconnected("the request is over"))
+
+
+def _deliver(job: _Job, message: tuple[str, Any], pool: _WorkerPool | None) -> None:
+    """Trio thread: hand ``message`` to the job's task, or refuse it if the job is over."""
+    kind = message[0]
+    if kind == "done" and pool is not None:
+        pool.busy -= 1  # the thread is free again, whatever became of the request
+    if job.finished or job.abandoned:
         if kind == "call":
-            job.reply.put(outcome.Error(ClientDisconnected("the request was cancelled")))
+            job.reply.put(_ended())
         return
-    trio.lowlevel.reschedule(job.task, message)
+    job.inbox.append(message)
+    if job.waiting:
+        job.waiting = False
+        trio.lowlevel.reschedule(job.task)
 
 
 class _WorkerPool:
     """At most ``size`` daemon threads running application calls, started as needed.
 
     Cheaper than ``trio.to_thread`` per call (one queue put, one wake-up back), and the async
-    operations a thread asks for run in the calling task itself, so its cancel scopes apply."""
+    operations a thread asks for run in the calling task itself, so its cancel scopes apply.
+    Threads outlive a ``trio.run``; a job abandoned before a thread took it is skipped."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._threads = 0
-        self._busy = 0
+        self.busy = 0  # jobs queued or running, counted on the Trio thread
 
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
-            result = outcome.capture(job.fn, *job.args, job)
-            job.token.run_sync_soon(_deliver, job, outcome.Value(("done", result)))
+            if job.abandoned and not job.always:
+                result: outcome.Outcome[Any] = _ended()
+            else:
+                result = outcome.capture(job.fn, *job.args, job)
+                if isinstance(result, outcome.Error) and not isinstance(result.error, Exception):
+                    # KeyboardInterrupt, SystemExit … from application code: a failed request,
+                    # not a reason to stop the server.
+                    err = RuntimeError(f"the WSGI application raised {result.error!r}")
+                    err.__cause__ = result.error
+                    result = outcome.Error(err)
+            try:
+                job.token.run_sync_soon(_deliver, job, ("done", result), self)
+            except trio.RunFinishedError:
+                pass  # that server has stopped; this thread serves the next one
             del job, result
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def run(self, fn: Callable[..., Any], *args: Any, always: bool = False) -> Any:
         """Run ``fn(*args, job)`` in a worker thread; serve its ``job.call`` requests until it
-        returns; return its result or raise its exception. If this task is cancelled while the
-        thread runs, the thread is abandoned (its further calls raise ``ClientDisconnected``)."""
-        job = _Job(fn, args)
-        self._busy += 1
-        if self._busy > self._threads and self._threads < self.size:
+        returns; return its result or raise its exception. If this task is cancelled, the job
+        is abandoned: not started if still queued (unless ``always``), and its further calls
+        raise ``ClientDisconnected``."""
+        job = _Job(fn, args, always)
+        self.busy += 1
+        if self.busy > self._threads and self._threads < self.size:
             self._threads += 1
             threading.Thread(target=self._work, name=f"trioserve-wsgi-{self._threads}",
                              daemon=True).start()
         self._jobs.put(job)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
+            job.waiting = False
             job.abandoned = True
-            self._busy -= 1
             return trio.lowlevel.Abort.SUCCEEDED
 
-        while True:
-            kind, payload = await trio.lowlevel.wait_task_rescheduled(abort)
-            if kind == "done":
-                self._busy -= 1
-                return payload.unwrap()
-            afn, fargs = payload
-            try:
-                res: outcome.Outcome[Any] = outcome.Value(await afn(*fargs))
-            except trio.Cancelled:
-                job.abandoned = True
-                self._busy -= 1
-                job.reply.put(outcome.Error(ClientDisconnected("the request was cancelled")))
-                raise
-            except Exception as exc:
-                res = outcome.Error(exc)
-            job.reply.put(res)
+        try:
+            while True:
+                while not job.inbox:
+                    job.waiting = True
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                kind, payload = job.inbox.popleft()
+                if kind == "done":
+                    return payload.unwrap()
+                afn, fargs = payload
+                try:
+                    res: outcome.Outcome[Any] = outcome.Value(await afn(*fargs))
+                except trio.Cancelled:
+                    job.abandoned = True
+                    job.reply.put(_ended())
+                    raise
+                except Exception as exc:
+                    res = outcome.Error(exc)
+                job.reply.put(res)
+        finally:
+            job.finished = True
+            while job.inbox:  # calls that arrived with or after "done"
+                if job.inbox.popleft()[0] == "call":
+                    job.reply.put(_ended())
 
 
 class FileWrapper:
@@ -451,7 +499,7 @@ class WSGIBridge:
                 if close is not None:
                     # Application code (Django's request_finished, thread-local cleanup):
                     # in a worker thread, never on the Trio loop. Queued even if cancelled.
-                    await self.pool.run(lambda _job: close())
+                    await self.pool.run(lambda _job: close(), always=True)
             return
         chunks: list[bytes] = []
         for chunk in result:

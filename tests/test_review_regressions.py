@@ -191,3 +191,94 @@ async def test_swallowed_startup_failure_still_fails_startup() -> None:
 
     with trio.fail_after(10), pytest.raises(LifespanFailure, match="no database"):
         await serve(ASGIBridge(app), make_config(), install_signal_handlers=False)
+
+
+async def test_second_disconnect_waiter_takes_over_when_the_reader_gives_up() -> None:
+    from trioserve.features import RequestLifetimeFeature
+
+    result: dict[str, str] = {}
+
+    async def app(ctx: RequestContext) -> None:
+        lifetime = ctx.features[RequestLifetimeFeature]
+
+        async def a() -> None:
+            with trio.move_on_after(0.2):
+                await lifetime.wait_done()
+            result["A"] = "gave up"
+
+        async def b() -> None:
+            await trio.sleep(0.05)
+            with trio.move_on_after(5) as scope:
+                await lifetime.wait_done()
+            result["B"] = "hung" if scope.cancelled_caught else "saw the disconnect"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a)
+            nursery.start_soon(b)
+
+    with trio.fail_after(10):
+        async with run_server(app, asgi=False) as srv:
+            stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await trio.sleep(0.5)
+            await stream.aclose()
+            while "B" not in result:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+    assert result == {"A": "gave up", "B": "saw the disconnect"}
+
+
+async def test_cancelled_send_file_aborts_the_response(tmp_path: Any) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"a" * (64 * 1024 * 1024))
+    outcome: list[str] = []
+
+    async def app(ctx: RequestContext) -> None:
+        out = ctx.features[ResponseBodyFeature]
+        with trio.move_on_after(0.3):
+            await out.send_file(str(path))
+        try:
+            await out.complete()
+        except ClientDisconnected:
+            outcome.append("refused")
+
+    with trio.fail_after(20):
+        async with run_server(app, asgi=False) as srv:
+            stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                while not outcome:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+    assert outcome == ["refused"]
+
+
+async def test_wsgi_write_after_the_request_ended_does_not_hurt_the_server() -> None:
+    import threading
+    import time
+
+    from trioserve.bridges.wsgi import WSGIBridge
+
+    late: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def background() -> None:
+            time.sleep(0.3)
+            try:
+                write(b"late")
+            except OSError as exc:
+                late.append(type(exc).__name__)
+
+        threading.Thread(target=background).start()
+        return [b"hi"]
+
+    with trio.fail_after(10):
+        async with run_server(WSGIBridge(app), asgi=False) as srv:
+            data = await raw_exchange(
+                srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert data.endswith(b"\r\n\r\nhi")
+            while not late:  # noqa: ASYNC110 - set by a plain thread
+                await trio.sleep(0.05)
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(srv.url)).text == "hi"
+    assert late == ["ClientDisconnected"]

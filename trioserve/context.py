@@ -118,6 +118,7 @@ class Exchange:
 
     __slots__ = (
         "_done",
+        "_reader_changed",
         "aborted",
         "body",
         "conn",
@@ -142,6 +143,7 @@ class Exchange:
         self.upgraded = False
         self.disconnect_scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None  # created only if someone waits for it
+        self._reader_changed: trio.Event | None = None
         self.read_ahead = 0  # bytes of later requests read while waiting for a disconnect
         self.reading = False  # a task is reading the socket for a disconnect
         self.request = req = H1Request(self)
@@ -164,9 +166,21 @@ class Exchange:
             self._done = trio.Event()
         return self._done
 
+    def reader_changed(self) -> trio.Event:
+        """Set when the task reading the socket for a disconnect stops (or all is done)."""
+        if self._reader_changed is None:
+            self._reader_changed = trio.Event()
+        return self._reader_changed
+
+    def reader_left(self) -> None:
+        if self._reader_changed is not None:
+            self._reader_changed.set()
+            self._reader_changed = None
+
     def signal_done(self) -> None:
         if self._done is not None:
             self._done.set()
+        self.reader_left()
         if self.disconnect_scope is not None:
             self.disconnect_scope.cancel()
 

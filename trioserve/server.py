@@ -373,63 +373,74 @@ class _H1Connection:
         that already happened is seen without blocking, so this also works inside an
         already-cancelled scope (Starlette's ``request.is_disconnected()`` polls that way).
         """
-        if exchange.aborted or exchange.response.is_complete:
-            return
         io = self.io
-        while exchange.read_ahead < MAX_PIPELINE_BUFFER and not exchange.reading:
-            try:
-                data = io.try_receive()
-            except trio.BrokenResourceError:
-                data = b""
-            if data is None:
-                break
-            if not data:
-                exchange.mark_aborted()
+        while not (exchange.aborted or exchange.response.is_complete):
+            if exchange.reading:
+                # Someone else reads; wake when they stop (done, or cancelled: then take over).
+                await exchange.reader_changed().wait()
+                continue
+            while exchange.read_ahead < MAX_PIPELINE_BUFFER:
+                try:
+                    data = io.try_receive()
+                except trio.BrokenResourceError:
+                    data = b""
+                if data is None:
+                    break
+                if not data:
+                    exchange.mark_aborted()
+                    return
+                exchange.read_ahead += len(data)
+                self.proto.receive_data(data)
+            if exchange.read_ahead >= MAX_PIPELINE_BUFFER:
+                await exchange.done_event().wait()  # the bound is reached: stop reading
                 return
-            exchange.read_ahead += len(data)
-            self.proto.receive_data(data)
-        done = exchange.done_event()
-        if exchange.reading or exchange.read_ahead >= MAX_PIPELINE_BUFFER:
-            await done.wait()
-            return
-        exchange.reading = True
-        try:
-            with trio.CancelScope() as scope:
-                exchange.disconnect_scope = scope
-                while exchange.read_ahead < MAX_PIPELINE_BUFFER:
-                    try:
-                        data = await io.receive()
-                    except trio.BrokenResourceError:
-                        data = b""
-                    if not data:
-                        exchange.mark_aborted()
-                        return
-                    exchange.read_ahead += len(data)
-                    self.proto.receive_data(data)
-                await done.wait()
-        finally:
-            exchange.reading = False
-            exchange.disconnect_scope = None
+            exchange.reading = True
+            try:
+                with trio.CancelScope() as scope:
+                    exchange.disconnect_scope = scope
+                    while exchange.read_ahead < MAX_PIPELINE_BUFFER:
+                        try:
+                            data = await io.receive()
+                        except trio.BrokenResourceError:
+                            data = b""
+                        if not data:
+                            exchange.mark_aborted()
+                            return
+                        exchange.read_ahead += len(data)
+                        self.proto.receive_data(data)
+            finally:
+                exchange.reading = False
+                exchange.disconnect_scope = None
+                exchange.reader_left()
 
     async def send_file(self, path: str | os.PathLike[str] | int, offset: int, count: int,
                         prefix: bytes, suffix: bytes) -> int:
         f = None if isinstance(path, int) else await trio.to_thread.run_sync(open, path, "rb")
         try:
-            if prefix:
-                await self.send_all(prefix)
-            sent = await self._sendfile(path if f is None else f.fileno(),  # type: ignore[arg-type]
-                                        offset, count)
-            if sent < count:
-                if self.exchange is not None:
-                    self.exchange.mark_aborted()
-                name = path if isinstance(path, int) else os.fspath(path)
-                raise ResponseError(f"file {name!r} shrank while being sent")
-            if suffix:
-                await self.send_all(suffix)
-            return sent + len(prefix) + len(suffix)
+            fd = f.fileno() if f is not None else path
+            assert isinstance(fd, int)
+            return await self._send_file_framed(fd, path, offset, count, prefix, suffix)
+        except BaseException:
+            # Interrupted (cancelled, client gone): the protocol already counted the bytes, so
+            # this response can no longer be finished honestly.
+            if self.exchange is not None:
+                self.exchange.mark_aborted()
+            raise
         finally:
             if f is not None:
                 f.close()
+
+    async def _send_file_framed(self, fd: int, path: str | os.PathLike[str] | int, offset: int,
+                                count: int, prefix: bytes, suffix: bytes) -> int:
+        if prefix:
+            await self.send_all(prefix)
+        sent = await self._sendfile(fd, offset, count)
+        if sent < count:
+            name = path if isinstance(path, int) else os.fspath(path)
+            raise ResponseError(f"file {name!r} shrank while being sent")
+        if suffix:
+            await self.send_all(suffix)
+        return sent + len(prefix) + len(suffix)
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> int:
         """``os.sendfile`` from ``fd`` to the socket; each wait is bounded like a send."""
