@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = Timeouts()
     p = _Parser(
         prog="trioserve",
-        description="Serve an ASGI application (or a trioserve features application) over "
-                    "HTTP/1.1 on Trio.",
+        description="Serve an ASGI 3 or WSGI application (or a trioserve features "
+                    "application) over HTTP/1.1 on Trio.",
         epilog="Example: trioserve trioserve.demo:app --port 8000",
     )
     p.add_argument("app", metavar="APP", help="the application as 'module:attribute'")
