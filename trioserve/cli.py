@@ -23,6 +23,7 @@ from . import __version__
 from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts
 from .features import Application, LifespanFailure
 from .listeners import ListenError
+from .logs import setup_cli_logging
 from .server import serve
 
 __all__ = ["AppLoadError", "build_config", "load_app", "main"]
@@ -328,15 +329,6 @@ def wrap_app(obj: Any, interface: str, lifespan: str, threads: int = 40) -> Appl
     return app
 
 
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger("trioserve")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see module docs)."""
     try:
@@ -355,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_cli_logging(args.log_level)
     try:
         config = build_config(args)
     except ConfigError as exc:

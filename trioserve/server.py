@@ -48,6 +48,7 @@ from .features import (
     ServerAddressesInfo,
 )
 from .listeners import BoundListener, ListenError, open_listeners
+from .logs import fast_access_handler
 from .protocols.events import (
     NEED_DATA,
     BodyData,
@@ -110,6 +111,8 @@ class _Server:
         self.server_header = (config.server_header.encode("ascii")
                               if config.server_header is not None else None)
         self.access_log = config.access_log
+        # Decided once the server starts, after the logging configuration is in place.
+        self.fast_access = fast_access_handler() if config.access_log else None
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -705,10 +708,18 @@ class _H1Connection:
         proto.keep_alive = False
 
     def _log_access(self, ex: Exchange) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
         head = ex.head
         elapsed = time.perf_counter() - ex.start_time
+        fast = self.server.fast_access
+        if fast is not None:
+            request = ex.request
+            fast.write_access(
+                f'{self.peer_text} - "{request.method} {head.target.decode("latin-1")} '
+                f'HTTP/{request.http_version}" {ex.response.status} '
+                f'{ex.response.bytes_sent} {elapsed:.6f}s')
+            return
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         access_log.info(
             '%s - "%s %s HTTP/%s" %d %d %.6fs',
             self.peer_text,
