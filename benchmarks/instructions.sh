@@ -26,3 +26,4 @@ run() {
 run "floor trio+h11 (h11 send)" $PY floor_h11.py PORT h11
 run "floor trio+h11 (prebuilt bytes)" $PY floor_h11.py PORT prebuilt
 run "trioserve ASGI hello (no access log)" $PY -m trioserve apps:hello --app-dir . --port PORT --no-access-log --log-level warning
+run "trioserve ASGI hello (access log on)" $PY -m trioserve apps:hello --app-dir . --port PORT --log-level info

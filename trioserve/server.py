@@ -160,18 +160,21 @@ class _SocketIO:
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
 
-    async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+    async def receive(self, max_bytes: int = RECEIVE_SIZE, *, known_empty: bool = False) -> bytes:
+        """Read what is there, waiting for it if need be. ``known_empty``: the caller just found
+        nothing to read, so go straight to waiting (saves a failing ``recv``)."""
         sock = self.sock
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            data = sock.recv(max_bytes)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
-        else:
-            await self.fairness()
-            return data
+        if not known_empty:
+            try:
+                data = sock.recv(max_bytes)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            else:
+                await self.fairness()
+                return data
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
@@ -551,12 +554,15 @@ class _H1Connection:
         server = self.server
         try:
             ev = proto.next_event()
+            known_empty = False
             if ev is NEED_DATA:
                 # Bytes already waiting in the socket need no deadline.
                 data = self.io.try_receive()
                 if data is not None:
                     proto.receive_data(data)
                     ev = proto.next_event()
+                else:
+                    known_empty = True
             if ev is NEED_DATA:
                 timeouts = server.config.timeouts
                 timer = self.timer
@@ -570,7 +576,8 @@ class _H1Connection:
                         return None
                     server.idle_scopes.add(timer)
                 while ev is NEED_DATA:
-                    data = await self.io.receive()
+                    data = await self.io.receive(known_empty=known_empty)
+                    known_empty = False
                     if idle and data:
                         idle = False
                         server.idle_scopes.discard(timer)
