@@ -621,8 +621,8 @@ def test_ambiguous_framing_is_400(head: str) -> None:
 
 
 @pytest.mark.parametrize("value", [
-    "gzip", "identity", "gzip, chunked", "chunked, gzip", "chunked, chunked", "xchunked",
-    "chunked-false", '"chunked"', "chunked;q=1", "x, chunked",
+    "gzip", "identity", "gzip, chunked", "xchunked", "chunked-false", "chunked;q=1",
+    "x, chunked",
 ])
 def test_transfer_coding_other_than_chunked_is_501(value: str) -> None:
     """RFC 9112 §6.1: a server that receives a transfer coding it does not understand SHOULD
@@ -1289,3 +1289,22 @@ def test_101_only_when_switching_protocols() -> None:
     with pytest.raises(ResponseError):  # no Upgrade in the request
         proto.response_head(101, [], switching_protocols=True)
     assert proto.response_head(200, []).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+@pytest.mark.parametrize(("te_lines", "status"), [
+    ([b"gzip, chunked"], 501),          # an unknown coding: not implemented
+    ([b"gzip", b"chunked"], 501),
+    ([b"chunked, chunked"], 400),       # chunked applied twice (RFC 9112 \u00a77.1)
+    ([b"chunked", b"chunked"], 400),
+    ([b"chunked, gzip"], 400),          # chunked not last
+    ([b"chunked,"], 400),               # an empty list element
+    ([b"chu\"nked"], 400),              # not a token
+])
+def test_transfer_encoding_refusals(te_lines: list[bytes], status: int) -> None:
+    p = HTTP1Protocol()
+    p.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\n"
+                   + b"".join(b"Transfer-Encoding: " + v + b"\r\n" for v in te_lines)
+                   + b"\r\n0\r\n\r\n")
+    with pytest.raises(ProtocolError) as info:
+        p.next_event()
+    assert info.value.status_hint == status

@@ -291,7 +291,10 @@ class HTTP1Protocol:
         try:
             ev = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise ProtocolError(str(exc) or "malformed request", exc.error_status_hint) from None
+            status = exc.error_status_hint
+            if status == 501:
+                status = _transfer_coding_status(head)
+            raise ProtocolError(str(exc) or "malformed request", status) from None
         if type(ev) is not h11.Request:  # pragma: no cover - h11 gave us a full head
             raise ProtocolError("malformed request")
         self._h11 = conn
@@ -681,6 +684,27 @@ class HTTP1Protocol:
         if self._head is None or self._head.method != b"HEAD":
             parts.append(body)
         return b"".join(parts)
+
+
+_TE_LINE_RE: Final = re.compile(rb"\ntransfer-encoding:([^\r]*)(?=\r)", re.I)
+
+
+def _transfer_coding_status(head: bytes) -> int:
+    """The status for a Transfer-Encoding h11 refused: 501 when the list is well formed but
+    names a coding we do not implement (RFC 9112 §6.1), 400 when it is malformed: chunked
+    applied twice or not last, an empty element, a value that is not a token list."""
+    codings = []
+    for value in _TE_LINE_RE.findall(head):
+        for item in value.split(b","):
+            coding = item.split(b";", 1)[0].strip().lower()
+            if not coding or _TOKEN_RE.fullmatch(coding) is None:
+                return 400
+            codings.append(coding)
+    if not codings:
+        return 400
+    if codings.count(b"chunked") > 1 or (b"chunked" in codings and codings[-1] != b"chunked"):
+        return 400
+    return 501
 
 
 def _check_header(name: bytes, value: bytes) -> None:
