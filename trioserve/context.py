@@ -190,9 +190,10 @@ class Exchange:
         self.signal_done()
 
     async def reject(self, status: int, message: str) -> None:
-        """Answer ``status`` and end keep-alive if no response has started (the connection then
-        closes in an orderly way, lingering so the client can read the answer); otherwise abort,
-        since the response already under way cannot be finished honestly."""
+        """Answer ``status`` (413/400/408 for a body, 500 for a failed app) and end keep-alive
+        if no response has started (the connection then closes in an orderly way, lingering so
+        the client can read the answer); otherwise abort, since the response already under way
+        cannot be finished honestly."""
         proto = self.conn.proto
         proto.keep_alive = False
         if proto.response_started or self.aborted:

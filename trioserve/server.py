@@ -120,6 +120,14 @@ class _Server:
             scope.cancel()
 
 
+def write_deadline(rate: MinDataRate | None, nbytes: int) -> float:
+    """When a write of ``nbytes`` that has to wait must be done by: the grace period plus the
+    time the bytes take at the minimum response rate (Kestrel's rule); never without a rate."""
+    if rate is None:
+        return math.inf
+    return trio.current_time() + rate.grace_period + nbytes / rate.bytes_per_second
+
+
 class _SocketIO:
     """Plain-socket I/O for one connection: the stdlib socket, non-blocking, driven with
     ``trio.lowlevel.wait_readable``/``wait_writable``.
@@ -166,13 +174,8 @@ class _SocketIO:
         sock = self.sock
         await trio.lowlevel.checkpoint_if_cancelled()
         if not known_empty:
-            try:
-                data = sock.recv(max_bytes)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
-            else:
+            data = self.try_receive(max_bytes)
+            if data is not None:
                 await self.fairness()
                 return data
         while True:
@@ -200,10 +203,7 @@ class _SocketIO:
             await self.fairness()
             return
         view = memoryview(data)[sent:]
-        deadline = math.inf
-        if rate is not None:
-            deadline = trio.current_time() + rate.grace_period + len(view) / rate.bytes_per_second
-        with trio.CancelScope(deadline=deadline) as scope:
+        with trio.CancelScope(deadline=write_deadline(rate, len(view))) as scope:
             while view:
                 await trio.lowlevel.wait_writable(sock)
                 try:
@@ -308,14 +308,15 @@ class _H1Connection:
         the response can no longer be finished honestly, nor the connection reused."""
         try:
             await self.io.send_all(data, self.response_rate)
-        except trio.BrokenResourceError as exc:
-            if self.exchange is not None:
-                self.exchange.mark_aborted()
-            raise ClientDisconnected("the client disconnected") from exc
-        except BaseException:
-            if self.exchange is not None:
-                self.exchange.mark_aborted()
+        except BaseException as exc:
+            self._abort_exchange()
+            if isinstance(exc, trio.BrokenResourceError):
+                raise ClientDisconnected("the client disconnected") from exc
             raise
+
+    def _abort_exchange(self) -> None:
+        if self.exchange is not None:
+            self.exchange.mark_aborted()
 
     async def receive_body_event(self, exchange: Exchange) -> BodyData | EndOfBody:
         proto = self.proto
@@ -392,11 +393,8 @@ class _H1Connection:
                     data = b""
                 if data is None:
                     break
-                if not data:
-                    exchange.mark_aborted()
+                if not self._keep_read_ahead(exchange, data):
                     return
-                exchange.read_ahead += len(data)
-                self.proto.receive_data(data)
             if exchange.read_ahead >= MAX_PIPELINE_BUFFER:
                 await exchange.done_event().wait()  # the bound is reached: stop reading
                 return
@@ -409,15 +407,22 @@ class _H1Connection:
                             data = await io.receive()
                         except trio.BrokenResourceError:
                             data = b""
-                        if not data:
-                            exchange.mark_aborted()
+                        if not self._keep_read_ahead(exchange, data):
                             return
-                        exchange.read_ahead += len(data)
-                        self.proto.receive_data(data)
             finally:
                 exchange.reading = False
                 exchange.disconnect_scope = None
                 exchange.reader_left()
+
+    def _keep_read_ahead(self, exchange: Exchange, data: bytes) -> bool:
+        """Keep bytes read while waiting for a disconnect (they belong to the next request);
+        at EOF abort the exchange and return False."""
+        if not data:
+            exchange.mark_aborted()
+            return False
+        exchange.read_ahead += len(data)
+        self.proto.receive_data(data)
+        return True
 
     async def send_file(self, path: str | os.PathLike[str] | int, offset: int, count: int,
                         prefix: bytes, suffix: bytes) -> int:
@@ -427,10 +432,9 @@ class _H1Connection:
             assert isinstance(fd, int)
             return await self._send_file_framed(fd, path, offset, count, prefix, suffix)
         except BaseException:
-            # Interrupted (cancelled, client gone): the protocol already counted the bytes, so
-            # this response can no longer be finished honestly.
-            if self.exchange is not None:
-                self.exchange.mark_aborted()
+            # Interrupted (cancelled, client gone, file shrank): the protocol already counted the
+            # bytes, so this response can no longer be finished honestly.
+            self._abort_exchange()
             raise
         finally:
             if f is not None:
@@ -459,20 +463,14 @@ class _H1Connection:
             try:
                 n = os.sendfile(out, fd, offset + sent, step)
             except BlockingIOError:
-                deadline = math.inf
-                if rate is not None:
-                    deadline = (trio.current_time() + rate.grace_period
-                                + step / rate.bytes_per_second)
-                with trio.CancelScope(deadline=deadline) as scope:
+                with trio.CancelScope(deadline=write_deadline(rate, step)) as scope:
                     await trio.lowlevel.wait_writable(sock)
                 if not scope.cancelled_caught:
                     continue
                 n = -1
             except OSError:
                 n = -1
-            if n < 0:
-                if self.exchange is not None:
-                    self.exchange.mark_aborted()
+            if n < 0:  # send_file aborts the exchange
                 raise ClientDisconnected("the client disconnected or read too slowly")
             if n == 0:
                 break
@@ -652,7 +650,6 @@ class _H1Connection:
             await self._drain_body(ex)
 
     async def _app_failed(self, ex: Exchange, exc: BaseException) -> None:
-        proto = self.proto
         target = ex.head.target.decode("latin-1")
         if ex.aborted or ex.rejected:
             # The client left, the app aborted, or the server already answered with an error
@@ -665,20 +662,10 @@ class _H1Connection:
         else:
             log.error("exception in application for %s %s", ex.request.method, target,
                       exc_info=exc)
-        if not proto.response_started and not ex.upgraded:
-            ex.response._status = 500
-            ex.response.mark_done()
-            proto.keep_alive = False
-            data = proto.error_response(500, "Internal Server Error")
-            ex.response.bytes_sent += len(data)
-            try:
-                await self.send_all(data)
-            except ClientDisconnected:
-                pass
-            return
-        # After the response started there is no honest way to finish it: close the
-        # connection so the client sees a truncated response, never a complete-looking one.
-        ex.mark_aborted()
+        # A 500 if nothing was sent yet. After the response started there is no honest way to
+        # finish it: reject() aborts, so the client sees a truncated response, never a
+        # complete-looking one.
+        await ex.reject(500, "Internal Server Error")
 
     async def _drain_body(self, ex: Exchange) -> None:
         """Read and discard an unread request body so the connection can be reused; close

@@ -73,8 +73,9 @@ _VERSION_RE: Final = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _CL_LIST_RE: Final = re.compile(rb"\r\ncontent-length:[^\r]*,", re.I)
 _MAX_LEADING_EMPTY_LINES: Final = 8
 _MAX_CHUNK_SIZE: Final = 2**63 - 1
-# h11 lower-cases the Transfer-Encoding value; the app gets the value as sent.
-_TE_VALUE_RE: Final = re.compile(rb"\r\ntransfer-encoding:[ \t]*([^\r]*?)[ \t]*\r", re.I)
+# The value of each Transfer-Encoding line of a raw head (untrimmed): h11 lower-cases the
+# value, the app gets it as sent; and a refused value is told malformed from unknown.
+_TE_LINE_RE: Final = re.compile(rb"\ntransfer-encoding:([^\r]*)(?=\r)", re.I)
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # Response fields the protocol handles itself: 1 content-length, 2 transfer-encoding,
@@ -349,10 +350,10 @@ class HTTP1Protocol:
                 raise ProtocolError("both Transfer-Encoding and Content-Length")
             if version == b"1.0":
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-            m = _TE_VALUE_RE.search(raw_head)
-            if m is not None and m.group(1) != b"chunked":
-                headers = [(n, m.group(1) if n == b"transfer-encoding" else v)
-                           for n, v in headers]
+            m = _TE_LINE_RE.search(raw_head)
+            sent = m.group(1).strip(b" \t") if m is not None else b"chunked"
+            if sent != b"chunked":
+                headers = [(n, sent if n == b"transfer-encoding" else v) for n, v in headers]
         elif content_length is not None and (
             raw_head.lower().count(b"\r\ncontent-length:") > 1
             or _CL_LIST_RE.search(raw_head) is not None  # "5, 5": a repeated field on one line
@@ -511,10 +512,7 @@ class HTTP1Protocol:
         append = out.append
         special = _SPECIAL_RESPONSE_FIELDS
         for name, value in headers:
-            if _TOKEN_RE.fullmatch(name) is None:
-                raise ResponseError(f"invalid response header name {name!r}")
-            if _BAD_VALUE_RE.search(value) is not None:
-                raise ResponseError(f"invalid value for response header {name!r}: {value!r}")
+            _check_header(name, value)
             kind = special.get(name.lower())
             if kind is None:
                 append(b"%s: %s\r\n" % (name, value))
@@ -684,9 +682,6 @@ class HTTP1Protocol:
         if self._head is None or self._head.method != b"HEAD":
             parts.append(body)
         return b"".join(parts)
-
-
-_TE_LINE_RE: Final = re.compile(rb"\ntransfer-encoding:([^\r]*)(?=\r)", re.I)
 
 
 def _transfer_coding_status(head: bytes) -> int:
