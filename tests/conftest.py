@@ -118,6 +118,21 @@ def parse_responses(data: bytes, methods: list[bytes] | None = None) -> list[
             return out
 
 
+def assert_incomplete(data: bytes) -> None:
+    """``data`` (everything received until the server closed) is a truncated response: an
+    HTTP client reading it must fail instead of seeing a complete message."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    conn.receive_data(b"")
+    with pytest.raises(h11.RemoteProtocolError, match="without sending complete message"):
+        while True:
+            ev = conn.next_event()
+            assert not isinstance(ev, h11.EndOfMessage | h11.ConnectionClosed)
+            assert ev is not h11.NEED_DATA
+
+
 @pytest.fixture
 def server_factory() -> Callable[..., Any]:
     return run_server

@@ -15,7 +15,7 @@ import h11
 import httpx
 import pytest
 import trio
-from conftest import make_config, parse_responses, raw_exchange, run_server
+from conftest import assert_incomplete, make_config, parse_responses, raw_exchange, run_server
 from trioserve.bridges.asgi import ASGIBridge
 
 from trioserve import serve
@@ -103,21 +103,6 @@ def header(resp: h11.Response, name: bytes) -> bytes | None:
         if n == name:
             return bytes(v)
     return None
-
-
-def assert_incomplete(data: bytes) -> None:
-    """``data`` (everything received until the server closed) is a truncated response: an
-    HTTP client reading it must fail instead of seeing a complete message."""
-    conn = h11.Connection(h11.CLIENT)
-    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-    conn.send(h11.EndOfMessage())
-    conn.receive_data(data)
-    conn.receive_data(b"")
-    with pytest.raises(h11.RemoteProtocolError, match="without sending complete message"):
-        while True:
-            ev = conn.next_event()
-            assert not isinstance(ev, h11.EndOfMessage | h11.ConnectionClosed)
-            assert ev is not h11.NEED_DATA
 
 
 async def read_all(receive: Any) -> tuple[list[Message], bytes]:

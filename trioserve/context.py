@@ -93,22 +93,23 @@ def decode_path(raw_path: bytes) -> str:
     return unquote_to_bytes(raw_path).decode("utf-8", "replace")
 
 
-def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes, str | None]:
-    """``(raw_path, query_string, scheme from an absolute-form target or None)``."""
+def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes]:
+    """``(raw_path, query_string)`` of a request-target. An absolute-form target's scheme is
+    not returned: the connection decides the scheme."""
     if target[:1] == b"/":
         path, _, query = target.partition(b"?")
-        return path, query, None
+        return path, query
     if target == b"*" or method == b"CONNECT":
-        return target, b"", None
+        return target, b""
     # absolute-form, validated by the protocol: scheme "://" authority [path-abempty] ["?" query]
-    scheme, _, rest = target.partition(b"://")
+    _scheme, _, rest = target.partition(b"://")
     slash = len(rest)
     for sep in (b"/", b"?"):
         i = rest.find(sep)
         if 0 <= i < slash:
             slash = i
     path, _, query = rest[slash:].partition(b"?")
-    return path or b"/", query, scheme.decode("ascii").lower()
+    return path or b"/", query
 
 
 class Exchange:
@@ -158,6 +159,19 @@ class Exchange:
             ResponseBodyFeature: resp,
         }
         self.context = RequestContext(FeatureCollection(items, conn.features))
+
+    def unread_body_ends_connection(self) -> bool:
+        """Whether what is left of the request body rules out keep-alive: the client still
+        waits for 100-continue (it may never send the body), or more than
+        :data:`MAX_DRAIN_BYTES` of a Content-Length body is left to discard."""
+        body = self.body
+        if body.is_complete:
+            return False
+        head = self.head
+        if head.expects_continue and not body.started:
+            return True
+        return (head.content_length is not None
+                and head.content_length - body.received > MAX_DRAIN_BYTES)
 
     def done_event(self) -> trio.Event:
         """Set once the client disconnected, the request was aborted or the response
@@ -230,7 +244,7 @@ class H1Request:
     def __init__(self, ex: Exchange) -> None:
         self._ex = ex
         head = ex.head
-        raw_path, query, _target_scheme = _split_target(head.method, head.target)
+        raw_path, query = _split_target(head.method, head.target)
         self.method = head.method.decode("ascii")
         self.raw_target = head.target
         self.raw_path = raw_path
@@ -361,9 +375,7 @@ class H1RequestBody:
             return b""
         assert type(ev) is BodyData
         data = ev.data
-        self.received += len(data)
-        if self._max_size is not None and self.received > self._max_size:
-            await self._too_large(self._max_size)
+        await self._count(data)
         # Peek without blocking so the caller learns the body ended with its last chunk.
         try:
             nxt = proto.next_event()
@@ -372,14 +384,18 @@ class H1RequestBody:
         if type(nxt) is EndOfBody:
             self._done = True
         elif type(nxt) is BodyData:
+            await self._count(nxt.data)
             self._pending = nxt.data
-            self.received += len(nxt.data)
-            if self._max_size is not None and self.received > self._max_size:
-                self._pending = None
-                await self._too_large(self._max_size)
         else:
             assert nxt is NEED_DATA
         return data
+
+    async def _count(self, data: bytes) -> None:
+        """Count received body bytes against ``max_size``; past it answer 413 and raise
+        :class:`RequestBodyTooLarge`."""
+        self.received += len(data)
+        if self._max_size is not None and self.received > self._max_size:
+            await self._too_large(self._max_size)
 
     async def _too_large(self, limit: int) -> None:
         msg = f"request body larger than the limit of {limit} bytes"
@@ -503,16 +519,9 @@ class H1Response:
         proto = ex.conn.proto
         if ex.conn.draining:
             proto.keep_alive = False
-        body = ex.body
-        if not body.is_complete and proto.keep_alive:
-            # Answering before the body was read: say now whether the connection will close
-            # (the client still waits for 100-continue, or too much is left to discard).
-            head = ex.head
-            if head.expects_continue and not body.started:
-                proto.keep_alive = False
-            elif (head.content_length is not None
-                  and head.content_length - body.received > MAX_DRAIN_BYTES):
-                proto.keep_alive = False
+        if proto.keep_alive and ex.unread_body_ends_connection():
+            # Answering before the body was read: say now that the connection will close.
+            proto.keep_alive = False
         reason = self._reason.encode("latin-1") if self._reason is not None else None
         return proto.response_head(self._status, self._headers, reason=reason,
                                    body_length=body_length)

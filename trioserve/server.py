@@ -671,12 +671,7 @@ class _H1Connection:
         """Read and discard an unread request body so the connection can be reused; close
         instead when it is large, slow, or the client still waits for 100-continue."""
         proto = self.proto
-        head = ex.head
-        if head.expects_continue and not ex.body.started:
-            proto.keep_alive = False
-            return
-        remaining = head.content_length
-        if remaining is not None and remaining - ex.body.received > MAX_DRAIN_BYTES:
+        if ex.unread_body_ends_connection():
             proto.keep_alive = False
             return
         drained = 0
