@@ -390,10 +390,11 @@ class _Cycle:
             self._apply()
         await self.out.send(data)
 
-    async def _finish(self) -> None:
+    async def _finish(self, data: bytes = b"") -> None:
+        """Trio side: end the response; ``data`` is its last (or only) piece."""
         if not self.headers_sent:
             self._apply()
-        await self.out.complete()
+        await self.out.complete(data)
 
     def write(self, data: bytes) -> None:
         """The ``write()`` callable (thread side)."""
@@ -402,6 +403,13 @@ class _Cycle:
         if data:
             assert self.job is not None
             self.job.call(self._send, data)
+
+
+def _checked_chunk(chunk: object) -> bytes:
+    """A response chunk, which PEP 3333 requires to be ``bytes``; else :class:`TypeError`."""
+    if type(chunk) is not bytes:
+        raise TypeError(f"WSGI response chunks must be bytes, got {type(chunk).__name__}")
+    return chunk
 
 
 class WSGIBridge:
@@ -501,15 +509,7 @@ class WSGIBridge:
                     # in a worker thread, never on the Trio loop. Queued even if cancelled.
                     await self.pool.run(lambda _job: close(), always=True)
             return
-        chunks: list[bytes] = []
-        for chunk in result:
-            if type(chunk) is not bytes:
-                raise TypeError(f"WSGI response chunks must be bytes, got "
-                                f"{type(chunk).__name__}")
-            chunks.append(chunk)
-        if not cycle.headers_sent:
-            cycle._apply()
-        await cycle.out.complete(b"".join(chunks))
+        await cycle._finish(b"".join([_checked_chunk(chunk) for chunk in result]))
 
     def _run(self, env: dict[str, Any], cycle: _Cycle, job: _Job) -> Any:
         """Worker thread: call the application and stream its response. Returns a list, tuple
@@ -524,10 +524,7 @@ class WSGIBridge:
             return iterable
         try:
             for chunk in iterable:
-                if type(chunk) is not bytes:
-                    raise TypeError(f"WSGI response chunks must be bytes, got "
-                                    f"{type(chunk).__name__}")
-                if chunk:
+                if _checked_chunk(chunk):
                     job.call(cycle._send, chunk)
             job.call(cycle._finish)
         finally:
