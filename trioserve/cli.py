@@ -11,10 +11,11 @@ import argparse
 import importlib
 import inspect
 import logging
+import math
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import trio
@@ -42,55 +43,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"trioserve: error: {message}\n(run 'trioserve --help' for the options)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool],
+            wanted: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` the text, then ``accept`` the value, else one error
+    saying what was ``wanted``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = wanted  # argparse names the type in some messages
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected bytes per second, got {text!r}") from None
-    if not (value >= 0) or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected bytes per second >= 0 (0 disables), "
-                                         f"got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {text!r}")
-    return value
+_positive_int = _number(int, lambda v: v > 0, "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+# (NaN fails every comparison, so it is refused too)
+_seconds = _number(float, lambda v: 0 < v < math.inf, "a positive number of seconds")
+_rate = _number(float, lambda v: 0 <= v < math.inf, "bytes per second >= 0 (0 disables)")
+_port = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
