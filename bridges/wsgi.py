@@ -78,19 +78,24 @@ class _Job:
     on :attr:`reply`; ``("done", outcome)`` ends the job. Calls are serialised by a lock, so
     even an application that writes from several threads gets one reply per call. Once the job
     is over (``finished``) or given up (``abandoned``), calls fail with ``ClientDisconnected``
-    instead of reaching a task that no longer listens."""
+    instead of reaching a task that no longer listens. The call machinery (lock, reply queue) is
+    made on the first call: most jobs never call back."""
 
-    __slots__ = ("abandoned", "always", "args", "finished", "fn", "inbox", "lock", "reply",
-                 "task", "token", "waiting")
+    __slots__ = ("abandoned", "always", "args", "finished", "fn", "inbox", "lock", "pool",
+                 "reply", "task", "token", "waiting")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], always: bool) -> None:
+    def __init__(self, pool: _WorkerPool, fn: Callable[..., Any], args: tuple[Any, ...],
+                 always: bool) -> None:
+        self.pool = pool
         self.fn = fn
         self.args = args
         self.always = always  # run even if abandoned before a thread picked it up
         self.task = trio.lowlevel.current_task()
-        self.token = trio.lowlevel.current_trio_token()
-        self.reply: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
-        self.lock = threading.Lock()
+        token = pool.token
+        assert token is not None  # bound by pool.run before any job exists
+        self.token: trio.lowlevel.TrioToken = token
+        self.reply: queue.SimpleQueue[outcome.Outcome[Any]] | None = None
+        self.lock: threading.Lock | None = None
         self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self.waiting = False
         self.abandoned = False
@@ -99,12 +104,25 @@ class _Job:
     def call(self, afn: Callable[..., Any], *args: Any) -> Any:
         """Thread side: run ``await afn(*args)`` in the request's own Trio task; its result or
         exception comes back here. Raises ``ClientDisconnected`` once the request is over."""
+        if self.lock is None:
+            with self.pool.mutex:
+                if self.lock is None:
+                    self.reply = queue.SimpleQueue()
+                    self.lock = threading.Lock()
+        assert self.reply is not None
         with self.lock:
             try:
-                self.token.run_sync_soon(_deliver, self, ("call", (afn, args)), None)
+                self.token.run_sync_soon(_deliver, self, ("call", (afn, args)))
             except trio.RunFinishedError:
                 raise ClientDisconnected("the server has stopped") from None
+            # This thread now waits for the Trio side: let another one take queued jobs.
+            self.pool.wake_if_queued()
             return self.reply.get().unwrap()
+
+    def answer(self, result: outcome.Outcome[Any]) -> None:
+        """Trio side: the reply to the pending :meth:`call`."""
+        assert self.reply is not None
+        self.reply.put(result)
 
 
 def _ended() -> outcome.Error:
@@ -113,14 +131,11 @@ def _ended() -> outcome.Error:
     return outcome.Error(ClientDisconnected("the request is over"))
 
 
-def _deliver(job: _Job, message: tuple[str, Any], pool: _WorkerPool | None) -> None:
+def _deliver(job: _Job, message: tuple[str, Any]) -> None:
     """Trio thread: hand ``message`` to the job's task, or refuse it if the job is over."""
-    kind = message[0]
-    if kind == "done" and pool is not None:
-        pool.busy -= 1  # the thread is free again, whatever became of the request
     if job.finished or job.abandoned:
-        if kind == "call":
-            job.reply.put(_ended())
+        if message[0] == "call":
+            job.answer(_ended())
         return
     job.inbox.append(message)
     if job.waiting:
@@ -128,50 +143,119 @@ def _deliver(job: _Job, message: tuple[str, Any], pool: _WorkerPool | None) -> N
         trio.lowlevel.reschedule(job.task)
 
 
+class _PoolInstrument(trio.abc.Instrument):
+    """Ties the pool to the Trio loop's cycle: queued jobs go to a thread just before the loop
+    waits for I/O (when it is about to release the GIL), finished ones are collected just after,
+    so a burst of requests costs one thread wake-up and one loop wake-up, not one per request."""
+
+    def __init__(self, pool: _WorkerPool) -> None:
+        self.pool = pool
+
+    def before_io_wait(self, timeout: float) -> None:
+        pool = self.pool
+        if pool.queue and not pool.awake:
+            pool.wake()
+
+    def after_io_wait(self, timeout: float) -> None:
+        if self.pool.done:
+            self.pool.collect()
+
+
 class _WorkerPool:
     """At most ``size`` daemon threads running application calls, started as needed.
 
-    Cheaper than ``trio.to_thread`` per call (one queue put, one wake-up back), and the async
-    operations a thread asks for run in the calling task itself, so its cancel scopes apply.
-    Threads outlive a ``trio.run``; a job abandoned before a thread took it is skipped."""
+    Jobs are queued on the Trio thread and taken by awake threads in order; an idle thread sleeps
+    on its own lock until woken. The pool keeps as few threads awake as keep the queue moving:
+    one is woken when jobs wait and none is awake; another when a thread blocks on the Trio side
+    (a body read, a streamed write) or when the queue made no progress for a tick (an application
+    blocked in I/O). Finished jobs are collected in batches: after every I/O wait of the loop, on
+    each tick, and when a thread goes idle (which wakes the loop). A thread holding
+    the GIL never has to hand it to the loop per request, which is what makes this cheaper than
+    one ``trio.to_thread`` round trip per call.
+
+    The async operations a thread asks for run in the calling task itself, so its cancel scopes
+    apply. Threads outlive a ``trio.run``; a job abandoned before a thread took it is skipped.
+    The pool serves one ``trio.run`` at a time (the first use in a new run rebinds it)."""
+
+    TICK = 0.001  # seconds between progress checks while jobs are outstanding
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._threads = 0
-        self.busy = 0  # jobs queued or running, counted on the Trio thread
+        self.mutex = threading.Lock()  # guards idle, awake, threads, notify_pending
+        self.queue: collections.deque[_Job] = collections.deque()  # waiting for a thread
+        self.done: collections.deque[tuple[_Job, outcome.Outcome[Any]]] = collections.deque()
+        self.idle: list[threading.Lock] = []  # the wake locks of sleeping threads, LIFO
+        self.threads = 0
+        self.awake = 0  # threads not sleeping
+        self.taken = 0  # jobs taken so far: the queue's progress
+        self.notify_pending = False  # a collect() is scheduled on the loop
+        self.outstanding = 0  # jobs queued or running (Trio thread only)
+        self.token: trio.lowlevel.TrioToken | None = None
+        self._lot = trio.lowlevel.ParkingLot()
 
-    def _work(self) -> None:
+    # ------------------------------------------------------------------ Trio thread
+
+    def _bind(self) -> None:
+        """Attach the pool to the current run: its instrument and its ticker."""
+        self.token = trio.lowlevel.current_trio_token()
+        self.done.clear()  # results for a run that is over
+        self.outstanding = 0
+        self._lot = trio.lowlevel.ParkingLot()
+        trio.lowlevel.add_instrument(_PoolInstrument(self))
+        trio.lowlevel.spawn_system_task(self._tick, name="trioserve-wsgi-ticker")
+
+    async def _tick(self) -> None:
+        """While jobs are outstanding: collect finished ones and unstick a stalled queue."""
+        seen = self.taken
         while True:
-            job = self._jobs.get()
-            if job.abandoned and not job.always:
-                result: outcome.Outcome[Any] = _ended()
-            else:
-                result = outcome.capture(job.fn, *job.args, job)
-                if isinstance(result, outcome.Error) and not isinstance(result.error, Exception):
-                    # KeyboardInterrupt, SystemExit … from application code: a failed request,
-                    # not a reason to stop the server.
-                    err = RuntimeError(f"the WSGI application raised {result.error!r}")
-                    err.__cause__ = result.error
-                    result = outcome.Error(err)
-            try:
-                job.token.run_sync_soon(_deliver, job, ("done", result), self)
-            except trio.RunFinishedError:
-                pass  # that server has stopped; this thread serves the next one
-            del job, result
+            if not self.outstanding:
+                await self._lot.park()
+            await trio.sleep(self.TICK)
+            if self.done:
+                self.collect()
+            if self.queue and self.taken == seen:
+                self.wake()  # nothing was taken for a tick: the awake threads are blocked
+            seen = self.taken
+
+    def wake(self) -> None:
+        """Wake an idle thread, or start one if there is none and the pool is not full."""
+        with self.mutex:
+            if self.idle:
+                self.awake += 1
+                self.idle.pop().release()
+                return
+            if self.threads >= self.size:
+                return
+            self.threads += 1
+            self.awake += 1
+            number = self.threads
+        threading.Thread(target=self._work, args=(threading.Lock(),),
+                         name=f"trioserve-wsgi-{number}", daemon=True).start()
+
+    def collect(self) -> None:
+        """Deliver every finished job to its task."""
+        self.notify_pending = False  # before draining: a later notice then finds work or none
+        done = self.done
+        token = self.token
+        while done:
+            job, result = done.popleft()
+            if job.token is not token:
+                continue  # from an earlier run
+            self.outstanding -= 1
+            _deliver(job, ("done", result))
 
     async def run(self, fn: Callable[..., Any], *args: Any, always: bool = False) -> Any:
         """Run ``fn(*args, job)`` in a worker thread; serve its ``job.call`` requests until it
         returns; return its result or raise its exception. If this task is cancelled, the job
         is abandoned: not started if still queued (unless ``always``), and its further calls
         raise ``ClientDisconnected``."""
-        job = _Job(fn, args, always)
-        self.busy += 1
-        if self.busy > self._threads and self._threads < self.size:
-            self._threads += 1
-            threading.Thread(target=self._work, name=f"trioserve-wsgi-{self._threads}",
-                             daemon=True).start()
-        self._jobs.put(job)
+        if self.token is not trio.lowlevel.current_trio_token():
+            self._bind()
+        job = _Job(self, fn, args, always)
+        if not self.outstanding:
+            self._lot.unpark_all()
+        self.outstanding += 1
+        self.queue.append(job)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             job.waiting = False
@@ -191,16 +275,70 @@ class _WorkerPool:
                     res: outcome.Outcome[Any] = outcome.Value(await afn(*fargs))
                 except trio.Cancelled:
                     job.abandoned = True
-                    job.reply.put(_ended())
+                    job.answer(_ended())
                     raise
                 except Exception as exc:
                     res = outcome.Error(exc)
-                job.reply.put(res)
+                job.answer(res)
         finally:
             job.finished = True
             while job.inbox:  # calls that arrived with or after "done"
                 if job.inbox.popleft()[0] == "call":
-                    job.reply.put(_ended())
+                    job.answer(_ended())
+
+    # -------------------------------------------------------------------- any thread
+
+    def wake_if_queued(self) -> None:
+        """Wake another thread if jobs wait (the caller is about to block)."""
+        if self.queue:
+            self.wake()
+
+    # ---------------------------------------------------------------- worker threads
+
+    def _next(self, wake: threading.Lock) -> _Job | None:
+        """The next queued job, or ``None`` after registering this thread as idle (its wake
+        lock is then held, so the caller sleeps on it until :meth:`wake` releases it)."""
+        with self.mutex:
+            try:
+                job = self.queue.popleft()
+            except IndexError:
+                pass
+            else:
+                self.taken += 1
+                return job
+            wake.acquire()  # not blocking: the lock is free whenever the thread is awake
+            self.awake -= 1
+            self.idle.append(wake)
+            notify = bool(self.done) and not self.notify_pending
+            if notify:
+                self.notify_pending = True
+            token = self.token
+        if notify and token is not None:
+            try:
+                token.run_sync_soon(self.collect)
+            except trio.RunFinishedError:
+                pass  # that server has stopped; this thread serves the next one
+        return None
+
+    def _work(self, wake: threading.Lock) -> None:
+        while True:
+            job = self._next(wake)
+            if job is None:
+                wake.acquire()  # sleep until woken
+                wake.release()
+                continue
+            if job.abandoned and not job.always:
+                result: outcome.Outcome[Any] = _ended()
+            else:
+                result = outcome.capture(job.fn, *job.args, job)
+                if isinstance(result, outcome.Error) and not isinstance(result.error, Exception):
+                    # KeyboardInterrupt, SystemExit … from application code: a failed request,
+                    # not a reason to stop the server.
+                    err = RuntimeError(f"the WSGI application raised {result.error!r}")
+                    err.__cause__ = result.error
+                    result = outcome.Error(err)
+            self.done.append((job, result))
+            del job, result
 
 
 class FileWrapper:
@@ -412,6 +550,30 @@ def _checked_chunk(chunk: object) -> bytes:
     return chunk
 
 
+_BASE_ENVIRON: dict[str, Any] = {
+    "wsgi.version": (1, 0),
+    "wsgi.errors": _ERRORS,
+    "wsgi.multithread": True,
+    "wsgi.multiprocess": False,
+    "wsgi.run_once": False,
+    "wsgi.input_terminated": True,
+    "wsgi.file_wrapper": FileWrapper,
+}
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
+# Header name -> environ key ("" for names that are dropped), filled as names are seen.
+_ENVIRON_KEYS: dict[bytes, str] = {b"content-type": "CONTENT_TYPE",
+                                   b"content-length": "CONTENT_LENGTH"}
+_ENVIRON_KEYS_MAX = 1024  # names beyond this many are converted each time, not remembered
+
+
+def _environ_key(name: bytes) -> str:
+    """The environ key for a (lower-case) header name; ``""`` if the name contains ``_``."""
+    key = "" if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    if len(_ENVIRON_KEYS) < _ENVIRON_KEYS_MAX:
+        _ENVIRON_KEYS[name] = key
+    return key
+
+
 class WSGIBridge:
     """Adapts a WSGI application to a trioserve application (see module docs).
 
@@ -434,54 +596,43 @@ class WSGIBridge:
         features = ctx.features
         req = features[RequestFeature]
         conn = features.get(ConnectionFeature)
-        env: dict[str, Any] = {
-            "REQUEST_METHOD": req.method,
-            "SCRIPT_NAME": req.root_path,
-            "PATH_INFO": unquote_to_bytes(req.raw_path).decode("latin-1"),
-            "QUERY_STRING": req.query_string.decode("latin-1"),
-            "SERVER_PROTOCOL": "HTTP/2" if req.http_version == "2" else
-                               f"HTTP/{req.http_version}",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": req.scheme,
-            "wsgi.errors": _ERRORS,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-            "wsgi.input_terminated": True,
-            "wsgi.file_wrapper": FileWrapper,
-        }
-        host_header: str | None = None
+        raw_path = req.raw_path
+        scheme = req.scheme
+        env = _BASE_ENVIRON.copy()
+        env["REQUEST_METHOD"] = req.method
+        env["SCRIPT_NAME"] = req.root_path
+        env["PATH_INFO"] = (unquote_to_bytes(raw_path) if b"%" in raw_path
+                            else raw_path).decode("latin-1")
+        env["QUERY_STRING"] = req.query_string.decode("latin-1")
+        env["SERVER_PROTOCOL"] = _PROTOCOLS.get(req.http_version) or f"HTTP/{req.http_version}"
+        env["wsgi.url_scheme"] = scheme
+        keys = _ENVIRON_KEYS
         for name, value in req.headers:
-            if name == b"content-type":
-                env["CONTENT_TYPE"] = value.decode("latin-1")
-                continue
-            if name == b"content-length":
-                env["CONTENT_LENGTH"] = value.decode("latin-1")
-                continue
-            if b"_" in name:
-                continue  # would collide with the '-' spelling once converted
-            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+            key = keys.get(name)
+            if key is None:
+                key = _environ_key(name)
+            if not key:
+                continue  # a name with "_": it would collide with the "-" spelling
             text = value.decode("latin-1")
-            if name == b"host":
-                host_header = text
             old = env.get(key)
             if old is None:
                 env[key] = text
             else:
-                env[key] = old + ("; " if name == b"cookie" else ", ") + text
+                env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + text
         local = conn.local if conn is not None else None
         if local is not None:
             env["SERVER_NAME"], env["SERVER_PORT"] = local[0], str(local[1])
-        elif host_header:
-            host, sep, port = host_header.rpartition(":")
-            if sep and port.isdigit():
-                env["SERVER_NAME"], env["SERVER_PORT"] = host, port
-            else:
-                env["SERVER_NAME"] = host_header
-                env["SERVER_PORT"] = "443" if req.scheme == "https" else "80"
         else:
-            env["SERVER_NAME"] = "localhost"
-            env["SERVER_PORT"] = "443" if req.scheme == "https" else "80"
+            host_header = env.get("HTTP_HOST")
+            default_port = "443" if scheme == "https" else "80"
+            if host_header:
+                host, sep, port = host_header.rpartition(":")
+                if sep and port.isdigit():
+                    env["SERVER_NAME"], env["SERVER_PORT"] = host, port
+                else:
+                    env["SERVER_NAME"], env["SERVER_PORT"] = host_header, default_port
+            else:
+                env["SERVER_NAME"], env["SERVER_PORT"] = "localhost", default_port
         peer = conn.peer if conn is not None else None
         if peer is not None:
             env["REMOTE_ADDR"], env["REMOTE_PORT"] = peer[0], str(peer[1])
@@ -498,7 +649,10 @@ class WSGIBridge:
         result = await self.pool.run(self._run, env, cycle)
         if result is None:
             return
-        # A list, tuple or file wrapper handed back to finish on the Trio side.
+        # A list or tuple's bytes, or a file wrapper, handed back to finish on the Trio side.
+        if type(result) is bytes:
+            await cycle._finish(result)
+            return
         if isinstance(result, FileWrapper):
             try:
                 await self._send_file(result, cycle)
@@ -509,16 +663,18 @@ class WSGIBridge:
                     # in a worker thread, never on the Trio loop. Queued even if cancelled.
                     await self.pool.run(lambda _job: close(), always=True)
             return
-        await cycle._finish(b"".join([_checked_chunk(chunk) for chunk in result]))
+        raise AssertionError(f"unexpected result {result!r}")  # pragma: no cover
 
     def _run(self, env: dict[str, Any], cycle: _Cycle, job: _Job) -> Any:
-        """Worker thread: call the application and stream its response. Returns a list, tuple
-        or :class:`FileWrapper` for the Trio side to send, or ``None`` when done here."""
+        """Worker thread: call the application and stream its response. Returns the joined
+        bytes of a list or tuple, or a :class:`FileWrapper`, for the Trio side to send, or
+        ``None`` when done here."""
         cycle.job = env["wsgi.input"].job = job
         iterable = self.app(env, cycle.start_response)
         kind = type(iterable)
         if (kind is list or kind is tuple) and not cycle.headers_sent:
-            return iterable
+            # Sent whole from the Trio side, in one write with its Content-Length.
+            return b"".join([_checked_chunk(chunk) for chunk in iterable])
         if kind is FileWrapper and not cycle.headers_sent and \
                 iterable.fileno() is not None:  # type: ignore[attr-defined]
             return iterable

@@ -12,6 +12,7 @@ does the I/O (and owns every deadline; see :mod:`trioserve.server`).
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote_to_bytes
@@ -403,6 +404,9 @@ class H1RequestBody:
         raise RequestBodyTooLarge(msg)
 
 
+_REASON_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 class H1Response:
     """``ResponseFeature`` and ``ResponseBodyFeature`` of one HTTP/1.1 response."""
 
@@ -468,7 +472,7 @@ class H1Response:
                 encoded = value.encode("latin-1")
             except (AttributeError, UnicodeEncodeError):
                 raise ValueError(f"reason phrase must be latin-1 text, got {value!r}") from None
-            if any((c < 0x20 and c != 0x09) or c == 0x7F for c in encoded):
+            if _REASON_CONTROL.search(encoded):
                 raise ValueError(f"reason phrase contains a control character: {value!r}")
         self._reason = value
 
