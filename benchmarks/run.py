@@ -34,26 +34,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+HAVE_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
+
+
 def servers(port: int) -> dict[str, list[str]]:
     trioserve = [PY, "-m", "trioserve", "apps:hello", "--app-dir", str(HERE),
                  "--port", str(port)]
-    return {
+    out = {
         "floor: trio+h11 (h11 send)": [PY, str(HERE / "floor_h11.py"), str(port), "h11"],
         "floor: trio+h11 (prebuilt bytes)": [PY, str(HERE / "floor_h11.py"), str(port),
                                              "prebuilt"],
-        "trioserve ASGI hello (no access log)": [*trioserve, "--no-access-log",
-                                                 "--log-level", "warning"],
+        "trioserve ASGI hello (h11, no access log)": [*trioserve, "--http", "h11",
+                                                      "--no-access-log", "--log-level",
+                                                      "warning"],
         # the access log written to a file (results/server.log), as in production
-        "trioserve ASGI hello (access log on)": [*trioserve, "--log-level", "info"],
+        "trioserve ASGI hello (h11, access log on)": [*trioserve, "--http", "h11",
+                                                      "--log-level", "info"],
     }
+    if HAVE_HTTPTOOLS:
+        out["trioserve ASGI hello (httptools, no access log)"] = [
+            *trioserve, "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    return out
 
 
 def wsgi_servers(port: int) -> dict[str, list[str]]:
     """WSGI hello world: trioserve (1 process) against Gunicorn gthread (1 worker, 8 threads),
     the comparison the WSGI issue sets; Gunicorn only when installed."""
-    out = {"trioserve WSGI hello": [PY, "-m", "trioserve", "apps:wsgi_hello", "--app-dir",
-                                    str(HERE), "--port", str(port), "--no-access-log",
-                                    "--log-level", "warning"]}
+    trioserve = [PY, "-m", "trioserve", "apps:wsgi_hello", "--app-dir", str(HERE), "--port",
+                 str(port), "--no-access-log", "--log-level", "warning"]
+    out = {"trioserve WSGI hello (h11)": [*trioserve, "--http", "h11"]}
+    if HAVE_HTTPTOOLS:
+        out["trioserve WSGI hello (httptools)"] = [*trioserve, "--http", "httptools"]
     if importlib.util.find_spec("gunicorn") is not None:
         out["gunicorn gthread WSGI hello (1 worker, 8 threads)"] = [
             PY, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "1", "-b",

@@ -54,7 +54,7 @@ from trioserve.protocols.events import (
     ProtocolError,
     RequestHead,
 )
-from trioserve.protocols.http1 import HTTP1Protocol
+from trioserve.protocols.http1 import HTTP1Protocol, resolve_parser
 
 __all__ = [
     "GeneratedRequest",
@@ -62,7 +62,9 @@ __all__ = [
     "ParseOutcome",
     "ParsedRequest",
     "ProtocolLimits",
+    "available_parsers",
     "check_parse",
+    "check_same_parsers",
     "check_same_whole_and_split",
     "check_valid",
     "feed_splits",
@@ -80,6 +82,7 @@ class ProtocolLimits(TypedDict, total=False):
     max_request_line_size: int
     max_request_headers_count: int
     max_request_headers_total_size: int
+    parser: str  # "h11" (default), "httptools" or "auto"
 
 # ----------------------------------------------------------------------------- grammar pieces
 
@@ -520,9 +523,41 @@ def check_same_whole_and_split(data: bytes, cuts: Sequence[int] = (),
             _fail(f"request heads differ between whole and {how}")
 
 
-def check_valid(req: GeneratedRequest, cuts: Sequence[int] = ()) -> None:
+def available_parsers() -> list[str]:
+    """The HTTP/1.1 parsers installed here: ``h11`` always, ``httptools`` with the fast extra."""
+    return ["h11"] if resolve_parser("auto") == "h11" else ["h11", "httptools"]
+
+
+def check_same_parsers(data: bytes, cuts: Sequence[int] = (),
+                       **limits: Unpack[ProtocolLimits]) -> None:
+    """Every installed parser, whole, byte by byte and at ``cuts``
+    (:func:`check_same_whole_and_split`), and the parsers against each other: the same
+    acceptance, the same error status, the same requests (heads, bodies, trailers) and the same
+    end (closed or stopped). This is the differential property that makes the httptools parser
+    safe to use in place of h11: a request one accepts and the other refuses would be a
+    smuggling risk behind a proxy that parses like the other."""
+    outcomes: dict[str, ParseOutcome] = {}
+    for parser in available_parsers():
+        run_limits: ProtocolLimits = {**limits, "parser": parser}
+        check_same_whole_and_split(data, cuts, **run_limits)
+        outcomes[parser] = check_parse(data, **run_limits)
+    ref = outcomes.pop("h11")
+    for parser, other in outcomes.items():
+        ref_status = ref.error.status_hint if ref.error is not None else None
+        status = other.error.status_hint if other.error is not None else None
+        if ref_status != status:
+            _fail(f"h11: {ref.error!r}, {parser}: {other.error!r}")
+        if [_request_view(r) for r in ref.requests] != \
+                [_request_view(r) for r in other.requests]:
+            _fail(f"requests differ, h11: {ref.requests!r}, {parser}: {other.requests!r}")
+        if (ref.closed, ref.stopped) != (other.closed, other.stopped):
+            _fail(f"the end differs, h11: closed={ref.closed} stopped={ref.stopped}, {parser}: "
+                  f"closed={other.closed} stopped={other.stopped}")
+
+
+def check_valid(req: GeneratedRequest, cuts: Sequence[int] = (), parser: str = "h11") -> None:
     """A generated valid request parses, whole, byte by byte and at ``cuts``, to exactly what was
-    generated."""
+    generated, with ``parser``."""
     has_length = any(n == b"content-length" for n, _ in req.headers)
     want = {
         "method": req.method, "target": req.target, "http_version": req.http_version,
@@ -530,10 +565,11 @@ def check_valid(req: GeneratedRequest, cuts: Sequence[int] = ()) -> None:
         "content_length": len(req.body) if has_length else None,
         "body": req.body, "trailers": list(req.trailers), "complete": True,
     }
-    runs = {"whole": check_parse(req.raw),
-            "byte by byte": check_parse(req.raw, byte_by_byte=True)}
+    runs = {"whole": check_parse(req.raw, parser=parser),
+            "byte by byte": check_parse(req.raw, byte_by_byte=True, parser=parser)}
     if cuts:
-        runs[f"cut at {list(cuts)}"] = check_parse(req.raw, pieces=feed_splits(req.raw, cuts))
+        runs[f"cut at {list(cuts)}"] = check_parse(req.raw, pieces=feed_splits(req.raw, cuts),
+                                                    parser=parser)
     for how, outcome in runs.items():
         if outcome.error is not None:
             _fail(f"valid request refused ({how}): {outcome.error!r}")

@@ -16,8 +16,9 @@ from hypothesis import strategies as st  # noqa: E402
 from trioserve.fuzz.http1 import (  # noqa: E402
     GeneratedRequest,
     ProtocolLimits,
+    available_parsers,
     check_parse,
-    check_same_whole_and_split,
+    check_same_parsers,
     check_valid,
     mutated_requests,
     split_points,
@@ -34,7 +35,9 @@ def test_valid_requests_parse_exactly(data: st.DataObject) -> None:
     """Valid generated requests parse to what was generated: whole, byte by byte, split."""
     req: GeneratedRequest = data.draw(valid_requests(), label="request")
     cuts = data.draw(split_points(req.raw), label="cuts")
-    check_valid(req, cuts)
+    for parser in available_parsers():
+        check_valid(req, cuts, parser)
+    check_same_parsers(req.raw)
 
 
 @FUZZ
@@ -44,7 +47,7 @@ def test_mutated_requests_parse_or_protocol_error(data: st.DataObject) -> None:
     else, never a hang; splitting the bytes never changes acceptance."""
     raw = data.draw(mutated_requests(), label="raw")
     cuts = data.draw(split_points(raw), label="cuts")
-    check_same_whole_and_split(raw, cuts)
+    check_same_parsers(raw, cuts)
 
 
 @FUZZ
@@ -53,7 +56,7 @@ def test_mutated_requests_parse_or_protocol_error(data: st.DataObject) -> None:
 @example(b"\r\n" * 20)
 @example(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 3)
 def test_arbitrary_bytes_parse_or_protocol_error(raw: bytes) -> None:
-    check_same_whole_and_split(raw)
+    check_same_parsers(raw)
 
 
 @settings(max_examples=100, deadline=None, database=None)
@@ -67,8 +70,8 @@ def test_pipelined_valid_requests(reqs: list[GeneratedRequest]) -> None:
         expected.append(r)
         if not r.keep_alive:
             break
-    for bbb in (False, True):
-        outcome = check_parse(data, byte_by_byte=bbb)
+    for bbb, parser in [(b, p) for b in (False, True) for p in available_parsers()]:
+        outcome = check_parse(data, byte_by_byte=bbb, parser=parser)
         assert outcome.error is None, outcome.error
         got = outcome.completed
         assert len(got) == len(expected)
@@ -91,4 +94,4 @@ def test_small_limits_give_4xx_not_crashes(data: st.DataObject) -> None:
     outcome = check_parse(req.raw, **limits)
     if outcome.error is not None:
         assert outcome.error.status_hint in (400, 414, 431), outcome.error
-    check_same_whole_and_split(req.raw, **limits)
+    check_same_parsers(req.raw, **limits)

@@ -8,10 +8,12 @@ References are to RFC 9112 (HTTP/1.1) and RFC 9110 (HTTP semantics).
 from __future__ import annotations
 
 import email.utils
+import functools
 from dataclasses import dataclass, field
 
 import h11
 import pytest
+from trioserve.fuzz.http1 import available_parsers
 
 from trioserve.protocols.events import (
     NEED_DATA,
@@ -25,6 +27,17 @@ from trioserve.protocols.events import (
 )
 from trioserve.protocols.http1 import HTTP1Protocol, status_line
 
+
+@pytest.fixture(autouse=True, params=available_parsers())
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs once per installed request parser (h11, httptools): the module's
+    ``HTTP1Protocol`` becomes one that uses that parser."""
+    monkeypatch.setitem(globals(), "HTTP1Protocol",
+                        functools.partial(_HTTP1Protocol, parser=request.param))
+    return str(request.param)
+
+
+_HTTP1Protocol = HTTP1Protocol
 # --------------------------------------------------------------------------------- helpers
 
 

@@ -25,6 +25,7 @@ from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts
 from .features import Application, LifespanFailure
 from .listeners import ListenError
 from .logs import setup_cli_logging
+from .protocols.http1 import resolve_parser
 from .server import serve
 
 __all__ = ["AppLoadError", "build_config", "load_app", "main"]
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASGI lifespan (default auto: used when the app supports it)")
     g.add_argument("--root-path", default=d.root_path,
                    help="path prefix the app is mounted under behind a proxy (default '')")
+    g = p.add_argument_group("protocol")
+    g.add_argument("--http", choices=("auto", "h11", "httptools"), default=d.http_parser,
+                   help="HTTP/1.1 request parser (default auto: httptools when installed, "
+                        "pip install 'trioserve[fast]', else h11); both accept and refuse the "
+                        "same requests")
     g = p.add_argument_group("logging and headers")
     g.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                    help="log level (default info)")
@@ -156,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> Config:
     """The :class:`Config` the parsed flags describe. Raises :class:`ConfigError`."""
+    try:
+        resolve_parser(args.http)
+    except ValueError as exc:
+        raise ConfigError(f"--http: {exc}") from None
     binds: list[Bind] = []
     if args.uds:
         binds.append(Bind.unix(args.uds))
@@ -186,6 +196,7 @@ def build_config(args: argparse.Namespace) -> Config:
         root_path=args.root_path,
         access_log=args.access_log,
         backlog=args.backlog,
+        http_parser=args.http,
     )
 
 

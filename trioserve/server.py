@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from .config import Config, MinDataRate
+from .config import Config, ConfigError, MinDataRate
 from .context import MAX_DRAIN_BYTES, BadRequestBody, Exchange
 from .features import (
     Application,
@@ -58,7 +58,7 @@ from .protocols.events import (
     RequestHead,
     ResponseError,
 )
-from .protocols.http1 import HTTP1Protocol
+from .protocols.http1 import HTTP1Protocol, resolve_parser
 
 __all__ = ["serve"]
 
@@ -111,6 +111,10 @@ class _Server:
         self.server_header = (config.server_header.encode("ascii")
                               if config.server_header is not None else None)
         self.access_log = config.access_log
+        try:
+            self.http_parser = resolve_parser(config.http_parser)
+        except ValueError as exc:  # httptools asked for but not installed
+            raise ConfigError(f"Config.http_parser: {exc}") from None
         # Decided once the server starts, after the logging configuration is in place.
         self.fast_access = fast_access_handler() if config.access_log else None
 
@@ -278,6 +282,7 @@ class _H1Connection:
             max_request_headers_count=limits.max_request_headers_count,
             max_request_headers_total_size=limits.max_request_headers_total_size,
             server_header=server.server_header,
+            parser=server.http_parser,
         )
         self.response_rate = limits.min_response_data_rate
         self.root_path = config.root_path

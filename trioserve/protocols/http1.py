@@ -34,6 +34,11 @@ from typing import Final
 
 import h11
 
+try:
+    import httptools
+except ImportError:  # pragma: no cover - depends on the environment (the "fast" extra)
+    httptools = None  # type: ignore[assignment]
+
 from .events import (
     NEED_DATA,
     PAUSED,
@@ -47,7 +52,9 @@ from .events import (
     Sentinel,
 )
 
-__all__ = ["HTTP1Protocol", "date_header_value", "status_line"]
+__all__ = ["PARSERS", "HTTP1Protocol", "date_header_value", "resolve_parser", "status_line"]
+
+PARSERS: Final = ("auto", "h11", "httptools")
 
 Event = RequestHead | BodyData | EndOfBody | ConnectionClosed | Sentinel
 
@@ -76,6 +83,15 @@ _MAX_CHUNK_SIZE: Final = 2**63 - 1
 # The value of each Transfer-Encoding line of a raw head (untrimmed): h11 lower-cases the
 # value, the app gets it as sent; and a refused value is told malformed from unknown.
 _TE_LINE_RE: Final = re.compile(rb"\ntransfer-encoding:([^\r]*)(?=\r)", re.I)
+
+# The gates a head must pass before httptools' parse of it is used (see _parse_with_httptools):
+# the request line exactly as h11 accepts it (token method, visible-ASCII target, HTTP/1.0 or
+# 1.1, single spaces), and every field line starting with a token and a colon (no whitespace
+# before the colon).
+_REQUEST_LINE_RE: Final = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n")
+_FIELD_LINE_BAD_RE: Final = re.compile(
+    rb"\r\n(?!\r\n|\Z)(?![!#$%&'*+\-.^_`|~0-9A-Za-z]+:)")
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # Response fields the protocol handles itself: 1 content-length, 2 transfer-encoding,
@@ -118,6 +134,68 @@ def _comma_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
+def resolve_parser(name: str) -> str:
+    """The request parser to use for ``name`` (one of :data:`PARSERS`): ``auto`` is
+    ``httptools`` when it is installed, else ``h11``. Raises :class:`ValueError` for an unknown
+    name or for ``httptools`` when it is not installed."""
+    if name == "auto":
+        return "h11" if httptools is None else "httptools"
+    if name not in PARSERS:
+        raise ValueError(f"unknown HTTP/1.1 parser {name!r}; expected one of "
+                         f"{', '.join(PARSERS)}")
+    if name == "httptools" and httptools is None:
+        raise ValueError("the httptools parser is not installed; install it with "
+                         "pip install 'trioserve[fast]' (or choose --http h11)")
+    return name
+
+
+class _HeadFields:
+    """httptools callbacks: collect the target and the header fields of one head."""
+
+    __slots__ = ("headers", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: Headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp drops the whitespace before a value but keeps what follows it; h11 strips both
+        # (RFC 9112 §5.1: OWS around the value is not part of it).
+        if value[-1:] in (b" ", b"\t"):
+            value = value.rstrip(b" \t")
+        self.headers.append((name.lower(), value))
+
+
+def _parse_with_httptools(head: bytes) -> tuple[bytes, bytes, bytes, Headers] | None:
+    """Method, target, version and header fields of a complete head (already past the raw-byte
+    checks of ``_next_head``) parsed by httptools (llhttp); ``None`` when the head is not one
+    this fast path takes: a request line or field line that h11 would judge differently,
+    anything llhttp refuses, or a ``Transfer-Encoding`` (chunked bodies stay with h11). h11,
+    the reference parser, then parses the head and gives the verdict, so both parsers accept and
+    refuse exactly the same requests (``trioserve.fuzz.http1.check_same_parsers``)."""
+    m = _REQUEST_LINE_RE.match(head)
+    if m is None or _FIELD_LINE_BAD_RE.search(head, m.end() - 2) is not None:
+        return None
+    fields = _HeadFields()
+    parser = httptools.HttpRequestParser(fields)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass  # Upgrade or CONNECT: the head is complete all the same
+    except httptools.HttpParserError:
+        return None
+    method, target, version = m.groups()
+    if fields.url != target:
+        return None
+    for name, _ in fields.headers:
+        if name == b"transfer-encoding":
+            return None
+    return method, target, version, fields.headers
+
+
 class HTTP1Protocol:
     """One HTTP/1.1 server connection's protocol state.
 
@@ -126,6 +204,10 @@ class HTTP1Protocol:
     :class:`BodyData`, one :class:`EndOfBody`; then ``PAUSED`` until :meth:`start_next_cycle`.
     Between requests an EOF yields :class:`ConnectionClosed`. A malformed request raises
     :class:`ProtocolError`; afterwards the connection must be closed.
+
+    ``parser``: ``"h11"`` (the reference), ``"httptools"`` or ``"auto"`` (see
+    :func:`resolve_parser`; raises :class:`ValueError` for an unknown or missing parser). Both
+    accept and refuse the same requests and produce the same events.
 
     Send side, once per request: :meth:`response_head` (optionally after
     :meth:`informational` responses), :meth:`response_body` per chunk, :meth:`response_end`.
@@ -141,9 +223,11 @@ class HTTP1Protocol:
         "_content_length_out",
         "_empty_lines",
         "_eof",
+        "_fast",
         "_guard",
         "_h11",
         "_head",
+        "_length_left",
         "_max_head",
         "_max_headers_count",
         "_max_headers_size",
@@ -164,7 +248,10 @@ class HTTP1Protocol:
         max_request_headers_count: int = 100,
         max_request_headers_total_size: int = 32768,
         server_header: bytes | None = b"trioserve",
+        parser: str = "h11",
     ) -> None:
+        self._fast = resolve_parser(parser) == "httptools"
+        self._length_left = 0
         self._max_line = max_request_line_size
         self._max_headers_count = max_request_headers_count
         self._max_headers_size = max_request_headers_total_size
@@ -283,6 +370,23 @@ class HTTP1Protocol:
             if c in (b"\r", b"\n"):
                 raise ProtocolError("bare CR or LF in request head")
             raise ProtocolError("control character in request head")
+        if self._fast:
+            fast = _parse_with_httptools(head)
+            if fast is not None:
+                method, target, version, fields = fast
+                head_ev = self._validate(method, target, version, fields, head)
+                del buf[:head_end]
+                self._scan_from = 0
+                self._head = head_ev
+                # The body (Content-Length or none) is counted off the buffer here; h11 only
+                # ever sees chunked requests on this path.
+                self._length_left = head_ev.content_length or 0
+                self._recv_state = "body"
+                self._bodyless = not head_ev.has_body
+                self._send_state = "idle"
+                self.keep_alive = head_ev.keep_alive
+                self.response_status = 0
+                return head_ev
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head + 1024)
         conn.receive_data(bytes(buf))
         if self._eof:
@@ -299,7 +403,9 @@ class HTTP1Protocol:
         if type(ev) is not h11.Request:  # pragma: no cover - h11 gave us a full head
             raise ProtocolError("malformed request")
         self._h11 = conn
-        self._head = head_ev = self._validate(ev, conn, head)
+        self._head = head_ev = self._validate(
+            ev.method, ev.target, ev.http_version,
+            [(n.lower(), v) for n, v in ev.headers.raw_items()], head)
         if head_ev.chunked:
             self._guard = _ChunkedGuard(self._max_headers_size)
             self._guard.feed(conn.trailing_data[0])  # body bytes that came with the head
@@ -310,8 +416,10 @@ class HTTP1Protocol:
         self.response_status = 0
         return head_ev
 
-    def _validate(self, ev: h11.Request, conn: h11.Connection, raw_head: bytes) -> RequestHead:
-        version = ev.http_version
+    def _validate(self, method: bytes, target: bytes, version: bytes, headers: Headers,
+                  raw_head: bytes) -> RequestHead:
+        """The checks h11 leaves to its caller, on a parsed head (``headers`` with lower-case
+        names); raises :class:`ProtocolError`."""
         if version not in (b"1.1", b"1.0"):
             line = raw_head[: raw_head.find(b"\r\n")]
             if _VERSION_RE.search(line) is None:
@@ -321,7 +429,6 @@ class HTTP1Protocol:
             # A higher minor version of HTTP/1 is processed as the highest we implement, 1.1
             # (RFC 9110 §2.5).
             version = b"1.1"
-        headers: Headers = [(n.lower(), v) for n, v in ev.headers.raw_items()]
         if len(headers) > self._max_headers_count:
             raise ProtocolError("too many request header fields", 431)
         host_count = 0
@@ -331,11 +438,14 @@ class HTTP1Protocol:
         connection_tokens: list[bytes] = []
         upgrade: bytes | None = None
         expects_continue = False
+        waits_for_continue = False  # h11's rule: "100-continue" among any Expect's tokens
         for name, value in headers:
             if name == b"host":
                 host_count += 1
                 host = value
             elif name == b"content-length":
+                if not value.isdigit():  # both parsers check this; never let int() decide
+                    raise ProtocolError("invalid Content-Length")
                 content_length = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
@@ -345,6 +455,7 @@ class HTTP1Protocol:
                 upgrade = value
             elif name == b"expect":
                 expects_continue = value.lower() == b"100-continue"
+                waits_for_continue = waits_for_continue or b"100-continue" in _comma_tokens(value)
         if chunked:
             if content_length is not None:
                 raise ProtocolError("both Transfer-Encoding and Content-Length")
@@ -361,12 +472,10 @@ class HTTP1Protocol:
             raise ProtocolError("more than one Content-Length field")
         if host_count > 1:
             raise ProtocolError("more than one Host field")
-        if host_count == 0 and version == b"1.1":  # pragma: no cover - h11 checks this first
-            raise ProtocolError("missing Host field")
+        if host_count == 0 and version == b"1.1":
+            raise ProtocolError("Missing mandatory Host: header")
         if host and _HOST_RE.fullmatch(host) is None:
             raise ProtocolError("invalid Host field")
-        method = ev.method
-        target = ev.target
         if b"#" in target:
             raise ProtocolError("a request-target cannot contain a fragment ('#')")
         if method == b"CONNECT":  # authority-form only, never origin-form (RFC 9112 §3.2.3)
@@ -393,7 +502,7 @@ class HTTP1Protocol:
             http_version=version,
             headers=headers,
             keep_alive=keep_alive,
-            expects_continue=expects_continue and conn.they_are_waiting_for_100_continue,
+            expects_continue=expects_continue and waits_for_continue,
             content_length=content_length,
             chunked=chunked,
             upgrade=upgrade,
@@ -401,7 +510,8 @@ class HTTP1Protocol:
 
     def _next_body_event(self) -> Event:
         conn = self._h11
-        assert conn is not None
+        if conn is None:
+            return self._next_counted_body_event()
         if self._guard is not None and self._guard.error is not None:
             raise self._guard.error
         try:
@@ -420,6 +530,26 @@ class HTTP1Protocol:
             raise ProtocolError("connection closed in the middle of a request body")
         return PAUSED  # pragma: no cover
 
+    def _next_counted_body_event(self) -> Event:
+        """A Content-Length body, counted off the buffer (the httptools path)."""
+        left = self._length_left
+        if not left:
+            self._recv_state = "done"
+            return EndOfBody([])
+        buf = self._buf
+        if buf:
+            data = bytes(buf[:left])
+            del buf[:left]
+            self._length_left = left - len(data)
+            return BodyData(data)
+        if self._eof:
+            assert self._head is not None and self._head.content_length is not None
+            expected = self._head.content_length
+            raise ProtocolError(
+                f"peer closed connection without sending complete message body (received "
+                f"{expected - left} bytes, expected {expected})")
+        return NEED_DATA
+
     def start_next_cycle(self) -> None:
         """Prepare for the next request on this connection.
 
@@ -429,10 +559,10 @@ class HTTP1Protocol:
         """
         if self._recv_state != "done" or self._send_state != "done" or not self.keep_alive:
             raise RuntimeError("cannot start a new request cycle on this connection now")
-        assert self._h11 is not None
-        data, closed = self._h11.trailing_data
-        self._buf = bytearray(data)
-        self._eof = self._eof or closed
+        if self._h11 is not None:
+            data, closed = self._h11.trailing_data
+            self._buf = bytearray(data)
+            self._eof = self._eof or closed
         self._h11 = None
         self._guard = None
         self._head = None
@@ -446,8 +576,11 @@ class HTTP1Protocol:
         already received that belong to it. Only valid when the request body is complete."""
         if self._recv_state != "done":
             raise RuntimeError("the request body has not been fully received")
-        assert self._h11 is not None
-        data, _closed = self._h11.trailing_data
+        if self._h11 is not None:
+            data = bytes(self._h11.trailing_data[0])
+        else:
+            data = bytes(self._buf)
+            self._buf.clear()
         self._recv_state = "switched"
         self._send_state = "done"
         self.keep_alive = False
