@@ -41,6 +41,7 @@ import queue
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from types import TracebackType
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
@@ -68,6 +69,7 @@ StartResponse = Callable[..., Callable[[bytes], None]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _READ_SIZE = 64 * 1024
+_PHRASES = {int(s): s.phrase for s in HTTPStatus}
 
 
 class _Job:
@@ -507,8 +509,11 @@ class _Cycle:
                 raise TypeError(f"WSGI header names and values must be str, got {name!r}: "
                                 f"{value!r}")
             out_headers.append((name.encode("latin-1"), value.encode("latin-1")))
-        self.status = int(status[:3])
-        self.reason = status[4:] or None
+        code = int(status[:3])
+        reason = status[4:]
+        self.status = code
+        # The standard phrase goes out from the server's cached status lines.
+        self.reason = None if not reason or _PHRASES.get(code) == reason else reason
         self.headers = out_headers
         return self.write
 

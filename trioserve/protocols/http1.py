@@ -835,11 +835,24 @@ def _transfer_coding_status(head: bytes) -> int:
     return 501
 
 
+_CHECKED_HEADERS: set[tuple[bytes, bytes]] = set()  # fields already found valid
+_CHECKED_HEADERS_MAX: Final = 4096  # emptied when full: a bound, not an LRU
+
+
 def _check_header(name: bytes, value: bytes) -> None:
+    """Raises :class:`ResponseError` for an invalid response field name or value. Apps send
+    the same few fields again and again, so fields found valid are remembered."""
+    hashable = type(name) is bytes and type(value) is bytes
+    if hashable and (name, value) in _CHECKED_HEADERS:
+        return
     if _TOKEN_RE.fullmatch(name) is None:
         raise ResponseError(f"invalid header name {name!r}")
     if _BAD_VALUE_RE.search(value) is not None:
         raise ResponseError(f"invalid value for header {name!r}: {value!r}")
+    if hashable:
+        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_MAX:
+            _CHECKED_HEADERS.clear()
+        _CHECKED_HEADERS.add((name, value))
 
 
 class _ChunkedGuard:
