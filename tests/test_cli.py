@@ -5,15 +5,20 @@ for bad options, unimportable apps and a failing start-up."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import signal
 import socket
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import trio
+from conftest import make_config, parse_responses, raw_exchange, run_server
 from procs import (
     ACCESS_RE,
     module_command,
@@ -21,6 +26,12 @@ from procs import (
     server_process,
     trioserve_script,
 )
+from trioserve.fuzz.http1 import available_parsers
+
+from trioserve import Config, ConfigError, serve
+from trioserve.cli import build_config, build_parser, main
+from trioserve.features import RequestContext
+from trioserve.protocols.http1 import resolve_parser
 
 pytestmark = pytest.mark.slow
 
@@ -140,8 +151,9 @@ def test_console_script_and_no_access_log() -> None:
     (["--log-level", "loud"], "--log-level"),
     (["--root-path", "no-slash/"], "root_path"),
     (["--min-body-rate", "-3"], "--min-body-rate"),
+    (["--http", "bogus"], "--http"),
 ], ids=["port-x", "port-range", "keep-alive-negative", "graceful-nan", "body-size-word",
-        "log-level", "root-path", "min-body-rate"])
+        "log-level", "root-path", "min-body-rate", "http-bogus"])
 def test_bad_option_value_exits_2(args: list[str], needle: str) -> None:
     res = run_to_exit(module_command("trioserve.demo:app", *args))
     assert res.returncode == 2, res.stderr
@@ -345,3 +357,111 @@ def test_uds(tmp_path: Path) -> None:
         sp.signal(signal.SIGTERM)
         assert sp.wait() == 0
     assert not path.exists()
+
+
+# --------------------------------------------------------------------- HTTP/1.1 parser choice
+
+
+@pytest.mark.parametrize("parser", available_parsers())
+def test_http_option_serves_with_each_installed_parser(parser: str) -> None:
+    with server_process(module_command("trioserve.demo:app", "--port", "0", "--http", parser,
+                                       "--no-access-log")) as sp:
+        port = sp.wait_port()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT) as client:
+            info = client.get("/api/info?p=1")
+            assert info.status_code == 200 and info.json()["query_string"] == "p=1"
+            payload = os.urandom(300_000)
+            up = client.post("/upload", content=payload)
+            assert up.status_code == 200 and up.content == payload
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+        assert "Traceback" not in sp.stderr
+
+
+@pytest.mark.parametrize("choice", ["auto", *available_parsers()])
+def test_http_option_reaches_the_config(choice: str) -> None:
+    args = build_parser().parse_args(["trioserve.demo:app", "--http", choice])
+    assert build_config(args).http_parser == choice
+
+
+def test_http_parser_defaults_to_auto() -> None:
+    args = build_parser().parse_args(["trioserve.demo:app"])
+    assert build_config(args).http_parser == "auto" == Config().http_parser
+
+
+def test_config_refuses_an_unknown_http_parser() -> None:
+    with pytest.raises(ConfigError, match=r"Config\.http_parser") as info:
+        Config(http_parser="bogus")  # type: ignore[arg-type]
+    assert "bogus" in str(info.value)
+
+
+@pytest.fixture
+def without_httptools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the ``fast`` extra were not installed: the parser module finds no httptools."""
+    monkeypatch.setattr("trioserve.protocols.http1.httptools", None)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``main`` installs its stderr handler on the ``trioserve`` logger; put things back."""
+    parent = logging.getLogger("trioserve")
+    saved = (parent.handlers[:], parent.level, parent.propagate)
+    yield
+    parent.handlers[:], parent.level, parent.propagate = saved
+
+
+def test_http_httptools_without_httptools_exits_2(
+        without_httptools: None, restore_logging: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trioserve.demo:app", "--port", "0", "--http", "httptools"]) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err, "--http", "trioserve[fast]")
+    assert "listening on" not in err
+
+
+def test_auto_falls_back_to_h11_without_httptools(without_httptools: None) -> None:
+    assert resolve_parser("auto") == "h11"
+    assert available_parsers() == ["h11"]
+    with pytest.raises(ValueError, match=r"trioserve\[fast\]"):
+        resolve_parser("httptools")
+
+
+async def test_auto_serves_without_httptools(without_httptools: None) -> None:
+    args = build_parser().parse_args(["trioserve.demo:app", "--port", "0", "--no-access-log"])
+    config = build_config(args)
+    assert config.http_parser == "auto"
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body[::-1]})
+
+    with trio.fail_after(10):
+        async with run_server(app, config, lifespan="off") as srv:
+            data = await raw_exchange(srv.port, b"POST / HTTP/1.1\r\nHost: x\r\n"
+                                                b"Content-Length: 3\r\n\r\nabc"
+                                                b"GET / HTTP/1.1\r\nHost: x\r\n"
+                                                b"Content-Length: 5, 5\r\n\r\nhello")
+    [(ok, body), (bad, _)] = parse_responses(data)
+    assert (ok.status_code, body) == (200, b"cba")
+    assert bad.status_code == 400
+
+
+async def test_serve_refuses_httptools_when_it_is_missing(without_httptools: None) -> None:
+    called: list[object] = []
+
+    async def app(ctx: RequestContext) -> None:
+        called.append(ctx)  # pragma: no cover - never served
+
+    with trio.fail_after(10), pytest.raises(ConfigError) as info:
+        await serve(app, make_config(http_parser="httptools"), install_signal_handlers=False)
+    assert "Config.http_parser" in str(info.value)
+    assert "trioserve[fast]" in str(info.value)
+    assert called == []

@@ -1,11 +1,18 @@
 """Edge behaviour over real sockets: slow readers, lingering close, read-only sent headers,
-disconnect polling, framing details."""
+disconnect polling, framing details, and request smuggling attempts (conflicting framing, bad
+chunk sizes, bare CR/LF, obs-fold …), which every installed HTTP/1.1 request parser (h11,
+httptools) must answer exactly alike.
+
+Tests whose outcome depends on how the request bytes are parsed or read run once per installed
+parser (the ``http_parser`` fixture); the slow-reader tests only exercise the response side and
+run with the default parser."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
+import h11
 import httpx
 import pytest
 import trio
@@ -14,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from trioserve.fuzz.http1 import available_parsers
 
 from trioserve import MinDataRate
 from trioserve.features import (
@@ -22,6 +30,12 @@ from trioserve.features import (
     ResponseBodyFeature,
     ResponseFeature,
 )
+
+
+@pytest.fixture(params=available_parsers())
+def http_parser(request: pytest.FixtureRequest) -> str:
+    """Each installed HTTP/1.1 request parser in turn (``Config.http_parser``)."""
+    return str(request.param)
 
 
 async def test_client_that_stops_reading_is_disconnected() -> None:
@@ -106,12 +120,12 @@ async def test_response_headers_are_read_only_once_sent() -> None:
     assert (b"x-before", b"1") in outcome["visible"]  # type: ignore[operator]
 
 
-async def test_head_response_keeps_the_length_of_a_whole_body() -> None:
+async def test_head_response_keeps_the_length_of_a_whole_body(http_parser: str) -> None:
     async def app(ctx: RequestContext) -> None:
         await ctx.features[ResponseBodyFeature].complete(b"hello")
 
     with trio.fail_after(10):
-        async with run_server(app, asgi=False) as srv:
+        async with run_server(app, make_config(http_parser=http_parser), asgi=False) as srv:
             data = await raw_exchange(
                 srv.port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     [(resp, body)] = parse_responses(data, [b"HEAD"])
@@ -120,7 +134,7 @@ async def test_head_response_keeps_the_length_of_a_whole_body() -> None:
     assert data.endswith(b"\r\n\r\n")
 
 
-async def test_starlette_is_disconnected_sees_a_client_that_left() -> None:
+async def test_starlette_is_disconnected_sees_a_client_that_left(http_parser: str) -> None:
     noticed = trio.Event()
 
     async def poll(request: Request) -> PlainTextResponse:
@@ -132,7 +146,7 @@ async def test_starlette_is_disconnected_sees_a_client_that_left() -> None:
 
     app = Starlette(routes=[Route("/poll", poll)])
     with trio.fail_after(10):
-        async with run_server(app) as srv:
+        async with run_server(app, make_config(http_parser=http_parser)) as srv:
             stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
             await stream.send_all(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
             await trio.sleep(0.2)
@@ -141,13 +155,13 @@ async def test_starlette_is_disconnected_sees_a_client_that_left() -> None:
                 await noticed.wait()
 
 
-async def test_413_reaches_a_client_still_sending_its_body() -> None:
+async def test_413_reaches_a_client_still_sending_its_body(http_parser: str) -> None:
     async def upload(request: Request) -> PlainTextResponse:
         body = await request.body()
         return PlainTextResponse(str(len(body)))
 
     app = Starlette(routes=[Route("/upload", upload, methods=["POST"])])
-    config = make_config(limits={"max_request_body_size": 1024 * 1024})
+    config = make_config(limits={"max_request_body_size": 1024 * 1024}, http_parser=http_parser)
     with trio.fail_after(20):
         async with run_server(app, config) as srv:
             async with httpx.AsyncClient() as client:
@@ -159,13 +173,13 @@ async def test_413_reaches_a_client_still_sending_its_body() -> None:
                 assert r.status_code == 200 and r.text == "1000"
 
 
-async def test_early_answer_to_100_continue_closes() -> None:
+async def test_early_answer_to_100_continue_closes(http_parser: str) -> None:
     async def app(ctx: RequestContext) -> None:
         ctx.features[ResponseFeature].status = 403
         await ctx.features[ResponseBodyFeature].complete(b"no")
 
     with trio.fail_after(10):
-        async with run_server(app, asgi=False) as srv:
+        async with run_server(app, make_config(http_parser=http_parser), asgi=False) as srv:
             data = await raw_exchange(
                 srv.port,
                 b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
@@ -176,7 +190,7 @@ async def test_early_answer_to_100_continue_closes() -> None:
     assert dict(resp.headers)[b"connection"] == b"close"
 
 
-async def test_higher_http1_minor_version_is_served_as_1_1() -> None:
+async def test_higher_http1_minor_version_is_served_as_1_1(http_parser: str) -> None:
     seen: list[str] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -187,7 +201,7 @@ async def test_higher_http1_minor_version_is_served_as_1_1() -> None:
         await send({"type": "http.response.body", "body": b""})
 
     with trio.fail_after(10):
-        async with run_server(app) as srv:
+        async with run_server(app, make_config(http_parser=http_parser)) as srv:
             data = await raw_exchange(
                 srv.port, b"GET / HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 204 ")
@@ -195,14 +209,14 @@ async def test_higher_http1_minor_version_is_served_as_1_1() -> None:
 
 
 @pytest.mark.parametrize("target", [b"http:///x", b"http://", b"http://?q"])
-async def test_absolute_form_needs_a_host(target: bytes) -> None:
+async def test_absolute_form_needs_a_host(target: bytes, http_parser: str) -> None:
     called: list[object] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         called.append(scope)
 
     with trio.fail_after(10):
-        async with run_server(app) as srv:
+        async with run_server(app, make_config(http_parser=http_parser)) as srv:
             data = await raw_exchange(srv.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400 ")
     assert not [c for c in called if c["type"] == "http"]  # type: ignore[index]
@@ -227,3 +241,235 @@ async def test_lifespan_state_is_in_the_scope_even_when_empty() -> None:
             async with httpx.AsyncClient() as client:
                 await client.get(srv.url)
     assert states == [{}]
+
+
+# ------------------------------------------------------------- request smuggling attempts
+#
+# Each request below is followed on the same connection by SMUGGLED, a complete request of its
+# own. A server that frames the first request differently from a proxy in front of it would
+# either answer a request the proxy never saw or swallow one it did: the answers below pin down
+# exactly one reading, and every installed parser must give that same reading.
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+POST = b"POST / HTTP/1.1\r\nHost: x\r\n"
+CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
+
+Seen = list[tuple[str, str, bytes | None]]  # (method, path, body; None: never completed)
+
+
+class Smuggle(NamedTuple):
+    raw: bytes  # sent whole, then SMUGGLED unless ``eof``
+    statuses: list[int]  # the statuses of the responses, in order
+    seen: Seen  # what reached the application
+    eof: bool = False  # half-close after ``raw`` (a truncated request) instead of SMUGGLED
+
+
+def _refused(raw: bytes, status: int = 400) -> Smuggle:
+    """Refused from the head alone: one error, the application never called."""
+    return Smuggle(raw, [status], [])
+
+
+def _bad_body(raw: bytes, status: int = 400) -> Smuggle:
+    """A head the application gets, then a body the server refuses: one error response."""
+    return Smuggle(raw, [status], [("POST", "/", None)])
+
+
+def _served(raw: bytes, method: str, path: str, body: bytes) -> Smuggle:
+    """Accepted: the request, then SMUGGLED as a separate request."""
+    return Smuggle(raw, [200, 200], [(method, path, body), ("GET", "/smuggled", b"")])
+
+
+SMUGGLING: dict[str, Smuggle] = {
+    # Transfer-Encoding with Content-Length (RFC 9112 §6.1: a proxy may pick either)
+    "te-then-cl": _refused(CHUNKED.replace(b"\r\n\r\n", b"\r\nContent-Length: 4\r\n\r\n")
+                           + b"0\r\n\r\n"),
+    "cl-then-te": _refused(POST + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"0\r\n\r\n"),
+    "te-with-cl-0": _refused(POST + b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"0\r\n\r\n"),
+    # Content-Length repeated or malformed (RFC 9112 §6.3)
+    "cl-twice-same": _refused(POST + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+    "cl-twice-different": _refused(POST + b"Content-Length: 3\r\nContent-Length: 0\r\n\r\nabc"),
+    "cl-list": _refused(POST + b"Content-Length: 3, 3\r\n\r\nabc"),
+    "cl-plus": _refused(POST + b"Content-Length: +3\r\n\r\nabc"),
+    "cl-negative": _refused(POST + b"Content-Length: -3\r\n\r\nabc"),
+    "cl-hex": _refused(POST + b"Content-Length: 0x3\r\n\r\nabc"),
+    "cl-inner-space": _refused(POST + b"Content-Length: 1 3\r\n\r\nabc"),
+    "cl-underscore-digits": _refused(POST + b"Content-Length: 1_0\r\n\r\nabc"),
+    "cl-arabic-digit": _refused(POST + b"Content-Length: \xd9\xa3\r\n\r\nabc"),
+    "cl-empty": _refused(POST + b"Content-Length:\r\n\r\nabc"),
+    "cl-overflow": _refused(POST + b"Content-Length: 99999999999999999999999\r\n\r\nabc"),
+    "cl-space-before-colon": _refused(POST + b"Content-Length : 3\r\n\r\nabc"),
+    "cl-bare-lf-after-value": _refused(POST + b"Content-Length: 3\n\r\n\r\nabc"),
+    "cl-over-the-limit": _bad_body(POST + b"Content-Length: 999999999999999999\r\n\r\nabc",
+                                   413),
+    # Transfer-Encoding variants
+    "te-space-before-colon": _refused(POST + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+    "te-chunked-twice": _refused(POST + b"Transfer-Encoding: chunked, chunked\r\n\r\n"
+                                 b"0\r\n\r\n"),
+    "te-two-fields": _refused(POST + b"Transfer-Encoding: chunked\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    "te-chunked-not-last": _refused(POST + b"Transfer-Encoding: chunked, gzip\r\n\r\n"
+                                    b"0\r\n\r\n"),
+    "te-trailing-comma": _refused(POST + b"Transfer-Encoding: chunked,\r\n\r\n0\r\n\r\n"),
+    "te-empty": _refused(POST + b"Transfer-Encoding:\r\n\r\n0\r\n\r\n"),
+    "te-quoted": _refused(POST + b'Transfer-Encoding: "chunked"\r\n\r\n0\r\n\r\n'),
+    "te-vertical-tab": _refused(POST + b"Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n"),
+    "te-gzip-then-chunked": _refused(POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+                                     b"0\r\n\r\n", 501),
+    "te-unknown-coding": _refused(POST + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501),
+    "te-on-http10": _refused(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"0\r\n\r\n"),
+    # bad chunk-size lines, chunk data and trailer sections (RFC 9112 §7.1)
+    "chunk-size-not-hex": _bad_body(CHUNKED + b"zz\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-negative": _bad_body(CHUNKED + b"-5\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-0x": _bad_body(CHUNKED + b"0x5\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-overflow": _bad_body(CHUNKED + b"fffffffffffffffff1\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-bare-lf": _bad_body(CHUNKED + b"5\nhello\r\n0\r\n\r\n"),
+    "chunk-size-bare-cr": _bad_body(CHUNKED + b"5\rhello\r\n0\r\n\r\n"),
+    "chunk-ext-bare-cr": _bad_body(CHUNKED + b"5;a\rb\r\nhello\r\n0\r\n\r\n"),
+    "chunk-data-too-long": _bad_body(CHUNKED + b"5\r\nhelloXX0\r\n\r\n"),
+    "chunk-data-bare-lf": _bad_body(CHUNKED + b"5\r\nhello\n0\r\n\r\n"),
+    "chunk-data-lf-crlf": _bad_body(CHUNKED + b"3\r\nabc\n\r\n0\r\n\r\n"),
+    "last-chunk-bare-lf": _bad_body(CHUNKED + b"0\r\n\n"),
+    "trailer-obs-fold": _bad_body(CHUNKED + b"0\r\nX-T: a\r\n b\r\n\r\n"),
+    "trailer-bare-lf": _bad_body(CHUNKED + b"0\r\nX-T: a\nX-U: b\r\n\r\n"),
+    # line endings, obs-fold, control bytes, field syntax in the head (RFC 9112 §2.2, §5)
+    "bare-lf-everywhere": _refused(b"GET / HTTP/1.1\nHost: x\n\n"),
+    "bare-lf-in-fields": _refused(b"GET / HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n"),
+    "bare-lf-leading": _refused(b"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "bare-cr-in-value": _refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r2\r\n\r\n"),
+    "bare-cr-after-request-line": _refused(b"GET / HTTP/1.1\rHost: x\r\n\r\n"),
+    "obs-fold-space": _refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n 2\r\n\r\n"),
+    "obs-fold-tab": _refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\t2\r\n\r\n"),
+    "obs-fold-te": _refused(POST + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"),
+    "space-before-first-field": _refused(b"GET / HTTP/1.1\r\n Host: x\r\n\r\n"),
+    "nul-in-value": _refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\x002\r\n\r\n"),
+    "del-in-value": _refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\x7f2\r\n\r\n"),
+    "quote-in-name": _refused(b'GET / HTTP/1.1\r\nHost: x\r\nX"A: 1\r\n\r\n'),
+    "obs-text-in-name": _refused(b"GET / HTTP/1.1\r\nHost: x\r\nX\xe9: 1\r\n\r\n"),
+    "double-space-in-line": _refused(b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "tab-in-line": _refused(b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "space-after-version": _refused(b"GET / HTTP/1.1 \r\nHost: x\r\n\r\n"),
+    "lowercase-version": _refused(b"GET / http/1.1\r\nHost: x\r\n\r\n"),
+    "http-0.9": _refused(b"GET /\r\n\r\n"),
+    "two-hosts": _refused(b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"),
+    "no-host": _refused(b"GET / HTTP/1.1\r\n\r\n"),
+    "fragment": _refused(b"GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "connect-origin-form": _refused(b"CONNECT / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "nine-empty-lines": _refused(b"\r\n" * 9 + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    # accepted: the first request is framed exactly so, and SMUGGLED is a request of its own
+    "cl-trailing-whitespace": _served(POST + b"Content-Length: 3 \t\r\n\r\nabc", "POST", "/",
+                                      b"abc"),
+    "te-tab-before-value": _served(POST + b"Transfer-Encoding:\tchunked\r\n\r\n0\r\n\r\n",
+                                   "POST", "/", b""),
+    "te-uppercase": _served(POST + b"Transfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n", "POST", "/",
+                            b""),
+    "te-trailing-space": _served(POST + b"Transfer-Encoding: chunked \r\n\r\n0\r\n\r\n", "POST",
+                                 "/", b""),
+    "chunk-size-trailing-space": _served(CHUNKED + b"5 \r\nhello\r\n0\r\n\r\n", "POST", "/",
+                                         b"hello"),
+    "chunk-ext-quoted": _served(CHUNKED + b'3;a="b;c"\r\nabc\r\n0\r\n\r\n', "POST", "/",
+                                b"abc"),
+    "get-with-a-body": _served(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /",
+                               "GET", "/", b"GET /"),
+    "cl-0-then-next": _served(POST + b"Content-Length: 0\r\n\r\n", "POST", "/", b""),
+    "http10-keep-alive": _served(b"POST / HTTP/1.0\r\nConnection: keep-alive\r\n"
+                                 b"Content-Length: 3\r\n\r\nabc", "POST", "/", b"abc"),
+    "expect-continue": _served(POST + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+                               "POST", "/", b"abc"),
+    "ignored-upgrade": _served(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, "
+                               b"HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
+                               b"\r\n", "GET", "/", b""),
+    # Content_Length is not Content-Length: no body, so "abc" starts the next request line
+    "cl-with-underscore": Smuggle(POST + b"Content_Length: 3\r\n\r\nabc", [200, 200],
+                                  [("POST", "/", b""), ("abcGET", "/smuggled", b"")]),
+    # truncated, then the client half-closes
+    "head-truncated": Smuggle(b"GET / HTTP/1.1\r\nHost: x\r\n", [400], [], eof=True),
+    "cl-body-truncated": Smuggle(POST + b"Content-Length: 10\r\n\r\nabc", [400],
+                                 [("POST", "/", None)], eof=True),
+    "chunked-body-truncated": Smuggle(CHUNKED + b"5\r\nhel", [400], [("POST", "/", None)],
+                                      eof=True),
+}
+
+
+async def _smuggle(parser: str, case: Smuggle) -> tuple[list[tuple[h11.Response, bytes]], Seen]:
+    """Send ``case`` to a fresh server using ``parser``; the parsed responses (all of them,
+    until the server closed) and what the application saw."""
+    seen: Seen = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":  # the server refused the body
+                seen.append((scope["method"], scope["path"], None))
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append((scope["method"], scope["path"], body))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with trio.fail_after(10):
+        async with run_server(app, make_config(http_parser=parser), lifespan="off") as srv:
+            if case.eof:
+                stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+                async with stream:
+                    await stream.send_all(case.raw)
+                    await stream.send_eof()
+                    chunks = []
+                    while chunk := await stream.receive_some(65536):
+                        chunks.append(chunk)
+                data = b"".join(chunks)
+            else:
+                data = await raw_exchange(srv.port, case.raw + SMUGGLED)
+    methods = [method.encode() for method, _, _ in seen]
+    return parse_responses(data, methods), seen
+
+
+@pytest.mark.parametrize("case", SMUGGLING.values(), ids=SMUGGLING.keys())
+async def test_smuggling_attempt_gets_one_reading(http_parser: str, case: Smuggle) -> None:
+    responses, seen = await _smuggle(http_parser, case)
+    assert [r.status_code for r, _ in responses] == case.statuses, responses
+    assert seen == case.seen
+    last = responses[-1][0]
+    if last.status_code >= 400:  # refused: the connection ends after the error response
+        assert dict(last.headers)[b"connection"] == b"close"
+
+
+def _answer(responses: list[tuple[h11.Response, bytes]]) -> list[tuple[object, ...]]:
+    """The responses without their Date field, which changes every second."""
+    return [(r.status_code, r.reason, [(n, v) for n, v in r.headers if n != b"date"], body)
+            for r, body in responses]
+
+
+@pytest.mark.skipif(len(available_parsers()) < 2, reason="needs httptools as well as h11")
+@pytest.mark.parametrize("case", [pytest.param(case, id=name) for name, case in SMUGGLING.items()])
+async def test_both_parsers_answer_smuggling_attempts_identically(case: Smuggle) -> None:
+    """Not only the same status: the same responses, headers and error text included, and the
+    same view for the application."""
+    h11_responses, h11_seen = await _smuggle("h11", case)
+    fast_responses, fast_seen = await _smuggle("httptools", case)
+    assert _answer(fast_responses) == _answer(h11_responses)
+    assert fast_seen == h11_seen
+
+
+@pytest.mark.parametrize("http_parser", available_parsers())
+@pytest.mark.parametrize(("raw", "message"), [
+    # a bad chunk footer found while peeking past the previous chunk: the parser's own reason,
+    # not the follow-up error of a parser already in its error state
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+     b"malformed chunk footer"),
+    # a lone LF in the head is a bare LF, not obs-fold
+    (b"GET / HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", b"bare CR or LF"),
+])
+async def test_error_text_names_the_first_fault(http_parser: str, raw: bytes,
+                                                message: bytes) -> None:
+    case = Smuggle(raw, [400], [])
+    responses, _seen = await _smuggle(http_parser, case)
+    assert responses[0][0].status_code == 400
+    assert message in responses[0][1], responses[0][1]

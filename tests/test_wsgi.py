@@ -1147,3 +1147,245 @@ def test_200mib_upload_keeps_server_rss_growth_under_20mib(tmp_path: Path) -> No
     growth_mib = (peak - before) / 1024
     print(f"200 MiB upload in {elapsed:.1f}s, server peak RSS growth {growth_mib:.1f} MiB")
     assert growth_mib < 20
+
+
+# ------------------------------------------------------------- worker pool under load
+#
+# The pool hands jobs to threads at the loop's I/O waits and adds a thread when the queue makes
+# no progress for a tick (an application blocked in I/O) or when a thread blocks on the loop (a
+# body read, a streamed write). These tests check what that must never cost: a blocked
+# application holding up others, results delivered to the wrong request, uploads stalling, or
+# a pool that only works in the first ``trio.run``.
+
+
+async def test_app_blocked_in_io_does_not_hold_up_a_fast_request() -> None:
+    """With two threads, a request whose application sleeps is no reason for another request,
+    on another connection, to wait: the queue stalls for a tick and the second thread takes it.
+    Twice: first with no thread started yet, then with both threads idle."""
+    entered = threading.Event()
+    slept = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/slow":
+            entered.set()
+            time.sleep(0.3)  # blocking I/O, as far as the pool can tell
+            slept.set()
+        start_response("200 OK", TEXT)
+        return [environ["PATH_INFO"].encode()]
+
+    with trio.fail_after(TIMEOUT):
+        async with wsgi_server(app, threads=2) as srv, \
+                client_for(srv) as slow_client, client_for(srv) as fast_client:
+            order: list[str] = []
+            for _ in range(2):
+                entered.clear()
+                slept.clear()
+                order.clear()
+
+                async def get(client: httpx.AsyncClient, path: str) -> float:
+                    started = trio.current_time()
+                    r = await client.get(path)
+                    assert (r.status_code, r.content) == (200, path.encode())
+                    order.append(path)
+                    return trio.current_time() - started
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(get, slow_client, "/slow")
+                    assert await wait_thread_event(entered, 5)
+                    fast = await get(fast_client, "/fast")
+                    assert not slept.is_set(), "/fast waited for /slow's thread"
+                assert order == ["/fast", "/slow"]
+                assert fast < 0.25  # well before /slow's 0.3 s sleep could be over
+
+
+def mixed_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Answers ``/<n>`` in one of four ways by ``n % 4``: a list, a generator of several
+    chunks, ``write()`` then a list, or an echo of the request body (a POST)."""
+    n = int(environ["PATH_INFO"][1:])
+    headers = [("Content-Type", "text/plain"), ("X-Request", str(n))]
+    kind = n % 4
+    if kind == 3:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", headers)
+        return [b"echo %d: %s" % (n, body)]
+    write = start_response("200 OK", headers)
+    if kind == 0:
+        return [b"list %d" % n]
+    if kind == 1:
+        return (b"gen %d.%d;" % (n, i) for i in range(3))
+    write(b"write %d;" % n)
+    return [b"then list %d" % n]
+
+
+def mixed_expected(n: int) -> bytes:
+    return [b"list %d" % n, b"gen %d.0;gen %d.1;gen %d.2;" % (n, n, n),
+            b"write %d;then list %d" % (n, n), b"echo %d: body of %d" % (n, n)][n % 4]
+
+
+@pytest.mark.parametrize("threads", [1, 4, 40])
+async def test_many_concurrent_requests_get_their_own_responses(threads: int) -> None:
+    """Fifty requests at once over eight connections: jobs are handed out and collected in
+    batches, and every response still belongs to its request."""
+    count = 50
+    got: dict[int, tuple[int, str, bytes]] = {}
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    with trio.fail_after(TIMEOUT):
+        async with wsgi_server(mixed_app, threads=threads) as srv, \
+                httpx.AsyncClient(base_url=srv.url, timeout=TIMEOUT, limits=limits) as client:
+            async def one(n: int) -> None:
+                if n % 4 == 3:
+                    r = await client.post(f"/{n}", content=b"body of %d" % n)
+                else:
+                    r = await client.get(f"/{n}")
+                got[n] = (r.status_code, r.headers["x-request"], r.content)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(count):
+                    nursery.start_soon(one, n)
+    assert got == {n: (200, str(n), mixed_expected(n)) for n in range(count)}
+    assert len({content for _, _, content in got.values()}) == count
+
+
+@pytest.mark.parametrize("threads", [2, 40])
+async def test_concurrent_uploads_read_through_wsgi_input(threads: int) -> None:
+    """Eight 1 MiB uploads at once (half with Content-Length, half chunked), each read in
+    64 KiB pieces through ``wsgi.input``: the threads block on the loop for every piece, and
+    every application call still sees exactly its own body."""
+    lock = threading.Lock()
+    running = peak = 0
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return hashing_app(environ, start_response)
+        finally:
+            with lock:
+                running -= 1
+
+    payloads = [os.urandom(MiB) for _ in range(8)]
+    answers: dict[int, str] = {}
+    with trio.fail_after(TIMEOUT):
+        async with wsgi_server(app, threads=threads) as srv:
+            async def upload(i: int) -> None:
+                payload = payloads[i]
+
+                async def pieces() -> AsyncIterator[bytes]:
+                    for start in range(0, len(payload), 100_000):
+                        yield payload[start:start + 100_000]
+                        await trio.lowlevel.checkpoint()
+
+                async with client_for(srv) as client:  # a connection of its own
+                    r = await client.post("/", content=payload if i % 2 else pieces())
+                    assert r.status_code == 200
+                    answers[i] = r.text
+
+            async with trio.open_nursery() as nursery:
+                for i in range(len(payloads)):
+                    nursery.start_soon(upload, i)
+    assert answers == {i: f"{MiB} {hashlib.sha256(p).hexdigest()}"
+                       for i, p in enumerate(payloads)}
+    assert 1 <= peak <= threads
+
+
+def run_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """``/stream/<k>``: ``k`` streamed chunks; a POST: the SHA-256 of its body."""
+    if environ["REQUEST_METHOD"] == "POST":
+        return hashing_app(environ, start_response)
+    k = int(environ["PATH_INFO"].rsplit("/", 1)[1])
+    start_response("200 OK", TEXT)
+    return (b"%d;" % i for i in range(k))
+
+
+def test_same_bridge_serves_consecutive_trio_runs() -> None:
+    """The pool rebinds to each new ``trio.run``: its one thread, left idle by the previous
+    run, is woken by the new one, and body reads and streamed writes reach the new loop."""
+    bridge = WSGIBridge(validator(run_app), threads=1)  # type: ignore[arg-type]
+    payload = os.urandom(300_000)
+    digest = f"{len(payload)} {hashlib.sha256(payload).hexdigest()}"
+
+    async def one_run() -> None:
+        with trio.fail_after(TIMEOUT):
+            async with run_server(bridge, make_config(timeouts={"graceful": 5}),
+                                  asgi=False) as srv, client_for(srv) as client:
+                for k in (0, 1, 5):
+                    r = await client.get(f"/stream/{k}")
+                    assert (r.status_code, r.content) == (200, b"".join(
+                        b"%d;" % i for i in range(k)))
+                    r = await client.post("/", content=payload)
+                    assert (r.status_code, r.text) == (200, digest)
+
+    for _ in range(3):
+        trio.run(one_run)
+
+
+def test_thread_left_blocked_by_an_earlier_run_does_not_confuse_the_next() -> None:
+    """A run ends (graceful deadline) while an application call is still blocked in its
+    thread. In the next run the pool starts another thread rather than wait for that one; when
+    the old call finally returns, its result (for a request that no longer exists) is dropped,
+    and the old thread serves the new run too."""
+    release = threading.Event()
+    blocked = threading.Event()
+    unblocked = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/block":
+            blocked.set()
+            release.wait(TIMEOUT)
+            unblocked.set()
+        start_response("200 OK", TEXT)
+        return [environ["PATH_INFO"].encode()]
+
+    bridge = WSGIBridge(validator(app), threads=2)  # type: ignore[arg-type]
+
+    async def first_run() -> None:
+        with trio.fail_after(TIMEOUT):
+            async with run_server(bridge, make_config(timeouts={"graceful": 0.2}),
+                                  asgi=False) as srv:
+                stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+                await stream.send_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert await wait_thread_event(blocked, 5)
+            # the server is gone: the request was cut off, the thread still waits
+            assert_no_complete_response(await read_all(stream))
+            await stream.aclose()
+            assert not unblocked.is_set()
+
+    async def second_run() -> None:
+        with trio.fail_after(TIMEOUT):
+            async with run_server(bridge, make_config(timeouts={"graceful": 5}),
+                                  asgi=False) as srv, client_for(srv) as client:
+                r = await client.get("/while-blocked")  # by a second thread
+                assert (r.status_code, r.content) == (200, b"/while-blocked")
+                assert not unblocked.is_set()
+                release.set()
+                assert await wait_thread_event(unblocked, 5)
+                async with trio.open_nursery() as nursery:
+                    for i in range(6):
+                        nursery.start_soon(get_path, client, f"/after{i}")
+
+    try:
+        trio.run(first_run)
+        trio.run(second_run)
+    finally:
+        release.set()
+
+
+async def get_path(client: httpx.AsyncClient, path: str) -> None:
+    r = await client.get(path)
+    assert (r.status_code, r.content) == (200, path.encode())
+
+
+async def read_all(stream: trio.SocketStream) -> bytes:
+    """Everything until the peer closes (a reset counts as closing)."""
+    chunks = []
+    while True:
+        try:
+            chunk = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -306,7 +306,8 @@ class H1Request:
 class H1RequestBody:
     """``RequestBodyFeature``: streams the body from the connection, enforcing ``max_size``."""
 
-    __slots__ = ("_done", "_ex", "_max_size", "_pending", "_started", "received", "waited")
+    __slots__ = ("_done", "_error", "_ex", "_max_size", "_pending", "_started", "received",
+                 "waited")
 
     def __init__(self, ex: Exchange, max_size: int | None) -> None:
         self._ex = ex
@@ -314,6 +315,7 @@ class H1RequestBody:
         self._started = False
         self._done = not ex.head.has_body
         self._pending: bytes | None = None
+        self._error: ProtocolError | None = None  # found while peeking, raised by the next read
         self.received = 0
         self.waited = 0.0  # seconds spent waiting for the client's body bytes
 
@@ -365,6 +367,9 @@ class H1RequestBody:
             if ex.head.expects_continue and not proto.response_started:
                 await conn.send_all(proto.informational(100))
         try:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
             ev = await conn.receive_body_event(ex)
             while type(ev) is BodyData and not ev.data:
                 ev = await conn.receive_body_event(ex)
@@ -380,8 +385,9 @@ class H1RequestBody:
         # Peek without blocking so the caller learns the body ended with its last chunk.
         try:
             nxt = proto.next_event()
-        except ProtocolError:
-            return data  # reported on the next receive()
+        except ProtocolError as exc:
+            self._error = exc  # raised by the next receive(), with the parser's own message
+            return data
         if type(nxt) is EndOfBody:
             self._done = True
         elif type(nxt) is BodyData:

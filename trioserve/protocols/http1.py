@@ -365,7 +365,7 @@ class HTTP1Protocol:
         bad = _HEAD_BAD_RE.search(head)
         if bad is not None:
             c = bad.group()
-            if c[:1] == b"\n":
+            if len(c) == 2:  # "\n" then SP or HTAB
                 raise ProtocolError("obsolete line folding (obs-fold) is not accepted")
             if c in (b"\r", b"\n"):
                 raise ProtocolError("bare CR or LF in request head")
@@ -471,7 +471,7 @@ class HTTP1Protocol:
         ):
             raise ProtocolError("more than one Content-Length field")
         if host_count > 1:
-            raise ProtocolError("more than one Host field")
+            raise ProtocolError("Found multiple Host: headers")  # h11's words: one verdict
         if host_count == 0 and version == b"1.1":
             raise ProtocolError("Missing mandatory Host: header")
         if host and _HOST_RE.fullmatch(host) is None:
