@@ -500,20 +500,17 @@ class _Cycle:
                 exc_info = None  # break the reference cycle (PEP 3333)
         elif self.status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
-        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() \
-                or status[3:4] not in (" ", ""):
-            raise ValueError(f"WSGI status must be a string like '200 OK', got {status!r}")
+        parsed = _STATUSES.get(status) if type(status) is str else None
+        if parsed is None:
+            parsed = _parse_status(status)
+        self.status, self.reason = parsed
+        fields = _FIELDS
         out_headers = []
-        for name, value in headers:
-            if type(name) is not str or type(value) is not str:
-                raise TypeError(f"WSGI header names and values must be str, got {name!r}: "
-                                f"{value!r}")
-            out_headers.append((name.encode("latin-1"), value.encode("latin-1")))
-        code = int(status[:3])
-        reason = status[4:]
-        self.status = code
-        # The standard phrase goes out from the server's cached status lines.
-        self.reason = None if not reason or _PHRASES.get(code) == reason else reason
+        for field in headers:
+            encoded = fields.get(field) if type(field) is tuple else None
+            if encoded is None:
+                encoded = _encode_field(field)
+            out_headers.append(encoded)
         self.headers = out_headers
         return self.write
 
@@ -546,6 +543,46 @@ class _Cycle:
         if data:
             assert self.job is not None
             self.job.call(self._send, data)
+
+
+# Apps send the same status lines and header fields again and again: remember their parsed or
+# encoded forms (bounded; emptied when full). Plain dict reads and writes are atomic under the
+# GIL, so worker threads share these without a lock.
+_STATUSES: dict[str, tuple[int, str | None]] = {}
+_FIELDS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_CACHE_MAX = 1024
+
+
+def _parse_status(status: object) -> tuple[int, str | None]:
+    """``(code, reason)`` of a WSGI status line; ``reason`` is ``None`` for the standard phrase
+    (the server's cached status lines are used then). Raises :class:`ValueError`."""
+    if type(status) is not str or len(status) < 4 or not status[:3].isdigit() \
+            or status[3:4] not in (" ", ""):
+        raise ValueError(f"WSGI status must be a string like '200 OK', got {status!r}")
+    code = int(status[:3])
+    reason = status[4:]
+    parsed = (code, None if not reason or _PHRASES.get(code) == reason else reason)
+    if len(_STATUSES) >= _CACHE_MAX:
+        _STATUSES.clear()
+    _STATUSES[status] = parsed
+    return parsed
+
+
+def _encode_field(field: Any) -> tuple[bytes, bytes]:
+    """A WSGI header field ``(name, value)`` as latin-1 bytes. Raises :class:`TypeError` for
+    anything but a pair of str, :class:`UnicodeEncodeError` for text beyond latin-1."""
+    try:
+        name, value = field
+    except (TypeError, ValueError):
+        raise TypeError(f"WSGI headers must be (name, value) pairs, got {field!r}") from None
+    if type(name) is not str or type(value) is not str:
+        raise TypeError(f"WSGI header names and values must be str, got {name!r}: {value!r}")
+    encoded = (name.encode("latin-1"), value.encode("latin-1"))
+    if type(field) is tuple:
+        if len(_FIELDS) >= _CACHE_MAX:
+            _FIELDS.clear()
+        _FIELDS[field] = encoded
+    return encoded
 
 
 def _checked_chunk(chunk: object) -> bytes:

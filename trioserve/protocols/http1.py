@@ -643,11 +643,9 @@ class HTTP1Protocol:
         has_date = has_server = False
         out = [status_line(status, reason)]
         append = out.append
-        special = _SPECIAL_RESPONSE_FIELDS
         for name, value in headers:
-            _check_header(name, value)
-            kind = special.get(name.lower())
-            if kind is None:
+            kind = _check_header(name, value)
+            if not kind:
                 append(b"%s: %s\r\n" % (name, value))
             elif kind == 1:  # content-length: re-emitted below once framing is decided
                 value = value.strip()
@@ -835,24 +833,30 @@ def _transfer_coding_status(head: bytes) -> int:
     return 501
 
 
-_CHECKED_HEADERS: set[tuple[bytes, bytes]] = set()  # fields already found valid
+# Response fields already found valid, with their _SPECIAL_RESPONSE_FIELDS kind (0: none).
+_CHECKED_HEADERS: dict[tuple[bytes, bytes], int] = {}
 _CHECKED_HEADERS_MAX: Final = 4096  # emptied when full: a bound, not an LRU
 
 
-def _check_header(name: bytes, value: bytes) -> None:
-    """Raises :class:`ResponseError` for an invalid response field name or value. Apps send
-    the same few fields again and again, so fields found valid are remembered."""
+def _check_header(name: bytes, value: bytes) -> int:
+    """The field's kind in ``_SPECIAL_RESPONSE_FIELDS`` (0 for an ordinary field). Raises
+    :class:`ResponseError` for an invalid response field name or value. Apps send the same few
+    fields again and again, so fields found valid are remembered."""
     hashable = type(name) is bytes and type(value) is bytes
-    if hashable and (name, value) in _CHECKED_HEADERS:
-        return
+    if hashable:
+        kind = _CHECKED_HEADERS.get((name, value))
+        if kind is not None:
+            return kind
     if _TOKEN_RE.fullmatch(name) is None:
         raise ResponseError(f"invalid header name {name!r}")
     if _BAD_VALUE_RE.search(value) is not None:
         raise ResponseError(f"invalid value for header {name!r}: {value!r}")
+    kind = _SPECIAL_RESPONSE_FIELDS.get(name.lower(), 0)
     if hashable:
         if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_MAX:
             _CHECKED_HEADERS.clear()
-        _CHECKED_HEADERS.add((name, value))
+        _CHECKED_HEADERS[(name, value)] = kind
+    return kind
 
 
 class _ChunkedGuard:
