@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request (perf stat -p on the server process) while wrk drives it: a
 # noise-robust companion to run.py's req/s ratios. Usage: benchmarks/instructions.sh [seconds]
+# WSGI=1 adds the WSGI servers (trioserve with each parser, Gunicorn gthread).
 # Needs perf (Debian: linux-perf), wrk and taskset. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,7 +15,9 @@ run() {
   local pid=$!
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
   taskset -c 1 wrk -t1 -c50 -d2s "http://127.0.0.1:$port/" >/dev/null
-  perf stat -x, -e instructions -p "$pid" -o /tmp/perf.$$ -- sleep $((DUR + 1)) &
+  # Gunicorn serves from a worker child process; trioserve and the floors have no children.
+  local target; target=$(pgrep -P "$pid" | head -1 || true); target=${target:-$pid}
+  perf stat -x, -e instructions -p "$target" -o /tmp/perf.$$ -- sleep $((DUR + 1)) &
   local perfpid=$!
   local reqs
   reqs=$(taskset -c 1 wrk -t1 -c50 -d"${DUR}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
@@ -25,5 +28,15 @@ run() {
 }
 run "floor trio+h11 (h11 send)" $PY floor_h11.py PORT h11
 run "floor trio+h11 (prebuilt bytes)" $PY floor_h11.py PORT prebuilt
-run "trioserve ASGI hello (no access log)" $PY -m trioserve apps:hello --app-dir . --port PORT --no-access-log --log-level warning
-run "trioserve ASGI hello (access log on)" $PY -m trioserve apps:hello --app-dir . --port PORT --log-level info
+run "trioserve ASGI hello (h11, no access log)" $PY -m trioserve apps:hello --app-dir . --port PORT --http h11 --no-access-log --log-level warning
+run "trioserve ASGI hello (h11, access log on)" $PY -m trioserve apps:hello --app-dir . --port PORT --http h11 --log-level info
+if $PY -c 'import httptools' 2>/dev/null; then
+  run "trioserve ASGI hello (httptools, no access log)" $PY -m trioserve apps:hello --app-dir . --port PORT --http httptools --no-access-log --log-level warning
+fi
+if [ "${WSGI:-}" = 1 ]; then
+  run "trioserve WSGI hello (h11)" $PY -m trioserve apps:wsgi_hello --app-dir . --port PORT --http h11 --no-access-log --log-level warning
+  if $PY -c 'import httptools' 2>/dev/null; then
+    run "trioserve WSGI hello (httptools)" $PY -m trioserve apps:wsgi_hello --app-dir . --port PORT --http httptools --no-access-log --log-level warning
+  fi
+  run "gunicorn gthread WSGI hello (1 worker, 8 threads)" $PY -m gunicorn -k gthread --threads 8 -w 1 -b 127.0.0.1:PORT --log-level warning apps:wsgi_hello
+fi
