@@ -766,8 +766,12 @@ async def _connection_task(server: _Server, stream: trio.SocketStream) -> None:
             server.connection_slots.release()
 
 
-async def _watch_signals(begin_shutdown: Callable[[], None], force: Callable[[], None]) -> None:
+async def _watch_signals(begin_shutdown: Callable[[], None], force: Callable[[], None], *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """SIGINT/SIGTERM: the first begins a graceful shutdown, the next cancels what is left.
+    ``task_status.started()`` once the handlers are installed."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         count = 0
         async for signum in signals:
             count += 1
@@ -866,7 +870,8 @@ async def _serve(
 
     async with trio.open_nursery() as root:
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
-            root.start_soon(_watch_signals, begin_shutdown, force)
+            # Installed before the app's start-up runs, so a signal then is never fatal.
+            await root.start(_watch_signals, begin_shutdown, force)
         if shutdown is not None:
             root.start_soon(_watch_event, shutdown, begin_shutdown)
         lifespan_started = False
