@@ -84,18 +84,16 @@ class _Job:
     made on the first call: most jobs never call back."""
 
     __slots__ = ("abandoned", "always", "args", "finished", "fn", "inbox", "lock", "pool",
-                 "reply", "task", "token", "waiting")
+                 "reply", "run", "task", "waiting")
 
-    def __init__(self, pool: _WorkerPool, fn: Callable[..., Any], args: tuple[Any, ...],
-                 always: bool) -> None:
+    def __init__(self, pool: _WorkerPool, run: _RunState, fn: Callable[..., Any],
+                 args: tuple[Any, ...], always: bool) -> None:
         self.pool = pool
+        self.run = run
         self.fn = fn
         self.args = args
         self.always = always  # run even if abandoned before a thread picked it up
         self.task = trio.lowlevel.current_task()
-        token = pool.token
-        assert token is not None  # bound by pool.run before any job exists
-        self.token: trio.lowlevel.TrioToken = token
         self.reply: queue.SimpleQueue[outcome.Outcome[Any]] | None = None
         self.lock: threading.Lock | None = None
         self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
@@ -113,12 +111,13 @@ class _Job:
                     self.lock = threading.Lock()
         assert self.reply is not None
         with self.lock:
+            # This thread is about to wait for the Trio side: let another one take queued jobs.
+            # (Before the call is sent: nothing may come between sending it and its reply.)
+            self.pool.wake_if_queued()
             try:
-                self.token.run_sync_soon(_deliver, self, ("call", (afn, args)))
+                self.run.token.run_sync_soon(_deliver, self, ("call", (afn, args)))
             except trio.RunFinishedError:
                 raise ClientDisconnected("the server has stopped") from None
-            # This thread now waits for the Trio side: let another one take queued jobs.
-            self.pool.wake_if_queued()
             return self.reply.get().unwrap()
 
     def answer(self, result: outcome.Outcome[Any]) -> None:
@@ -145,22 +144,66 @@ def _deliver(job: _Job, message: tuple[str, Any]) -> None:
         trio.lowlevel.reschedule(job.task)
 
 
-class _PoolInstrument(trio.abc.Instrument):
-    """Ties the pool to the Trio loop's cycle: queued jobs go to a thread just before the loop
-    waits for I/O (when it is about to release the GIL), finished ones are collected just after,
-    so a burst of requests costs one thread wake-up and one loop wake-up, not one per request."""
+class _RunState(trio.abc.Instrument):
+    """The pool's state in one ``trio.run``: finished jobs waiting to be collected, the count of
+    outstanding jobs, and the hooks into that run's loop. As an instrument it ties the pool to
+    the loop's cycle: queued jobs go to a thread just before the loop waits for I/O (when it is
+    about to release the GIL), finished ones are collected just after, so a burst of requests
+    costs one thread wake-up and one loop wake-up, not one per request. Everything here but
+    :attr:`done` (and ``notify_pending``, under the pool's mutex) is touched only by the run's
+    own thread."""
 
-    def __init__(self, pool: _WorkerPool) -> None:
+    def __init__(self, pool: _WorkerPool, token: trio.lowlevel.TrioToken) -> None:
         self.pool = pool
+        self.token = token
+        self.done: collections.deque[tuple[_Job, outcome.Outcome[Any]]] = collections.deque()
+        self.notify_pending = False  # a collect() is scheduled on the loop
+        self.outstanding = 0  # jobs queued or running
+        self.lot = trio.lowlevel.ParkingLot()
+        self.ticker_parked = False
 
+    # Instrument hooks: they must never raise (Trio would drop the instrument).
     def before_io_wait(self, timeout: float) -> None:
-        pool = self.pool
-        if pool.queue and not pool.awake:
-            pool.wake()
+        if self.pool.queue:
+            self.pool.wake(only_if_none_awake=True)
 
     def after_io_wait(self, timeout: float) -> None:
-        if self.pool.done:
-            self.pool.collect()
+        if self.done:
+            self.collect()
+
+    def collect(self) -> None:
+        """Deliver every finished job to its task."""
+        self.notify_pending = False  # before draining: a later notice then finds work or none
+        done = self.done
+        while done:
+            job, result = done.popleft()
+            self.outstanding -= 1
+            _deliver(job, ("done", result))
+
+    async def tick(self) -> None:
+        """While jobs wait in the queue or results wait here: collect the results and, when the
+        queue made no progress for a tick (the awake threads are blocked), wake another thread.
+        Parked otherwise, so a long request on its own costs no wake-ups."""
+        pool = self.pool
+        seen = pool.taken
+        try:
+            while True:
+                if not pool.queue and not self.done:
+                    self.ticker_parked = True
+                    await self.lot.park()
+                await trio.sleep(pool.TICK)
+                if self.done:
+                    self.collect()
+                if pool.queue and pool.taken == seen:
+                    pool.wake()
+                seen = pool.taken
+        finally:
+            pool.unbind(self)
+
+    def job_queued(self) -> None:
+        if self.ticker_parked:
+            self.ticker_parked = False
+            self.lot.unpark_all()
 
 
 class _WorkerPool:
@@ -170,94 +213,58 @@ class _WorkerPool:
     on its own lock until woken. The pool keeps as few threads awake as keep the queue moving:
     one is woken when jobs wait and none is awake; another when a thread blocks on the Trio side
     (a body read, a streamed write) or when the queue made no progress for a tick (an application
-    blocked in I/O). Finished jobs are collected in batches: after every I/O wait of the loop, on
-    each tick, and when a thread goes idle (which wakes the loop). A thread holding
-    the GIL never has to hand it to the loop per request, which is what makes this cheaper than
-    one ``trio.to_thread`` round trip per call.
+    blocked in I/O). Finished jobs are collected in batches: after every I/O wait of the loop,
+    on a tick while jobs wait, and when a thread goes idle (which wakes the loop). A thread
+    holding the GIL never has to hand it to the loop per request, which is what makes this
+    cheaper than one ``trio.to_thread`` round trip per call.
 
     The async operations a thread asks for run in the calling task itself, so its cancel scopes
-    apply. Threads outlive a ``trio.run``; a job abandoned before a thread took it is skipped.
-    The pool serves one ``trio.run`` at a time (the first use in a new run rebinds it)."""
+    apply. Threads outlive a ``trio.run`` and serve every run that uses the pool (one
+    :class:`_RunState` per run, even for runs in several threads at once); a job abandoned
+    before a thread took it is skipped. A thread that cannot be started is logged and the pool
+    goes on with the threads it has."""
 
-    TICK = 0.001  # seconds between progress checks while jobs are outstanding
+    TICK = 0.001  # seconds between progress checks while jobs wait
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.mutex = threading.Lock()  # guards idle, awake, threads, notify_pending
+        self.mutex = threading.Lock()  # guards idle, awake, threads, runs, notify_pending
         self.queue: collections.deque[_Job] = collections.deque()  # waiting for a thread
-        self.done: collections.deque[tuple[_Job, outcome.Outcome[Any]]] = collections.deque()
         self.idle: list[threading.Lock] = []  # the wake locks of sleeping threads, LIFO
         self.threads = 0
         self.awake = 0  # threads not sleeping
         self.taken = 0  # jobs taken so far: the queue's progress
-        self.notify_pending = False  # a collect() is scheduled on the loop
-        self.outstanding = 0  # jobs queued or running (Trio thread only)
-        self.token: trio.lowlevel.TrioToken | None = None
-        self._lot = trio.lowlevel.ParkingLot()
+        self.runs: dict[trio.lowlevel.TrioToken, _RunState] = {}
 
     # ------------------------------------------------------------------ Trio thread
 
-    def _bind(self) -> None:
-        """Attach the pool to the current run: its instrument and its ticker."""
-        self.token = trio.lowlevel.current_trio_token()
-        self.done.clear()  # results for a run that is over
-        self.outstanding = 0
-        self._lot = trio.lowlevel.ParkingLot()
-        trio.lowlevel.add_instrument(_PoolInstrument(self))
-        trio.lowlevel.spawn_system_task(self._tick, name="trioserve-wsgi-ticker")
+    def _state(self) -> _RunState:
+        """This run's state, made (with its instrument and ticker) on first use."""
+        token = trio.lowlevel.current_trio_token()
+        state = self.runs.get(token)
+        if state is None:
+            state = _RunState(self, token)
+            trio.lowlevel.add_instrument(state)
+            trio.lowlevel.spawn_system_task(state.tick, name="trioserve-wsgi-ticker")
+            with self.mutex:
+                self.runs[token] = state
+        return state
 
-    async def _tick(self) -> None:
-        """While jobs are outstanding: collect finished ones and unstick a stalled queue."""
-        seen = self.taken
-        while True:
-            if not self.outstanding:
-                await self._lot.park()
-            await trio.sleep(self.TICK)
-            if self.done:
-                self.collect()
-            if self.queue and self.taken == seen:
-                self.wake()  # nothing was taken for a tick: the awake threads are blocked
-            seen = self.taken
-
-    def wake(self) -> None:
-        """Wake an idle thread, or start one if there is none and the pool is not full."""
+    def unbind(self, state: _RunState) -> None:
+        """The run is over: forget its state (results still to come are dropped)."""
         with self.mutex:
-            if self.idle:
-                self.awake += 1
-                self.idle.pop().release()
-                return
-            if self.threads >= self.size:
-                return
-            self.threads += 1
-            self.awake += 1
-            number = self.threads
-        threading.Thread(target=self._work, args=(threading.Lock(),),
-                         name=f"trioserve-wsgi-{number}", daemon=True).start()
-
-    def collect(self) -> None:
-        """Deliver every finished job to its task."""
-        self.notify_pending = False  # before draining: a later notice then finds work or none
-        done = self.done
-        token = self.token
-        while done:
-            job, result = done.popleft()
-            if job.token is not token:
-                continue  # from an earlier run
-            self.outstanding -= 1
-            _deliver(job, ("done", result))
+            self.runs.pop(state.token, None)
 
     async def run(self, fn: Callable[..., Any], *args: Any, always: bool = False) -> Any:
         """Run ``fn(*args, job)`` in a worker thread; serve its ``job.call`` requests until it
         returns; return its result or raise its exception. If this task is cancelled, the job
         is abandoned: not started if still queued (unless ``always``), and its further calls
         raise ``ClientDisconnected``."""
-        if self.token is not trio.lowlevel.current_trio_token():
-            self._bind()
-        job = _Job(self, fn, args, always)
-        if not self.outstanding:
-            self._lot.unpark_all()
-        self.outstanding += 1
+        state = self._state()
+        job = _Job(self, state, fn, args, always)
+        state.outstanding += 1
         self.queue.append(job)
+        state.job_queued()
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             job.waiting = False
@@ -275,12 +282,12 @@ class _WorkerPool:
                 afn, fargs = payload
                 try:
                     res: outcome.Outcome[Any] = outcome.Value(await afn(*fargs))
-                except trio.Cancelled:
+                except Exception as exc:
+                    res = outcome.Error(exc)
+                except BaseException:  # Cancelled, or a group holding it: the thread must not hang
                     job.abandoned = True
                     job.answer(_ended())
                     raise
-                except Exception as exc:
-                    res = outcome.Error(exc)
                 job.answer(res)
         finally:
             job.finished = True
@@ -289,6 +296,30 @@ class _WorkerPool:
                     job.answer(_ended())
 
     # -------------------------------------------------------------------- any thread
+
+    def wake(self, *, only_if_none_awake: bool = False) -> None:
+        """Wake an idle thread, or start one if there is none and the pool is not full. Never
+        raises: a thread that cannot be started is logged, and the jobs wait for the others."""
+        with self.mutex:
+            if only_if_none_awake and self.awake:
+                return
+            if self.idle:
+                self.awake += 1
+                self.idle.pop().release()
+                return
+            if self.threads >= self.size:
+                return
+            self.threads += 1
+            self.awake += 1
+            number = self.threads
+        try:
+            threading.Thread(target=self._work, args=(threading.Lock(),),
+                             name=f"trioserve-wsgi-{number}", daemon=True).start()
+        except Exception as exc:  # RuntimeError("can't start new thread"), MemoryError …
+            with self.mutex:
+                self.threads -= 1
+                self.awake -= 1
+            log.error("cannot start a WSGI worker thread (%d running): %s", self.threads, exc)
 
     def wake_if_queued(self) -> None:
         """Wake another thread if jobs wait (the caller is about to block)."""
@@ -299,28 +330,36 @@ class _WorkerPool:
 
     def _next(self, wake: threading.Lock) -> _Job | None:
         """The next queued job, or ``None`` after registering this thread as idle (its wake
-        lock is then held, so the caller sleeps on it until :meth:`wake` releases it)."""
+        lock is then held, so the caller sleeps on it until :meth:`wake` releases it). A thread
+        going idle makes sure the results waiting in any run get collected."""
         with self.mutex:
+            job: _Job | None
             try:
                 job = self.queue.popleft()
             except IndexError:
-                pass
+                job = None
+                wake.acquire()  # not blocking: the lock is free whenever the thread is awake
+                self.awake -= 1
+                self.idle.append(wake)
             else:
                 self.taken += 1
-                return job
-            wake.acquire()  # not blocking: the lock is free whenever the thread is awake
-            self.awake -= 1
-            self.idle.append(wake)
-            notify = bool(self.done) and not self.notify_pending
-            if notify:
-                self.notify_pending = True
-            token = self.token
-        if notify and token is not None:
+                if len(self.runs) == 1:
+                    # One run: its ticker keeps going while its results wait (see tick()).
+                    return job
+            notify = []
+            for state in self.runs.values():
+                # Going idle: every run's waiting results. Taking another run's job: this
+                # run's ticker may be parked, so it is told now.
+                if state.done and not state.notify_pending and (job is None
+                                                                or state is not job.run):
+                    state.notify_pending = True
+                    notify.append(state)
+        for state in notify:
             try:
-                token.run_sync_soon(self.collect)
+                state.token.run_sync_soon(state.collect)
             except trio.RunFinishedError:
-                pass  # that server has stopped; this thread serves the next one
-        return None
+                pass  # that server has stopped; this thread serves the others
+        return job
 
     def _work(self, wake: threading.Lock) -> None:
         while True:
@@ -339,7 +378,7 @@ class _WorkerPool:
                     err = RuntimeError(f"the WSGI application raised {result.error!r}")
                     err.__cause__ = result.error
                     result = outcome.Error(err)
-            self.done.append((job, result))
+            job.run.done.append((job, result))
             del job, result
 
 
@@ -507,7 +546,10 @@ class _Cycle:
         fields = _FIELDS
         out_headers = []
         for field in headers:
-            encoded = fields.get(field) if type(field) is tuple else None
+            # Only exact (str, str) tuples hit the cache: a str subclass or anything
+            # unhashable takes the checked path every time.
+            encoded = (fields.get(field) if type(field) is tuple and len(field) == 2
+                       and type(field[0]) is str and type(field[1]) is str else None)
             if encoded is None:
                 encoded = _encode_field(field)
             out_headers.append(encoded)
@@ -551,6 +593,7 @@ class _Cycle:
 _STATUSES: dict[str, tuple[int, str | None]] = {}
 _FIELDS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 _CACHE_MAX = 1024
+_CACHE_FIELD_MAX = 256  # longer fields (cookies, tokens) are not remembered
 
 
 def _parse_status(status: object) -> tuple[int, str | None]:
@@ -578,7 +621,7 @@ def _encode_field(field: Any) -> tuple[bytes, bytes]:
     if type(name) is not str or type(value) is not str:
         raise TypeError(f"WSGI header names and values must be str, got {name!r}: {value!r}")
     encoded = (name.encode("latin-1"), value.encode("latin-1"))
-    if type(field) is tuple:
+    if type(field) is tuple and len(name) + len(value) <= _CACHE_FIELD_MAX:
         if len(_FIELDS) >= _CACHE_MAX:
             _FIELDS.clear()
         _FIELDS[field] = encoded
@@ -605,13 +648,18 @@ _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
 # Header name -> environ key ("" for names that are dropped), filled as names are seen.
 _ENVIRON_KEYS: dict[bytes, str] = {b"content-type": "CONTENT_TYPE",
                                    b"content-length": "CONTENT_LENGTH"}
-_ENVIRON_KEYS_MAX = 1024  # names beyond this many are converted each time, not remembered
+_ENVIRON_KEYS_MAX = 1024  # emptied (but for the two above) when full
+_ENVIRON_NAME_MAX = 64  # longer names (clients choose them) are converted each time
 
 
 def _environ_key(name: bytes) -> str:
     """The environ key for a (lower-case) header name; ``""`` if the name contains ``_``."""
     key = "" if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-    if len(_ENVIRON_KEYS) < _ENVIRON_KEYS_MAX:
+    if len(name) <= _ENVIRON_NAME_MAX:
+        if len(_ENVIRON_KEYS) >= _ENVIRON_KEYS_MAX:
+            _ENVIRON_KEYS.clear()
+            _ENVIRON_KEYS[b"content-type"] = "CONTENT_TYPE"
+            _ENVIRON_KEYS[b"content-length"] = "CONTENT_LENGTH"
         _ENVIRON_KEYS[name] = key
     return key
 
@@ -657,7 +705,7 @@ class WSGIBridge:
                 continue  # a name with "_": it would collide with the "-" spelling
             text = value.decode("latin-1")
             old = env.get(key)
-            if old is None:
+            if old is None or key == "CONTENT_TYPE":  # a repeated Content-Type: the last one
                 env[key] = text
             else:
                 env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + text

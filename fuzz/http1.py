@@ -310,6 +310,9 @@ _FRAMING_LINES: Sequence[bytes] = (
     b"Transfer-Encoding: chunked, identity", b" Transfer-Encoding: chunked",
     b"Transfer-Encoding:\x0bchunked", b"Host: other", b"Host: a b", b"Connection: close",
     b"Expect: 100-continue", b"X: y\r\n z", b"X-Null: \x00", b"Content-Length:\t7 ",
+    # zero-padded lengths around h11's 20-digit bound (llhttp alone would take any length)
+    b"Content-Length: " + b"0" * 19 + b"5", b"Content-Length: " + b"0" * 20 + b"5",
+    b"Content-Length: 00000000000000000000000000000000000000000000000000",
 )
 
 

@@ -299,6 +299,9 @@ SMUGGLING: dict[str, Smuggle] = {
     "cl-arabic-digit": _refused(POST + b"Content-Length: \xd9\xa3\r\n\r\nabc"),
     "cl-empty": _refused(POST + b"Content-Length:\r\n\r\nabc"),
     "cl-overflow": _refused(POST + b"Content-Length: 99999999999999999999999\r\n\r\nabc"),
+    # zero padding beyond 20 digits: h11 refuses, llhttp alone would read 3
+    "cl-21-digits": _refused(POST + b"Content-Length: " + b"0" * 20 + b"3\r\n\r\nabc"),
+    "cl-long-zero-padding": _refused(POST + b"Content-Length: " + b"0" * 40 + b"3\r\n\r\nabc"),
     "cl-space-before-colon": _refused(POST + b"Content-Length : 3\r\n\r\nabc"),
     "cl-bare-lf-after-value": _refused(POST + b"Content-Length: 3\n\r\n\r\nabc"),
     "cl-over-the-limit": _bad_body(POST + b"Content-Length: 999999999999999999\r\n\r\nabc",

@@ -1389,3 +1389,85 @@ async def read_all(stream: trio.SocketStream) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# --------------------------------------------------------- pool: concurrent runs, start failure
+
+
+def test_one_bridge_serves_two_runs_at_once() -> None:
+    """Two trio.run loops in two threads share one bridge (one pool): every request of each is
+    answered by its own run."""
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", TEXT)
+        return [environ["PATH_INFO"].encode()]
+
+    bridge = WSGIBridge(app, threads=2)
+    results: dict[str, list[bytes]] = {}
+    errors: list[BaseException] = []
+
+    def serve_and_fetch(name: str) -> None:
+        async def main() -> None:
+            with trio.fail_after(TIMEOUT):
+                async with run_server(bridge, make_config(), asgi=False) as srv, \
+                        httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.port}") as client:
+                    got: list[bytes] = []
+
+                    async def one(i: int) -> None:
+                        r = await client.get(f"/{name}/{i}")
+                        got.append(r.content)
+
+                    async with trio.open_nursery() as nursery:
+                        for i in range(40):
+                            nursery.start_soon(one, i)
+                    results[name] = sorted(got)
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # reported below, from the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=serve_and_fetch, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT + 5)
+    assert not errors, errors
+    for name in ("a", "b"):
+        assert results[name] == sorted(f"/{name}/{i}".encode() for i in range(40))
+
+
+async def test_a_thread_that_cannot_start_fails_no_request(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Thread creation failing (the process is out of threads) is logged; requests wait for the
+    threads that exist and are served, the server keeps running."""
+    starts = 0
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        nonlocal starts
+        starts += 1
+        if self.name.startswith("trioserve-wsgi") and starts > 1:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        time.sleep(0.01)
+        start_response("200 OK", TEXT)
+        return [environ["PATH_INFO"].encode()]
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with trio.fail_after(TIMEOUT):
+        async with wsgi_server(app, threads=4) as srv, client_for(srv) as client:
+            got: list[bytes] = []
+
+            async def one(i: int) -> None:
+                r = await client.get(f"/{i}")
+                assert r.status_code == 200
+                got.append(r.content)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(one, i)
+    assert sorted(got) == sorted(f"/{i}".encode() for i in range(10))
+    assert "cannot start a WSGI worker thread" in caplog.text

@@ -444,8 +444,10 @@ class HTTP1Protocol:
                 host_count += 1
                 host = value
             elif name == b"content-length":
-                if not value.isdigit():  # both parsers check this; never let int() decide
-                    raise ProtocolError("invalid Content-Length")
+                # h11's rule (at most 20 digits), so both parsers judge alike: llhttp would
+                # take "000…0005" of any length.
+                if len(value) > 20 or not value.isdigit():
+                    raise ProtocolError("bad Content-Length")
                 content_length = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
@@ -836,6 +838,7 @@ def _transfer_coding_status(head: bytes) -> int:
 # Response fields already found valid, with their _SPECIAL_RESPONSE_FIELDS kind (0: none).
 _CHECKED_HEADERS: dict[tuple[bytes, bytes], int] = {}
 _CHECKED_HEADERS_MAX: Final = 4096  # emptied when full: a bound, not an LRU
+_CHECKED_FIELD_MAX: Final = 256  # longer fields (reflected cookies, tokens) are not remembered
 
 
 def _check_header(name: bytes, value: bytes) -> int:
@@ -852,7 +855,7 @@ def _check_header(name: bytes, value: bytes) -> int:
     if _BAD_VALUE_RE.search(value) is not None:
         raise ResponseError(f"invalid value for header {name!r}: {value!r}")
     kind = _SPECIAL_RESPONSE_FIELDS.get(name.lower(), 0)
-    if hashable:
+    if hashable and len(name) + len(value) <= _CHECKED_FIELD_MAX:
         if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_MAX:
             _CHECKED_HEADERS.clear()
         _CHECKED_HEADERS[(name, value)] = kind
