@@ -45,6 +45,7 @@ from trioserve.features import (
     RequestLifetimeFeature,
     ResponseBodyFeature,
     ResponseFeature,
+    TlsFeature,
 )
 
 __all__ = ["ASGIApp", "ASGIBridge"]
@@ -59,6 +60,19 @@ log = logging.getLogger("trioserve.asgi")
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+def _tls_extension(tls: TlsFeature) -> dict[str, Any]:
+    """The ASGI ``tls`` extension's scope entry for a TLS connection."""
+    return {
+        "server_cert": tls.server_certificate_pem,
+        "client_cert_chain": [tls.peer_certificate_pem] if tls.peer_certificate_pem else [],
+        "client_cert_name": tls.peer_certificate_name,
+        "client_cert_error": None,  # a client certificate that fails verification ends the
+                                    # handshake, so the app never sees one
+        "tls_version": tls.tls_version,
+        "cipher_suite": tls.cipher_suite,
+    }
 
 
 class ASGIBridge:
@@ -102,6 +116,9 @@ class ASGIBridge:
             "server": conn.local if conn is not None else None,
             "extensions": {"http.response.pathsend": {}},
         }
+        tls = features.get(TlsFeature)
+        if tls is not None:
+            scope["extensions"]["tls"] = _tls_extension(tls)
         if self.lifespan_supported:
             scope["state"] = self.state.copy()
         h = _HTTPCycle(body, resp, out, features.get(RequestLifetimeFeature))

@@ -696,6 +696,8 @@ class WSGIBridge:
         env["QUERY_STRING"] = req.query_string.decode("latin-1")
         env["SERVER_PROTOCOL"] = _PROTOCOLS.get(req.http_version) or f"HTTP/{req.http_version}"
         env["wsgi.url_scheme"] = scheme
+        if scheme == "https":
+            env["HTTPS"] = "on"  # the CGI convention many frameworks read
         keys = _ENVIRON_KEYS
         for name, value in req.headers:
             key = keys.get(name)

@@ -21,12 +21,13 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
-from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts
+from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts, Tls
 from .features import Application, LifespanFailure
 from .listeners import ListenError
 from .logs import setup_cli_logging
 from .protocols.http1 import resolve_parser
 from .server import serve
+from .tls import server_context, write_dev_cert
 
 __all__ = ["AppLoadError", "build_config", "load_app", "main"]
 
@@ -109,6 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASGI lifespan (default auto: used when the app supports it)")
     g.add_argument("--root-path", default=d.root_path,
                    help="path prefix the app is mounted under behind a proxy (default '')")
+    g = p.add_argument_group("TLS (HTTPS on every listener; 'trioserve dev-cert' writes a "
+                             "development certificate)")
+    tls = Tls("x")
+    g.add_argument("--certfile", metavar="PEM",
+                   help="certificate chain (PEM, leaf first); turns TLS on")
+    g.add_argument("--keyfile", metavar="PEM",
+                   help="private key (PEM), if not in --certfile")
+    g.add_argument("--keyfile-password", metavar="TEXT",
+                   help="password of an encrypted --keyfile (or set TRIOSERVE_KEYFILE_PASSWORD)")
+    g.add_argument("--ca-certs", metavar="PEM",
+                   help="CA certificates client certificates must chain to")
+    g.add_argument("--client-cert", choices=("none", "optional", "required"),
+                   default=tls.client_cert,
+                   help="ask clients for a certificate (default none; optional and required "
+                        "need --ca-certs)")
+    g.add_argument("--ciphers", metavar="LIST",
+                   help="OpenSSL cipher list for TLS 1.2 (default: Python's secure defaults; "
+                        "TLS 1.2 is the minimum version)")
+    g.add_argument("--tls-handshake-timeout", type=_seconds, default=tls.handshake_timeout,
+                   metavar="SECONDS",
+                   help=f"time a client gets to complete the TLS handshake (default "
+                        f"{tls.handshake_timeout:g})")
     g = p.add_argument_group("protocol")
     g.add_argument("--http", choices=("auto", "h11", "httptools"), default=d.http_parser,
                    help="HTTP/1.1 request parser (default auto: httptools when installed, "
@@ -185,6 +208,18 @@ def build_config(args: argparse.Namespace) -> Config:
         min_response_data_rate=(MinDataRate(args.min_response_rate)
                                 if args.min_response_rate > 0 else None),
     )
+    tls: Tls | None = None
+    tls_flags = [f for f in ("keyfile", "keyfile_password", "ca_certs", "ciphers")
+                 if getattr(args, f) is not None]
+    if args.certfile is not None:
+        password = args.keyfile_password or os.environ.get("TRIOSERVE_KEYFILE_PASSWORD") or None
+        tls = Tls(certfile=args.certfile, keyfile=args.keyfile, keyfile_password=password,
+                  ca_certs=args.ca_certs, client_cert=args.client_cert, ciphers=args.ciphers,
+                  handshake_timeout=args.tls_handshake_timeout)
+        server_context(tls)  # read the files now: a bad one is a configuration error
+    elif tls_flags or args.client_cert != "none":
+        flag = tls_flags[0].replace("_", "-") if tls_flags else "client-cert"
+        raise ConfigError(f"--{flag} needs --certfile (TLS is on only with a certificate)")
     timeouts = Timeouts(keep_alive=args.keep_alive_timeout,
                         request_headers=args.headers_timeout,
                         graceful=args.graceful_timeout)
@@ -197,6 +232,7 @@ def build_config(args: argparse.Namespace) -> Config:
         access_log=args.access_log,
         backlog=args.backlog,
         http_parser=args.http,
+        tls=tls,
     )
 
 
@@ -331,7 +367,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def dev_cert_main(argv: Sequence[str]) -> int:
+    """``trioserve dev-cert [--dir DIR]``: write a self-signed certificate for localhost."""
+    p = argparse.ArgumentParser(
+        prog="trioserve dev-cert",
+        description="Write a self-signed certificate and key for localhost, 127.0.0.1 and ::1 "
+                    "(valid 365 days), for development only, like 'dotnet dev-certs https'. "
+                    "Browsers and clients warn until told to trust it; never use it in "
+                    "production.")
+    p.add_argument("--dir", default=".", help="directory to write localhost.pem and "
+                                              "localhost-key.pem to (default '.')")
+    args = p.parse_args(argv)
+    try:
+        cert, key = write_dev_cert(args.dir)
+    except (RuntimeError, OSError) as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {cert} and {key} (self-signed, for development only)\n"
+          f"serve with: trioserve APP --certfile {cert} --keyfile {key}\n"
+          f"trust it in a client, e.g.: curl --cacert {cert} https://localhost:8000/")
+    return 0
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["dev-cert"]:
+        return dev_cert_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_cli_logging(args.log_level)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Bind", "Config", "ConfigError", "Limits", "MinDataRate", "Timeouts"]
+__all__ = ["Bind", "Config", "ConfigError", "Limits", "MinDataRate", "Timeouts", "Tls"]
 
 
 class ConfigError(ValueError):
@@ -119,6 +119,53 @@ class Timeouts:
         _positive_float("Timeouts", "graceful", self.graceful)
 
 
+ClientCertMode = Literal["none", "optional", "required"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """TLS for every listener (HTTPS). Files are read when the server starts; a missing or
+    unreadable file, a wrong password or a key that does not match the certificate is a
+    :class:`ConfigError` then (see :func:`trioserve.tls.server_context`).
+
+    - ``certfile``: the certificate chain (PEM), leaf first; ``keyfile``: its private key (PEM),
+      or ``None`` when the key is in ``certfile``; ``keyfile_password``: for an encrypted key.
+    - ``ca_certs``: CA certificates (PEM) that client certificates must chain to; required when
+      ``client_cert`` is not ``"none"``.
+    - ``client_cert``: ``"none"`` (not asked for), ``"optional"`` (asked for, verified if sent),
+      ``"required"`` (the handshake fails without a valid one).
+    - ``ciphers``: an OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults);
+      ``None`` keeps Python's secure defaults.
+    - ``handshake_timeout``: seconds a client gets to complete the handshake (Kestrel: 10 s).
+
+    TLS 1.2 is the minimum version; ALPN offers ``http/1.1``.
+    """
+
+    certfile: str
+    keyfile: str | None = None
+    keyfile_password: str | None = None
+    ca_certs: str | None = None
+    client_cert: ClientCertMode = "none"
+    ciphers: str | None = None
+    handshake_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("certfile", "keyfile", "keyfile_password", "ca_certs", "ciphers"):
+            value = getattr(self, name)
+            if value is None and name != "certfile":
+                continue
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"Tls.{name} must be a non-empty string"
+                                  f"{'' if name == 'certfile' else ' or None'}, got {value!r}")
+        if self.client_cert not in ("none", "optional", "required"):
+            raise ConfigError("Tls.client_cert must be 'none', 'optional' or 'required', "
+                              f"got {self.client_cert!r}")
+        if self.client_cert != "none" and self.ca_certs is None:
+            raise ConfigError(f"Tls.client_cert={self.client_cert!r} needs Tls.ca_certs (the CA "
+                              "certificates client certificates must chain to)")
+        _positive_float("Tls", "handshake_timeout", self.handshake_timeout)
+
+
 BindKind = Literal["tcp", "unix", "fd"]
 
 
@@ -185,6 +232,7 @@ class Config:
       WSGI ``SCRIPT_NAME``); empty or starting with ``/`` and not ending with one.
     - ``access_log``: log one line per request on the ``trioserve.access`` logger.
     - ``backlog``: the listen backlog per socket.
+    - ``tls``: :class:`Tls` to serve HTTPS on every listener; ``None`` (default) for plain HTTP.
     - ``http_parser``: the HTTP/1.1 request parser: ``"h11"`` (the reference), ``"httptools"``
       (llhttp, the ``trioserve[fast]`` extra; about twice as fast per request) or ``"auto"``
       (httptools when installed, else h11). Both accept and refuse exactly the same requests.
@@ -198,6 +246,7 @@ class Config:
     access_log: bool = True
     backlog: int = 1024
     http_parser: Literal["auto", "h11", "httptools"] = "auto"
+    tls: Tls | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.binds, tuple) or not self.binds:
@@ -223,6 +272,8 @@ class Config:
             raise ConfigError("Config.root_path must be empty or start with '/' and not end "
                               f"with '/', got {rp!r}")
         _positive_int("Config", "backlog", self.backlog)
+        if self.tls is not None and not isinstance(self.tls, Tls):
+            raise ConfigError(f"Config.tls must be Tls or None, got {self.tls!r}")
         if self.http_parser not in ("auto", "h11", "httptools"):
             raise ConfigError("Config.http_parser must be 'auto', 'h11' or 'httptools', "
                               f"got {self.http_parser!r}")

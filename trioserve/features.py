@@ -185,12 +185,24 @@ class ConnectionFeature(Protocol):
 
 @runtime_checkable
 class TlsFeature(Protocol):
-    """TLS parameters of the connection; present only on TLS connections."""
+    """TLS parameters of the connection; present only on TLS connections.
+
+    ``version`` (``"TLSv1.3"``) and ``tls_version`` (``0x0304``); ``cipher`` (OpenSSL's name)
+    and ``cipher_suite`` (its IANA number, ``None`` if unknown); ``alpn_protocol``;
+    ``peer_certificate`` (``ssl.SSLObject.getpeercert()``: ``None`` without a client
+    certificate, and without verification, ``client_cert="none"``, never present),
+    ``peer_certificate_pem`` and ``peer_certificate_name`` (its subject, RFC 4514);
+    ``server_certificate_pem``: the server's own leaf certificate."""
 
     version: str | None
+    tls_version: int | None
     cipher: str | None
+    cipher_suite: int | None
     alpn_protocol: str | None
     peer_certificate: dict[str, Any] | None
+    peer_certificate_pem: str | None
+    peer_certificate_name: str | None
+    server_certificate_pem: str | None
 
 
 @runtime_checkable

@@ -19,6 +19,7 @@ application's shutdown) and short clean-up deadlines for closing and lingering.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -46,6 +47,7 @@ from .features import (
     RequestBodyTooLarge,
     ServerAddressesFeature,
     ServerAddressesInfo,
+    TlsFeature,
 )
 from .listeners import BoundListener, ListenError, open_listeners
 from .logs import fast_access_handler
@@ -59,6 +61,7 @@ from .protocols.events import (
     ResponseError,
 )
 from .protocols.http1 import HTTP1Protocol, resolve_parser
+from .tls import TlsInfo, cipher_suites, leaf_certificate_pem, server_context
 
 __all__ = ["serve"]
 
@@ -111,6 +114,10 @@ class _Server:
         self.server_header = (config.server_header.encode("ascii")
                               if config.server_header is not None else None)
         self.access_log = config.access_log
+        self.ssl_context = server_context(config.tls) if config.tls is not None else None
+        self.cipher_suites = cipher_suites(self.ssl_context) if self.ssl_context else {}
+        self.server_certificate_pem = (leaf_certificate_pem(config.tls.certfile)
+                                       if config.tls is not None else None)
         try:
             self.http_parser = resolve_parser(config.http_parser)
         except ValueError as exc:  # httptools asked for but not installed
@@ -148,6 +155,7 @@ class _SocketIO:
     __slots__ = ("_budget", "_stream", "sock")
 
     FAIR_BUDGET = 16
+    can_sendfile = True
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -248,6 +256,59 @@ class _SocketIO:
             self.sock.close()
 
 
+class _TlsIO:
+    """The same operations as :class:`_SocketIO` over a ``trio.SSLStream`` (handshake done).
+
+    Every read and write goes through the TLS layer, so nothing can be read without waiting
+    (``try_receive`` reports "would block"), ``sendfile`` is not possible (the connection falls
+    back to reads and writes), and a write is always bounded by the minimum response rate.
+    Closing does not wait for the client's ``close_notify``: HTTP/1.1 framing does not rely on
+    it."""
+
+    __slots__ = ("_budget", "sock", "ssl_stream")
+
+    FAIR_BUDGET = 16
+    can_sendfile = False
+
+    def __init__(self, ssl_stream: trio.SSLStream[trio.SocketStream]) -> None:
+        self.ssl_stream = ssl_stream
+        self.sock = ssl_stream.transport_stream.socket
+        self._budget = self.FAIR_BUDGET
+
+    async def fairness(self) -> None:
+        self._budget -= 1
+        if self._budget <= 0:
+            self._budget = self.FAIR_BUDGET
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def try_receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes | None:
+        return None
+
+    async def receive(self, max_bytes: int = RECEIVE_SIZE, *, known_empty: bool = False) -> bytes:
+        return bytes(await self.ssl_stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes, rate: MinDataRate | None) -> None:
+        with trio.CancelScope(deadline=write_deadline(rate, len(data))) as scope:
+            await self.ssl_stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError("the client read the response too slowly")
+
+    def shutdown_write(self) -> None:
+        pass  # TLS has no half-close; the socket's close ends the connection
+
+    def reset_on_close(self) -> None:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+
+    def stream(self) -> trio.abc.Stream:
+        return self.ssl_stream
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class _H1Connection:
     """One HTTP/1.1 connection: reads requests and runs the app inline for each, in turn.
 
@@ -272,9 +333,10 @@ class _H1Connection:
         "timer",
     )
 
-    def __init__(self, server: _Server, sock: socket.socket) -> None:
+    def __init__(self, server: _Server, io: _SocketIO | _TlsIO, tls: TlsInfo | None = None) -> None:
         self.server = server
-        self.io = _SocketIO(sock)
+        self.io = io
+        sock = io.sock
         config = server.config
         limits = config.limits
         self.proto = HTTP1Protocol(
@@ -286,7 +348,7 @@ class _H1Connection:
         )
         self.response_rate = limits.min_response_data_rate
         self.root_path = config.root_path
-        self.scheme = "http"
+        self.scheme = "http" if tls is None else "https"
         self.first = True
         self.errored = False  # the server answered a bad request head
         self.exchange: Exchange | None = None
@@ -295,7 +357,10 @@ class _H1Connection:
         local = _address(sock, False)
         self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
         info = ConnectionInfo(f"{next(_ids):x}", peer, local)
-        self.features = FeatureCollection({ConnectionFeature: info}, server.features)
+        items: dict[type, object] = {ConnectionFeature: info}
+        if tls is not None:
+            items[TlsFeature] = tls
+        self.features = FeatureCollection(items, server.features)
 
     @property
     def draining(self) -> bool:
@@ -458,7 +523,10 @@ class _H1Connection:
         return sent + len(prefix) + len(suffix)
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> int:
-        """``os.sendfile`` from ``fd`` to the socket; each wait is bounded like a send."""
+        """``os.sendfile`` from ``fd`` to the socket; each wait is bounded like a send. Over
+        TLS, reads of the file (in a worker thread) and writes instead."""
+        if not self.io.can_sendfile:
+            return await self._copy_file(fd, offset, count)
         sock = self.io.sock
         out = sock.fileno()
         rate = self.response_rate
@@ -481,6 +549,17 @@ class _H1Connection:
                 break
             sent += n
             await self.io.fairness()
+        return sent
+
+    async def _copy_file(self, fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count:
+            data = await trio.to_thread.run_sync(os.pread, fd, min(count - sent, 256 * 1024),
+                                                 offset + sent)
+            if not data:
+                break
+            await self.send_all(data)
+            sent += len(data)
         return sent
 
     # -------------------------------------------------------------------- request loop
@@ -755,15 +834,55 @@ async def _accept_loop(server: _Server, bound: BoundListener, nursery: trio.Nurs
 
 async def _connection_task(server: _Server, stream: trio.SocketStream) -> None:
     try:
+        if server.ssl_context is not None:
+            await _tls_connection(server, stream)
+            return
         # The connection drives the socket itself (see _SocketIO); take it out of the stream.
         tsock = stream.socket
         sock = socket.socket(tsock.family, tsock.type, tsock.proto, fileno=tsock.detach())
-        await _H1Connection(server, sock).run()
+        await _H1Connection(server, _SocketIO(sock)).run()
     except Exception:
         log.exception("unexpected error on a connection")
     finally:
         if server.connection_slots is not None:
             server.connection_slots.release()
+
+
+_PLAIN_HTTP_TO_TLS_BODY = b"This port speaks HTTPS: a plain HTTP request was sent to it.\n"
+_PLAIN_HTTP_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                      b"content-length: %d\r\nconnection: close\r\n\r\n"
+                      % len(_PLAIN_HTTP_TO_TLS_BODY)) + _PLAIN_HTTP_TO_TLS_BODY
+
+
+async def _tls_connection(server: _Server, stream: trio.SocketStream) -> None:
+    """Handshake under ``Tls.handshake_timeout``, then HTTP/1.1 over TLS. A failed or slow
+    handshake (a plain-HTTP client, an unsupported version, a missing client certificate) closes
+    the connection with a debug log line; the server goes on."""
+    assert server.ssl_context is not None and server.config.tls is not None
+    ssl_stream = trio.SSLStream(stream, server.ssl_context, server_side=True,
+                                https_compatible=True)
+    peer = _address(stream.socket, True)
+    failure: str | None = None
+    with trio.move_on_after(server.config.tls.handshake_timeout) as scope:
+        try:
+            await ssl_stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            failure = str(cause or exc) or type(cause or exc).__name__
+    if scope.cancelled_caught:
+        failure = "handshake timed out"
+    if failure is not None:
+        log.debug("TLS handshake with %s failed: %s", f"{peer[0]}:{peer[1]}" if peer else "-",
+                  failure)
+        if "HTTP_REQUEST" in failure:
+            # A plain-HTTP client: tell it in words it can read (as nginx and Kestrel do).
+            with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(OSError):
+                await stream.socket.send(_PLAIN_HTTP_TO_TLS)
+        stream.socket.close()
+        return
+    # (SSLStream forwards the SSLObject's methods TlsInfo reads.)
+    info = TlsInfo(ssl_stream, server.cipher_suites, server.server_certificate_pem)
+    await _H1Connection(server, _TlsIO(ssl_stream), info).run()
 
 
 async def _watch_signals(begin_shutdown: Callable[[], None], force: Callable[[], None], *,
@@ -884,6 +1003,10 @@ async def _serve(
         if startup_scope.cancelled_caught:
             log.info("shutdown requested during start-up")
         if listeners is not None:
+            if config.tls is not None:
+                for bl in listeners:
+                    if bl.url.startswith("http://"):
+                        bl.url = "https://" + bl.url[len("http://"):]
             addresses = [bl.url for bl in listeners]
             server.features.set(ServerAddressesFeature, ServerAddressesInfo(list(addresses)))
             with connections_scope:
