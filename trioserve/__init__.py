@@ -4,8 +4,8 @@
 ``trioserve.bridges.asgi`` adapts ASGI 3 applications.
 """
 
-from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts
+from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts, Tls
 from .server import serve
 
-__all__ = ["Bind", "Config", "ConfigError", "Limits", "MinDataRate", "Timeouts", "serve"]
+__all__ = ["Bind", "Config", "ConfigError", "Limits", "MinDataRate", "Timeouts", "Tls", "serve"]
 __version__ = "0.1.0"

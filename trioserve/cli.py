@@ -217,7 +217,10 @@ def build_config(args: argparse.Namespace) -> Config:
                   ca_certs=args.ca_certs, client_cert=args.client_cert, ciphers=args.ciphers,
                   handshake_timeout=args.tls_handshake_timeout)
         server_context(tls)  # read the files now: a bad one is a configuration error
-    elif tls_flags or args.client_cert != "none":
+    elif tls_flags or args.client_cert != "none" or \
+            args.tls_handshake_timeout != Tls("x").handshake_timeout:
+        if args.tls_handshake_timeout != Tls("x").handshake_timeout:
+            tls_flags.append("tls_handshake_timeout")
         flag = tls_flags[0].replace("_", "-") if tls_flags else "client-cert"
         raise ConfigError(f"--{flag} needs --certfile (TLS is on only with a certificate)")
     timeouts = Timeouts(keep_alive=args.keep_alive_timeout,

@@ -242,6 +242,10 @@ class _SocketIO:
         except OSError:
             pass
 
+    async def aclose(self, graceful: bool) -> None:
+        """Close (``graceful`` matters only for TLS)."""
+        self.close()
+
     def stream(self) -> trio.SocketStream:
         """The socket as a Trio stream (for protocols that take over the connection)."""
         if self._stream is None:
@@ -262,8 +266,8 @@ class _TlsIO:
     Every read and write goes through the TLS layer, so nothing can be read without waiting
     (``try_receive`` reports "would block"), ``sendfile`` is not possible (the connection falls
     back to reads and writes), and a write is always bounded by the minimum response rate.
-    Closing does not wait for the client's ``close_notify``: HTTP/1.1 framing does not rely on
-    it."""
+    Closing sends ``close_notify`` (but for responses cut short) and does not wait for the
+    client's: HTTP/1.1 framing does not rely on it."""
 
     __slots__ = ("_budget", "sock", "ssl_stream")
 
@@ -304,6 +308,16 @@ class _TlsIO:
 
     def stream(self) -> trio.abc.Stream:
         return self.ssl_stream
+
+    async def aclose(self, graceful: bool) -> None:
+        """Close; ``graceful``: send ``close_notify`` first (never for a response cut short,
+        which must not look complete), without waiting for the client's."""
+        try:
+            if graceful:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self.ssl_stream.aclose()
+        finally:
+            self.sock.close()
 
     def close(self) -> None:
         self.sock.close()
@@ -595,6 +609,7 @@ class _H1Connection:
         io = self.io
         ex = self.exchange
         proto = self.proto
+        graceful = False
         try:
             if ex is not None and ex.upgraded:
                 return  # the new protocol owned the connection
@@ -605,6 +620,7 @@ class _H1Connection:
                 io.reset_on_close()
                 return
             io.shutdown_write()
+            graceful = True
             # Linger when the client may still be sending (a body not read, a request refused
             # for a bad head, pipelined bytes), so our answer is not destroyed by a reset.
             if (ex is not None and not ex.body.is_complete) or self.errored \
@@ -613,7 +629,7 @@ class _H1Connection:
         except trio.BrokenResourceError:
             pass
         finally:
-            io.close()
+            await io.aclose(graceful)
 
     async def _linger(self) -> None:
         """After answering without reading the whole body (413, an early response), read and
@@ -859,25 +875,49 @@ async def _tls_connection(server: _Server, stream: trio.SocketStream) -> None:
     handshake (a plain-HTTP client, an unsupported version, a missing client certificate) closes
     the connection with a debug log line; the server goes on."""
     assert server.ssl_context is not None and server.config.tls is not None
+    # https_compatible=False: aclose() sends close_notify (with True it would not); a client
+    # that closes without one then reads as a broken connection, which ends it all the same.
     ssl_stream = trio.SSLStream(stream, server.ssl_context, server_side=True,
-                                https_compatible=True)
+                                https_compatible=False)
     peer = _address(stream.socket, True)
     failure: str | None = None
+    plain_http = False
+    if server.draining:
+        stream.socket.close()
+        return
     with trio.move_on_after(server.config.tls.handshake_timeout) as scope:
+        # Like an idle connection, a handshake in progress is cut short by a graceful shutdown.
+        server.idle_scopes.add(scope)
         try:
-            await ssl_stream.do_handshake()
+            # A TLS client starts with a handshake record (0x16); a plain-HTTP one with a
+            # method name. Peeked, so the handshake still reads every byte.
+            first = await stream.socket.recv(1, socket.MSG_PEEK)
+            if not first:
+                failure = "closed before the handshake"
+            elif first != b"\x16":
+                failure = "not a TLS handshake"
+                plain_http = first.isalpha()
+            else:
+                await ssl_stream.do_handshake()
+        except OSError as exc:
+            failure = str(exc)
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__
             failure = str(cause or exc) or type(cause or exc).__name__
+        finally:
+            server.idle_scopes.discard(scope)
     if scope.cancelled_caught:
-        failure = "handshake timed out"
+        failure = "the server is shutting down" if server.draining else "handshake timed out"
     if failure is not None:
         log.debug("TLS handshake with %s failed: %s", f"{peer[0]}:{peer[1]}" if peer else "-",
                   failure)
-        if "HTTP_REQUEST" in failure:
+        if plain_http:
             # A plain-HTTP client: tell it in words it can read (as nginx and Kestrel do).
             with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(OSError):
                 await stream.socket.send(_PLAIN_HTTP_TO_TLS)
+                # read what it sent so the close does not reset the answer away
+                with trio.move_on_after(0.2):
+                    await stream.socket.recv(65536)
         stream.socket.close()
         return
     # (SSLStream forwards the SSLObject's methods TlsInfo reads.)

@@ -38,16 +38,28 @@ def server_context(tls: Tls) -> ssl.SSLContext:
         path = getattr(tls, name)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"Tls.{name}: no such file: {path!r}")
+    encrypted = _key_is_encrypted(tls.keyfile or tls.certfile)
+
+    def no_password() -> str:
+        # Without this OpenSSL would prompt on the terminal for an encrypted key.
+        raise _NoPassword
+
     try:
-        ctx.load_cert_chain(tls.certfile, tls.keyfile, password=tls.keyfile_password)
+        ctx.load_cert_chain(tls.certfile, tls.keyfile,
+                            password=tls.keyfile_password if tls.keyfile_password is not None
+                            else no_password)
+    except _NoPassword:
+        raise ConfigError(f"Tls.keyfile {tls.keyfile or tls.certfile!r} is encrypted: set "
+                          "keyfile_password (--keyfile-password or "
+                          "TRIOSERVE_KEYFILE_PASSWORD)") from None
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
-        if "PEM" in reason or "NO_START_LINE" in reason:
+        if encrypted and tls.keyfile_password is not None and "MISMATCH" not in reason:
+            detail = "the key could not be decrypted (wrong keyfile_password)"
+        elif "PEM" in reason or "NO_START_LINE" in reason:
             detail = "not a PEM certificate chain and key"
         elif "KEY_VALUES_MISMATCH" in reason:
             detail = "the private key does not match the certificate"
-        elif "BAD_DECRYPT" in reason or "bad decrypt" in str(exc).lower():
-            detail = "the key could not be decrypted (wrong or missing keyfile_password)"
         else:
             detail = str(exc)
         raise ConfigError(f"Tls.certfile/keyfile {tls.certfile!r}, {tls.keyfile!r}: {detail}") \
@@ -69,6 +81,19 @@ def server_context(tls: Tls) -> ssl.SSLContext:
                 from None
     ctx.set_alpn_protocols(ALPN_PROTOCOLS)
     return ctx
+
+
+class _NoPassword(Exception):
+    """An encrypted key and no password configured."""
+
+
+def _key_is_encrypted(path: str) -> bool:
+    """Whether a PEM file holds an encrypted private key (PKCS#8 or legacy PEM encryption)."""
+    try:
+        head = Path(path).read_bytes()[:1 << 20]
+    except OSError:
+        return False
+    return b"ENCRYPTED PRIVATE KEY" in head or b"Proc-Type: 4,ENCRYPTED" in head
 
 
 _VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
