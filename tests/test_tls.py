@@ -953,7 +953,7 @@ def assert_one_error_line(stderr: str, *needles: str) -> None:
     (["--keyfile", "{key}"], ["--keyfile needs --certfile"]),
     (["--client-cert", "required"], ["--client-cert needs --certfile"]),
     (["--certfile", "{cert}", "--keyfile", "{key}", "--client-cert", "required"],
-     ["ca_certs"]),
+     ["--client-cert required", "--ca-certs"]),
 ], ids=["missing-cert", "key-mismatch", "ca-certs-alone", "keyfile-alone", "client-cert-alone",
         "required-without-ca"])
 def test_cli_tls_errors_exit_2(certs: Certs, tmp_path: Path, restore_logging: None,
@@ -1006,3 +1006,73 @@ async def test_dev_cert_writes_a_working_certificate(
                 async with httpx.AsyncClient(verify=ctx, timeout=TIMEOUT) as c:
                     r = await c.get(f"https://{host}:{srv.port}/")
                     assert (r.status_code, r.content) == (200, b"ok")
+
+
+async def test_dev_cert_keeps_existing_files_and_force_makes_a_private_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_path = tmp_path / "localhost-key.pem"
+    key_path.write_text("old")
+    key_path.chmod(0o644)
+    assert main(["dev-cert", "--dir", str(tmp_path)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert key_path.read_text() == "old"
+    assert main(["dev-cert", "--dir", str(tmp_path), "--force"]) == 0
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600  # a new file, not the old mode
+    assert "PRIVATE KEY" in key_path.read_text()
+
+
+async def test_polling_for_a_disconnect_sees_a_client_that_left(certs: Certs) -> None:
+    """Starlette's ``request.is_disconnected()``: ``receive()`` inside an already-cancelled
+    scope must report a client that closed (here without ``close_notify``)."""
+    body_read = trio.Event()
+    client_gone = trio.Event()
+    done = trio.Event()
+    polled: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive)
+        body_read.set()
+        await client_gone.wait()
+        await trio.sleep(0.1)  # the FIN has reached the server's socket
+        message: dict[str, Any] = {"type": "none"}
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            message = await receive()
+        polled.append(message["type"])
+        done.set()
+
+    with trio.fail_after(TIMEOUT):
+        async with https_server(app, certs.tls()) as srv:
+            stream = await tls_connect(certs, srv.port)
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await body_read.wait()
+            await stream.transport_stream.aclose()  # no close_notify
+            client_gone.set()
+            await done.wait()
+    assert polled == ["http.disconnect"]
+
+
+async def test_upgraded_stream_ends_quietly_when_the_client_just_closes(
+        certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
+    """After an upgrade, a client closing without ``close_notify`` reads as an ordinary end,
+    as on plain TCP, not as an application error."""
+    ended = trio.Event()
+
+    async def app(ctx: RequestContext) -> None:
+        stream = await ctx.features[UpgradeFeature].upgrade([(b"upgrade", b"echo/1")])
+        async with stream:
+            while data := await stream.receive_some(1024):
+                await stream.send_all(data)
+        ended.set()
+
+    with trio.fail_after(TIMEOUT):
+        async with https_server(app, certs.tls(), asgi=False) as srv:
+            stream = await tls_connect(certs, srv.port)
+            await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                                  b"Upgrade: echo/1\r\n\r\nhi")
+            buf = b""
+            while not buf.endswith(b"hi"):
+                buf += await stream.receive_some(1024)
+            await stream.transport_stream.aclose()
+            await ended.wait()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

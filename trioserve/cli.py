@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ciphers", metavar="LIST",
                    help="OpenSSL cipher list for TLS 1.2 (default: Python's secure defaults; "
                         "TLS 1.2 is the minimum version)")
-    g.add_argument("--tls-handshake-timeout", type=_seconds, default=tls.handshake_timeout,
+    g.add_argument("--tls-handshake-timeout", type=_seconds, default=None,
                    metavar="SECONDS",
                    help=f"time a client gets to complete the TLS handshake (default "
                         f"{tls.handshake_timeout:g})")
@@ -212,14 +212,18 @@ def build_config(args: argparse.Namespace) -> Config:
     tls_flags = [f for f in ("keyfile", "keyfile_password", "ca_certs", "ciphers")
                  if getattr(args, f) is not None]
     if args.certfile is not None:
+        if args.client_cert != "none" and args.ca_certs is None:
+            raise ConfigError(f"--client-cert {args.client_cert} needs --ca-certs (the CA "
+                              "certificates client certificates must chain to)")
         password = args.keyfile_password or os.environ.get("TRIOSERVE_KEYFILE_PASSWORD") or None
         tls = Tls(certfile=args.certfile, keyfile=args.keyfile, keyfile_password=password,
                   ca_certs=args.ca_certs, client_cert=args.client_cert, ciphers=args.ciphers,
-                  handshake_timeout=args.tls_handshake_timeout)
+                  handshake_timeout=(args.tls_handshake_timeout
+                                     if args.tls_handshake_timeout is not None
+                                     else Tls("x").handshake_timeout))
         server_context(tls)  # read the files now: a bad one is a configuration error
-    elif tls_flags or args.client_cert != "none" or \
-            args.tls_handshake_timeout != Tls("x").handshake_timeout:
-        if args.tls_handshake_timeout != Tls("x").handshake_timeout:
+    elif tls_flags or args.client_cert != "none" or args.tls_handshake_timeout is not None:
+        if args.tls_handshake_timeout is not None:
             tls_flags.append("tls_handshake_timeout")
         flag = tls_flags[0].replace("_", "-") if tls_flags else "client-cert"
         raise ConfigError(f"--{flag} needs --certfile (TLS is on only with a certificate)")
@@ -380,9 +384,10 @@ def dev_cert_main(argv: Sequence[str]) -> int:
                     "production.")
     p.add_argument("--dir", default=".", help="directory to write localhost.pem and "
                                               "localhost-key.pem to (default '.')")
+    p.add_argument("--force", action="store_true", help="replace existing files")
     args = p.parse_args(argv)
     try:
-        cert, key = write_dev_cert(args.dir)
+        cert, key = write_dev_cert(args.dir, force=args.force)
     except (RuntimeError, OSError) as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
         return 1

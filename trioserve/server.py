@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -242,6 +243,11 @@ class _SocketIO:
         except OSError:
             pass
 
+    def peer_may_be_sending(self) -> bool:
+        """Bytes (or the EOF) from the client are waiting: lingering before the close keeps a
+        reset from destroying the answer."""
+        return self.try_receive() is not None
+
     async def aclose(self, graceful: bool) -> None:
         """Close (``graceful`` matters only for TLS)."""
         self.close()
@@ -269,14 +275,18 @@ class _TlsIO:
     Closing sends ``close_notify`` (but for responses cut short) and does not wait for the
     client's: HTTP/1.1 framing does not rely on it."""
 
-    __slots__ = ("_budget", "sock", "ssl_stream")
+    __slots__ = ("_budget", "_raw", "sock", "ssl_stream")
 
     FAIR_BUDGET = 16
     can_sendfile = False
+    SEND_PIECE = 256 * 1024  # encrypted a piece at a time, so one big write does not hog the loop
 
     def __init__(self, ssl_stream: trio.SSLStream[trio.SocketStream]) -> None:
         self.ssl_stream = ssl_stream
         self.sock = ssl_stream.transport_stream.socket
+        # A duplicate descriptor, to peek at the raw socket without going through TLS.
+        self._raw = socket.socket(fileno=os.dup(self.sock.fileno()))
+        self._raw.setblocking(False)
         self._budget = self.FAIR_BUDGET
 
     async def fairness(self) -> None:
@@ -286,14 +296,39 @@ class _TlsIO:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def try_receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes | None:
-        return None
+        """``b""`` when the client has closed (a FIN, without ``close_notify``), else ``None``:
+        decrypted data is only ever read by waiting. So a client that left is seen without
+        waiting (a poll for a disconnect); one that sent ``close_notify`` first is seen by the
+        next read."""
+        try:
+            peeked = self._raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        return b"" if not peeked else None
+
+    def peer_may_be_sending(self) -> bool:
+        try:
+            self._raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return False
+        return True
 
     async def receive(self, max_bytes: int = RECEIVE_SIZE, *, known_empty: bool = False) -> bytes:
         return bytes(await self.ssl_stream.receive_some(max_bytes))
 
     async def send_all(self, data: bytes, rate: MinDataRate | None) -> None:
         with trio.CancelScope(deadline=write_deadline(rate, len(data))) as scope:
-            await self.ssl_stream.send_all(data)
+            piece = self.SEND_PIECE
+            if len(data) <= piece:
+                await self.ssl_stream.send_all(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), piece):
+                    await self.ssl_stream.send_all(view[start:start + piece])
         if scope.cancelled_caught:
             raise trio.BrokenResourceError("the client read the response too slowly")
 
@@ -307,7 +342,7 @@ class _TlsIO:
             pass
 
     def stream(self) -> trio.abc.Stream:
-        return self.ssl_stream
+        return _UpgradedTlsStream(self.ssl_stream)
 
     async def aclose(self, graceful: bool) -> None:
         """Close; ``graceful``: send ``close_notify`` first (never for a response cut short,
@@ -317,10 +352,41 @@ class _TlsIO:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self.ssl_stream.aclose()
         finally:
-            self.sock.close()
+            self.close()
 
     def close(self) -> None:
+        self._raw.close()
         self.sock.close()
+
+
+class _UpgradedTlsStream(trio.abc.Stream):
+    """The TLS stream handed to a protocol that takes over the connection (an upgrade): a
+    client that closes without ``close_notify`` reads as an ordinary end (``b""``), as on plain
+    TCP, instead of a broken connection."""
+
+    def __init__(self, ssl_stream: trio.SSLStream[trio.SocketStream]) -> None:
+        self.ssl_stream = ssl_stream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            return bytes(await self.ssl_stream.receive_some(max_bytes))
+        except trio.BrokenResourceError as exc:
+            if isinstance(exc.__cause__, ssl.SSLEOFError) or \
+                    "EOF" in str(exc.__cause__ or ""):
+                return b""
+            raise
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.ssl_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.ssl_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        raise trio.BrokenResourceError("TLS has no half-close")
+
+    async def aclose(self) -> None:
+        await self.ssl_stream.aclose()
 
 
 class _H1Connection:
@@ -624,7 +690,7 @@ class _H1Connection:
             # Linger when the client may still be sending (a body not read, a request refused
             # for a bad head, pipelined bytes), so our answer is not destroyed by a reset.
             if (ex is not None and not ex.body.is_complete) or self.errored \
-                    or io.try_receive() is not None:
+                    or io.peer_may_be_sending():
                 await self._linger()
         except trio.BrokenResourceError:
             pass
@@ -871,6 +937,17 @@ _PLAIN_HTTP_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; ch
 
 
 async def _tls_connection(server: _Server, stream: trio.SocketStream) -> None:
+    try:
+        io_and_info = await _tls_handshake(server, stream)
+    except BaseException:
+        stream.socket.close()  # cancelled from outside (a second signal …): never leak it
+        raise
+    if io_and_info is not None:
+        await _H1Connection(server, *io_and_info).run()
+
+
+async def _tls_handshake(server: _Server, stream: trio.SocketStream
+                         ) -> tuple[_TlsIO, TlsInfo] | None:
     """Handshake under ``Tls.handshake_timeout``, then HTTP/1.1 over TLS. A failed or slow
     handshake (a plain-HTTP client, an unsupported version, a missing client certificate) closes
     the connection with a debug log line; the server goes on."""
@@ -884,7 +961,7 @@ async def _tls_connection(server: _Server, stream: trio.SocketStream) -> None:
     plain_http = False
     if server.draining:
         stream.socket.close()
-        return
+        return None
     with trio.move_on_after(server.config.tls.handshake_timeout) as scope:
         # Like an idle connection, a handshake in progress is cut short by a graceful shutdown.
         server.idle_scopes.add(scope)
@@ -919,10 +996,10 @@ async def _tls_connection(server: _Server, stream: trio.SocketStream) -> None:
                 with trio.move_on_after(0.2):
                     await stream.socket.recv(65536)
         stream.socket.close()
-        return
+        return None
     # (SSLStream forwards the SSLObject's methods TlsInfo reads.)
     info = TlsInfo(ssl_stream, server.cipher_suites, server.server_certificate_pem)
-    await _H1Connection(server, _TlsIO(ssl_stream), info).run()
+    return _TlsIO(ssl_stream), info
 
 
 async def _watch_signals(begin_shutdown: Callable[[], None], force: Callable[[], None], *,

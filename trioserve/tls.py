@@ -7,10 +7,12 @@ its own deadline.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
 import ssl
+import tempfile
 from pathlib import Path
 from typing import Any, Literal, Protocol, overload
 
@@ -135,8 +137,8 @@ class TlsInfo:
         der = obj.getpeercert(binary_form=True)
         self.peer_certificate_pem: str | None = (ssl.DER_cert_to_PEM_cert(der)
                                                  if der else None)
-        self.peer_certificate_name = (rfc4514_name(self.peer_certificate.get("subject"))
-                                      if self.peer_certificate else None)
+        self.peer_certificate_name = (_subject_name(der, self.peer_certificate)
+                                      if der and self.peer_certificate else None)
         self.tls_version: int | None = _VERSIONS.get(self.version or "")
         self.cipher_suite: int | None = suites.get(self.cipher or "")
 
@@ -167,10 +169,11 @@ def rfc4514_name(subject: Any) -> str | None:
         return None
 
     def escape(value: str) -> str:
-        out = "".join("\\" + c if c in ',+"\\<>;=' else c for c in value)
+        out = "".join("\\" + c if c in ',+"\\<>;=' else "\\00" if c == "\0" else c
+                      for c in value)
         if out[:1] in ("#", " "):
             out = "\\" + out
-        if out.endswith(" ") and not out.endswith("\\ "):
+        if value.endswith(" "):
             out = out[:-1] + "\\ "
         return out
 
@@ -179,18 +182,35 @@ def rfc4514_name(subject: Any) -> str | None:
     return ",".join(reversed(rdns))
 
 
+def _subject_name(der: bytes, cert: dict[str, Any]) -> str | None:
+    """The certificate's subject in RFC 4514 form: cryptography's rendering when installed
+    (exact escaping, dotted OIDs for names without a short form), else :func:`rfc4514_name`."""
+    try:
+        from cryptography import x509
+    except ImportError:
+        return rfc4514_name(cert.get("subject"))
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string() or None
+    except ValueError:
+        return rfc4514_name(cert.get("subject"))
+
+
 def cipher_suites(ctx: ssl.SSLContext) -> dict[str, int]:
     """OpenSSL cipher name -> IANA cipher suite number, for the ciphers ``ctx`` may use."""
     return {c["name"]: c["id"] & 0xFFFF for c in ctx.get_ciphers()}
 
 
-def write_dev_cert(directory: str | os.PathLike[str], *, days: int = 365) -> tuple[Path, Path]:
+def write_dev_cert(directory: str | os.PathLike[str], *, days: int = 365,
+                   force: bool = False) -> tuple[Path, Path]:
     """Write ``localhost.pem`` (a self-signed certificate for ``localhost``, ``127.0.0.1`` and
     ``::1``) and ``localhost-key.pem`` (its unencrypted key, mode 0600) into ``directory``;
     returns their paths. For development only: browsers and clients trust it only once told to.
 
-    Raises :class:`RuntimeError` if the ``cryptography`` package is not installed and
-    :class:`OSError` if the files cannot be written."""
+    Existing files are kept unless ``force``. The key is written to a new private file (mode
+    0600, never through a symlink) that then replaces the old one.
+
+    Raises :class:`RuntimeError` if the ``cryptography`` package is not installed or the files
+    exist (without ``force``), and :class:`OSError` if they cannot be written."""
     try:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
@@ -201,6 +221,11 @@ def write_dev_cert(directory: str | os.PathLike[str], *, days: int = 365) -> tup
                            "pip install 'trioserve[dev-cert]'") from None
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    cert_path = out / "localhost.pem"
+    key_path = out / "localhost-key.pem"
+    if not force and (cert_path.exists() or key_path.exists()):
+        raise RuntimeError(f"{cert_path} or {key_path} already exists; use --force to replace "
+                           "them")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME,
@@ -223,12 +248,17 @@ def write_dev_cert(directory: str | os.PathLike[str], *, days: int = 365) -> tup
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path = out / "localhost.pem"
-    key_path = out / "localhost-key.pem"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".localhost-key.")  # 0600, created exclusively
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        os.replace(tmp, key_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    cert_path.unlink(missing_ok=True)  # not written through a symlink left there
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
     return cert_path, key_path
