@@ -36,6 +36,7 @@ import trio
 from trioserve.features import (
     ClientDisconnected,
     ConnectionFeature,
+    EarlyHintsFeature,
     FeatureStateError,
     LifespanFailure,
     RequestBodyFeature,
@@ -114,14 +115,16 @@ class ASGIBridge:
             "headers": req.headers,
             "client": conn.peer if conn is not None else None,
             "server": conn.local if conn is not None else None,
-            "extensions": {"http.response.pathsend": {}},
+            "extensions": {"http.response.pathsend": {}, "http.response.trailers": {},
+                           "http.response.early_hint": {}},
         }
         tls = features.get(TlsFeature)
         if tls is not None:
             scope["extensions"]["tls"] = _tls_extension(tls)
         if self.lifespan_supported:
             scope["state"] = self.state.copy()
-        h = _HTTPCycle(body, resp, out, features.get(RequestLifetimeFeature))
+        h = _HTTPCycle(body, resp, out, features.get(RequestLifetimeFeature),
+                       features.get(EarlyHintsFeature))
         await self.app(scope, h.receive, h.send)
         if not out.is_complete and not h.disconnected:
             if resp.has_started or h.started:
@@ -204,11 +207,17 @@ class ASGIBridge:
 class _HTTPCycle:
     """``receive`` and ``send`` for one request."""
 
-    __slots__ = ("body", "disconnected", "lifetime", "out", "request_done", "resp", "started")
+    __slots__ = ("body", "disconnected", "hints", "lifetime", "out", "request_done", "resp",
+                 "started", "trailers", "trailers_expected", "trailers_pending")
 
     def __init__(self, body: RequestBodyFeature, resp: ResponseFeature,
-                 out: ResponseBodyFeature, lifetime: RequestLifetimeFeature | None) -> None:
+                 out: ResponseBodyFeature, lifetime: RequestLifetimeFeature | None,
+                 hints: EarlyHintsFeature | None) -> None:
         self.body = body
+        self.hints = hints
+        self.trailers_expected = False  # http.response.start said trailers: True
+        self.trailers_pending = False  # the body is done, the trailers are not
+        self.trailers: list[tuple[bytes, bytes]] = []
         self.lifetime = lifetime
         self.resp = resp
         self.out = out
@@ -245,8 +254,9 @@ class _HTTPCycle:
         if t == "http.response.body":
             if not self.started:
                 raise RuntimeError("ASGI 'http.response.body' sent before 'http.response.start'")
-            if out.is_complete:
-                raise RuntimeError("ASGI 'http.response.body' sent after the response completed")
+            if out.is_complete or self.trailers_pending:
+                raise RuntimeError("ASGI 'http.response.body' sent after the response body "
+                                   "ended")
             data = message.get("body", b"")
             if type(data) is not bytes:
                 if not isinstance(data, bytes | bytearray | memoryview):
@@ -259,6 +269,14 @@ class _HTTPCycle:
                         await out.send(data)
                     elif not self.resp.has_started:
                         await out.start()
+                elif self.trailers_expected:
+                    # Trailers follow: the body must be chunked, so it starts now (an app that
+                    # set Content-Length gets no trailers: HTTP/1.1 cannot carry them then).
+                    if data:
+                        await out.send(data)
+                    elif not self.resp.has_started:
+                        await out.start()
+                    self.trailers_pending = True
                 else:
                     await out.complete(data)
             except ClientDisconnected:
@@ -286,7 +304,36 @@ class _HTTPCycle:
                 raise RuntimeError("ASGI response started after the response was already sent "
                                    "by the server") from None
             resp.headers = headers
+            self.trailers_expected = bool(message.get("trailers", False))
             self.started = True
+        elif t == "http.response.trailers":
+            if not self.trailers_pending:
+                raise RuntimeError("ASGI 'http.response.trailers' needs 'trailers': True in "
+                                   "'http.response.start' and the body sent to its end")
+            for pair in message.get("headers", ()):
+                name, value = pair
+                if type(name) is not bytes or type(value) is not bytes:
+                    raise TypeError("ASGI trailer names and values must be bytes, got "
+                                    f"{name!r}: {value!r}")
+                self.trailers.append((name.lower(), value))
+            if not message.get("more_trailers", False):
+                self.trailers_pending = False
+                try:
+                    await out.complete(b"", trailers=self.trailers)
+                except ClientDisconnected:
+                    self.disconnected = True
+                    raise
+        elif t == "http.response.early_hint":
+            if self.started and self.resp.has_started:
+                raise RuntimeError("ASGI 'http.response.early_hint' after the response started")
+            links = message.get("links", ())
+            headers = []
+            for link in links:
+                if type(link) is not bytes:
+                    raise TypeError(f"ASGI early hint links must be bytes, got {link!r}")
+                headers.append((b"link", link))
+            if self.hints is not None and headers:
+                await self.hints.send_early_hints(headers)
         elif t == "http.response.pathsend":
             if not self.started or out.is_complete:
                 raise RuntimeError("ASGI 'http.response.pathsend' needs a started, "

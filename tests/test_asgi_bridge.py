@@ -181,7 +181,8 @@ async def test_scope_is_exact() -> None:
         "client": client_addr,
         "server": ("127.0.0.1", srv.port),
         "state": {"db": "connected", "per_request": True},
-        "extensions": {"http.response.pathsend": {}},
+        "extensions": {"http.response.pathsend": {}, "http.response.trailers": {},
+                       "http.response.early_hint": {}},
     }
     assert all(type(n) is bytes and type(v) is bytes for n, v in first["headers"])
     assert second["http_version"] == "1.0"
@@ -692,3 +693,94 @@ async def test_lifespan_startup_failed_message() -> None:
 
     with trio.fail_after(TIMEOUT), pytest.raises(LifespanFailure, match="database unreachable"):
         await serve(ASGIBridge(app), make_config(), install_signal_handlers=False)
+
+
+# ------------------------------------------------- trailers and early hints (ASGI extensions)
+
+
+async def _trailers_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    assert "http.response.trailers" in scope["extensions"]
+    await send({"type": "http.response.start", "status": 200, "trailers": True,
+                "headers": [(b"trailer", b"x-checksum, x-count")]})
+    digest = hashlib.sha256()
+    for part in (b"first ", b"second"):
+        digest.update(part)
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+    await send({"type": "http.response.trailers",
+                "headers": [(b"x-checksum", digest.hexdigest().encode())],
+                "more_trailers": True})
+    await send({"type": "http.response.trailers", "headers": [(b"x-count", b"2")]})
+
+
+async def test_response_trailers_follow_a_chunked_body() -> None:
+    with trio.fail_after(10):
+        async with run_server(_trailers_app, make_config(), lifespan="off") as srv:
+            data = await raw_exchange(
+                srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    events = []
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            break
+        events.append(ev)
+        if isinstance(ev, h11.EndOfMessage):
+            break
+    head = events[0]
+    assert isinstance(head, h11.Response) and head.status_code == 200
+    assert (b"transfer-encoding", b"chunked") in head.headers.raw_items()
+    body = b"".join(bytes(e.data) for e in events if isinstance(e, h11.Data))
+    assert body == b"first second"
+    end = events[-1]
+    assert isinstance(end, h11.EndOfMessage)
+    assert list(end.headers.raw_items()) == [
+        (b"x-checksum", hashlib.sha256(b"first second").hexdigest().encode()),
+        (b"x-count", b"2")]
+
+
+async def _hints_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    assert "http.response.early_hint" in scope["extensions"]
+    await send({"type": "http.response.early_hint",
+                "links": [b"</style.css>; rel=preload; as=style",
+                          b"</app.js>; rel=preload; as=script"]})
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"page"})
+
+
+async def test_early_hints_come_before_the_final_response() -> None:
+    with trio.fail_after(10):
+        async with run_server(_hints_app, make_config(), lifespan="off") as srv:
+            data = await raw_exchange(
+                srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            old = await raw_exchange(srv.port, b"GET / HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 103 Early Hints\r\n"
+                           b"link: </style.css>; rel=preload; as=style\r\n"
+                           b"link: </app.js>; rel=preload; as=script\r\n\r\n"
+                           b"HTTP/1.1 200 OK\r\n"), data
+    assert data.endswith(b"\r\n\r\npage")
+    # HTTP/1.0 clients do not understand 1xx: they get the final response only
+    assert old.startswith(b"HTTP/1.1 200 OK\r\n") and b" 103 " not in old
+
+
+async def test_early_hints_after_the_response_started_are_an_app_error() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.early_hint", "links": [b"</x>; rel=preload"]})
+
+    with trio.fail_after(10):
+        async with run_server(app, make_config(), lifespan="off") as srv:
+            data = await raw_exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b" 103 " not in data
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert_incomplete(data)  # the response was cut short: the app failed mid-response

@@ -22,6 +22,7 @@ import trio
 from .features import (
     Callback,
     ClientDisconnected,
+    EarlyHintsFeature,
     FeatureCollection,
     FeatureStateError,
     Headers,
@@ -34,7 +35,14 @@ from .features import (
     ResponseFeature,
     UpgradeFeature,
 )
-from .protocols.events import NEED_DATA, BodyData, EndOfBody, ProtocolError, RequestHead
+from .protocols.events import (
+    NEED_DATA,
+    BodyData,
+    EndOfBody,
+    ProtocolError,
+    RequestHead,
+    ResponseError,
+)
 
 if TYPE_CHECKING:
     from .protocols.http1 import HTTP1Protocol
@@ -158,6 +166,7 @@ class Exchange:
             RequestBodyFeature: body,
             ResponseFeature: resp,
             ResponseBodyFeature: resp,
+            EarlyHintsFeature: resp,
         }
         self.context = RequestContext(FeatureCollection(items, conn.features))
 
@@ -539,6 +548,18 @@ class H1Response:
     async def _send(self, data: bytes) -> None:
         await self._ex.conn.send_all(data)
         self.bytes_sent += len(data)
+
+    # EarlyHintsFeature
+    async def send_early_hints(self, headers: Headers) -> None:
+        proto = self._ex.conn.proto
+        if proto.response_started or self._done:
+            raise FeatureStateError("cannot send early hints: the final response has started")
+        try:
+            data = proto.informational(103, headers)
+        except ResponseError as exc:
+            raise ValueError(str(exc)) from None
+        if data:
+            await self._ex.conn.send_all(data)
 
     async def start(self) -> None:
         self._check_writable()

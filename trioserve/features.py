@@ -33,6 +33,7 @@ __all__ = [
     "Application",
     "ClientDisconnected",
     "ConnectionFeature",
+    "EarlyHintsFeature",
     "FeatureCollection",
     "FeatureMissingError",
     "FeatureStateError",
@@ -169,6 +170,18 @@ class ResponseBodyFeature(Protocol):
         self, path: str | os.PathLike[str] | int, offset: int = 0, count: int | None = None
     ) -> None: ...
     async def complete(self, data: bytes = b"", *, trailers: Headers | None = None) -> None: ...
+
+
+@runtime_checkable
+class EarlyHintsFeature(Protocol):
+    """103 Early Hints (RFC 8297): ``send_early_hints(headers)`` sends an informational 103
+    response with ``headers`` (usually ``link`` fields, so a browser can preload while the final
+    response is being made), any number of times before the final response starts. HTTP/1.0
+    clients get nothing (they do not understand 1xx responses). Raises
+    :class:`FeatureStateError` once the final response has started and ``ValueError`` for an
+    invalid header; :class:`ClientDisconnected` when the client is gone."""
+
+    async def send_early_hints(self, headers: Headers) -> None: ...
 
 
 @runtime_checkable
