@@ -9,7 +9,8 @@ How it works:
 
 - Each request's application call runs in a worker thread, at most ``threads`` at once; the
   Trio loop never blocks on the application. What the thread needs from the connection (body
-  pieces, writes) runs in the request's own Trio task, under its deadlines.
+  pieces, writes) runs in the request's own Trio task, under its deadlines. Hand-offs between
+  the loop and the threads are batched at the loop's I/O waits (see :class:`_WorkerPool`).
 - ``wsgi.input`` streams the request body from the connection: every read the application makes
   pulls the next piece through the Trio loop, so a body is never held
   whole and a slow application slows the client down (TCP backpressure). The core's body limit
@@ -28,7 +29,7 @@ How it works:
 ``environ`` follows PEP 3333: ``PATH_INFO`` is percent-decoded bytes as latin-1, ``SCRIPT_NAME``
 is the configured root path, header names containing ``_`` are dropped (so ``X_Forwarded_For``
 cannot pose as ``X-Forwarded-For``), repeated headers are joined with ``", "`` (``"; "`` for
-``Cookie``).
+``Cookie``; a repeated ``Content-Type`` keeps the last one); on HTTPS, ``HTTPS=on``.
 """
 
 from __future__ import annotations
