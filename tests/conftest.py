@@ -61,6 +61,20 @@ async def run_server(app: Any, config: Config | None = None, *, asgi: bool = Tru
             shutdown.set()
 
 
+async def read_until_closed(stream: trio.abc.Stream) -> bytes:
+    """Everything the peer sends until it closes (a reset counts as closing)."""
+    chunks = []
+    while True:
+        try:
+            chunk = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def raw_exchange(port: int, data: bytes, *, host: str = "127.0.0.1",
                        timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
     """Send ``data``, half-close nothing, and read until the server closes (or ``timeout``)."""
@@ -68,16 +82,7 @@ async def raw_exchange(port: int, data: bytes, *, host: str = "127.0.0.1",
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
             await stream.send_all(data)
-            chunks = []
-            while True:
-                try:
-                    chunk = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return await read_until_closed(stream)
 
 
 def parse_responses(data: bytes, methods: list[bytes] | None = None) -> list[

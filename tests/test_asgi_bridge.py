@@ -15,7 +15,14 @@ import h11
 import httpx
 import pytest
 import trio
-from conftest import assert_incomplete, make_config, parse_responses, raw_exchange, run_server
+from conftest import (
+    assert_incomplete,
+    make_config,
+    parse_responses,
+    raw_exchange,
+    read_until_closed,
+    run_server,
+)
 from trioserve.bridges.asgi import ASGIBridge
 
 from trioserve import serve
@@ -83,16 +90,7 @@ class RawClient:
                 raise AssertionError(f"unexpected event {ev!r}")
 
     async def read_until_close(self) -> bytes:
-        chunks = []
-        while True:
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                break
-            if not data:
-                break
-            chunks.append(bytes(data))
-        return b"".join(chunks)
+        return await read_until_closed(self.stream)
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -10,7 +10,14 @@ from typing import Any
 import h11
 import pytest
 import trio
-from conftest import assert_incomplete, make_config, parse_responses, raw_exchange, run_server
+from conftest import (
+    assert_incomplete,
+    make_config,
+    parse_responses,
+    raw_exchange,
+    read_until_closed,
+    run_server,
+)
 
 from trioserve.features import (
     ClientDisconnected,
@@ -85,19 +92,6 @@ async def read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes]:
     return head, rest
 
 
-async def read_until_close(stream: trio.abc.Stream) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = await stream.receive_some(65536)
-        except trio.BrokenResourceError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
 # ------------------------------------------------------------------- the collection
 
 
@@ -161,7 +155,7 @@ async def test_features_fall_back_request_connection_server() -> None:
             async with stream:
                 client_addr = stream.socket.getsockname()[:2]
                 await stream.send_all(get(b"/one", close=False) + get(b"/two"))
-                data = await read_until_close(stream)
+                data = await read_until_closed(stream)
             assert [r.status_code for r, _ in parse_responses(data)] == [200, 200]
             data = await raw_exchange(srv.port, get(b"/three"))
             assert one_response(data)[0].status_code == 200
@@ -469,7 +463,7 @@ async def test_upgrade_returns_stream_with_early_bytes() -> None:
                     got += await stream.receive_some(1024)
                 assert got == b"LATER;"
                 await stream.send_all(b"bye")
-                tail = await read_until_close(stream)
+                tail = await read_until_closed(stream)
                 assert tail == b"BYE"
     lines = head.split(b"\r\n")
     assert lines[0] == b"HTTP/1.1 101 Switching Protocols"

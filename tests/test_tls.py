@@ -29,7 +29,7 @@ import httpx
 import pytest
 import trio
 import trustme
-from conftest import make_config, parse_responses, raw_exchange, run_server
+from conftest import make_config, parse_responses, raw_exchange, read_until_closed, run_server
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from procs import child_env, module_command
@@ -195,20 +195,6 @@ async def assert_https_works(certs: Certs, url: str) -> None:
     async with client(certs, url) as c:
         r = await c.get("/after")
         assert (r.status_code, r.content) == (200, b"ok")
-
-
-async def receive_until_closed(stream: trio.abc.Stream) -> bytes:
-    """Everything the server sends until it closes (a reset counts as closed)."""
-    chunks = []
-    while True:
-        try:
-            chunk = await stream.receive_some(65536)
-        except trio.BrokenResourceError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def handshake_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -518,7 +504,7 @@ async def test_pipelining_and_disconnect_over_tls(certs: Certs) -> None:
                 b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
                 b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
                 b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = await receive_until_closed(stream)
+            data = await read_until_closed(stream)
             responses = parse_responses(data, [b"GET", b"POST", b"GET"])
             assert [(r.status_code, b) for r, b in responses] == [
                 (200, b"/a:0"), (200, b"/b:3"), (200, b"/c:0")]
@@ -602,7 +588,7 @@ async def test_upgrade_speaks_inside_tls(certs: Certs) -> None:
             assert head.startswith(b"HTTP/1.1 101 ")
             assert rest == b"EARLY;"
             await stream.send_all(b"bye")
-            assert await receive_until_closed(stream) == b"BYE"
+            assert await read_until_closed(stream) == b"BYE"
 
 
 # ------------------------------------------------------------------ client certificates
@@ -760,7 +746,7 @@ async def test_handshake_deadline(certs: Certs, caplog: pytest.LogCaptureFixture
                 if sent:
                     await stream.send_all(sent)
                 with trio.fail_after(4):
-                    data = await receive_until_closed(stream)
+                    data = await read_until_closed(stream)
                 elapsed = trio.current_time() - start
             assert data == b""
             assert elapsed >= 0.3, elapsed  # the deadline, not an immediate refusal

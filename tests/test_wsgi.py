@@ -37,7 +37,14 @@ import h11
 import httpx
 import pytest
 import trio
-from conftest import RunningServer, make_config, parse_responses, raw_exchange, run_server
+from conftest import (
+    RunningServer,
+    make_config,
+    parse_responses,
+    raw_exchange,
+    read_until_closed,
+    run_server,
+)
 from procs import module_command, server_process
 from trioserve.bridges.wsgi import FileWrapper, WSGIBridge
 
@@ -1348,7 +1355,7 @@ def test_thread_left_blocked_by_an_earlier_run_does_not_confuse_the_next() -> No
                 await stream.send_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert await wait_thread_event(blocked, 5)
             # the server is gone: the request was cut off, the thread still waits
-            assert_no_complete_response(await read_all(stream))
+            assert_no_complete_response(await read_until_closed(stream))
             await stream.aclose()
             assert not unblocked.is_set()
 
@@ -1375,20 +1382,6 @@ def test_thread_left_blocked_by_an_earlier_run_does_not_confuse_the_next() -> No
 async def get_path(client: httpx.AsyncClient, path: str) -> None:
     r = await client.get(path)
     assert (r.status_code, r.content) == (200, path.encode())
-
-
-async def read_all(stream: trio.SocketStream) -> bytes:
-    """Everything until the peer closes (a reset counts as closing)."""
-    chunks = []
-    while True:
-        try:
-            chunk = await stream.receive_some(65536)
-        except trio.BrokenResourceError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # --------------------------------------------------------- pool: concurrent runs, start failure
