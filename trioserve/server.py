@@ -140,7 +140,35 @@ def write_deadline(rate: MinDataRate | None, nbytes: int) -> float:
     return trio.current_time() + rate.grace_period + nbytes / rate.bytes_per_second
 
 
-class _SocketIO:
+class _Fairness:
+    """The fairness budget both connection I/O classes share."""
+
+    __slots__ = ("_budget",)
+
+    FAIR_BUDGET = 16
+
+    def __init__(self) -> None:
+        self._budget = self.FAIR_BUDGET
+
+    async def fairness(self) -> None:
+        """Count one operation that did not wait; every ``FAIR_BUDGET`` of them, let the other
+        tasks run (without raising ``Cancelled`` for an operation that already happened)."""
+        self._budget -= 1
+        if self._budget <= 0:
+            self._budget = self.FAIR_BUDGET
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+def _reset_on_close(sock: socket.socket | trio.socket.SocketType) -> None:
+    """Make the coming close of ``sock`` send RST instead of FIN, so that a client never takes
+    a response cut short (one delimited by the close, say) for a complete one."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+
+
+class _SocketIO(_Fairness):
     """Plain-socket I/O for one connection: the stdlib socket, non-blocking, driven with
     ``trio.lowlevel.wait_readable``/``wait_writable``.
 
@@ -153,24 +181,15 @@ class _SocketIO:
     broken connection become ``trio.BrokenResourceError``.
     """
 
-    __slots__ = ("_budget", "_stream", "sock")
+    __slots__ = ("_stream", "sock")
 
-    FAIR_BUDGET = 16
     can_sendfile = True
 
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
         sock.setblocking(False)
         self.sock = sock
-        self._budget = self.FAIR_BUDGET
         self._stream: trio.SocketStream | None = None
-
-    async def fairness(self) -> None:
-        """Count one operation that did not wait; every ``FAIR_BUDGET`` of them, let the other
-        tasks run (without raising ``Cancelled`` for an operation that already happened)."""
-        self._budget -= 1
-        if self._budget <= 0:
-            self._budget = self.FAIR_BUDGET
-            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def try_receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes | None:
         """Bytes available now (``b""`` at EOF), or ``None`` if reading would block."""
@@ -236,12 +255,7 @@ class _SocketIO:
             pass
 
     def reset_on_close(self) -> None:
-        """Make the coming close send RST instead of FIN, so that a client never takes a
-        response cut short (one delimited by the close, say) for a complete one."""
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
+        _reset_on_close(self.sock)
 
     def peer_may_be_sending(self) -> bool:
         """Bytes (or the EOF) from the client are waiting: lingering before the close keeps a
@@ -266,7 +280,7 @@ class _SocketIO:
             self.sock.close()
 
 
-class _TlsIO:
+class _TlsIO(_Fairness):
     """The same operations as :class:`_SocketIO` over a ``trio.SSLStream`` (handshake done).
 
     Every read and write goes through the TLS layer, so nothing can be read without waiting
@@ -275,25 +289,26 @@ class _TlsIO:
     Closing sends ``close_notify`` (but for responses cut short) and does not wait for the
     client's: HTTP/1.1 framing does not rely on it."""
 
-    __slots__ = ("_budget", "_raw", "sock", "ssl_stream")
+    __slots__ = ("_raw", "sock", "ssl_stream")
 
-    FAIR_BUDGET = 16
     can_sendfile = False
     SEND_PIECE = 256 * 1024  # encrypted a piece at a time, so one big write does not hog the loop
 
     def __init__(self, ssl_stream: trio.SSLStream[trio.SocketStream]) -> None:
+        super().__init__()
         self.ssl_stream = ssl_stream
         self.sock = ssl_stream.transport_stream.socket
         # A duplicate descriptor, to peek at the raw socket without going through TLS.
         self._raw = socket.socket(fileno=os.dup(self.sock.fileno()))
         self._raw.setblocking(False)
-        self._budget = self.FAIR_BUDGET
 
-    async def fairness(self) -> None:
-        self._budget -= 1
-        if self._budget <= 0:
-            self._budget = self.FAIR_BUDGET
-            await trio.lowlevel.cancel_shielded_checkpoint()
+    def _peek(self) -> bytes | None:
+        """A byte waiting on the raw socket, ``b""`` at its EOF, ``None`` if nothing is there.
+        Raises ``OSError`` for a broken connection."""
+        try:
+            return self._raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return None
 
     def try_receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes | None:
         """``b""`` when the client has closed (a FIN, without ``close_notify``), else ``None``:
@@ -301,21 +316,16 @@ class _TlsIO:
         waiting (a poll for a disconnect); one that sent ``close_notify`` first is seen by the
         next read."""
         try:
-            peeked = self._raw.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return None
+            peeked = self._peek()
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
-        return b"" if not peeked else None
+        return b"" if peeked == b"" else None
 
     def peer_may_be_sending(self) -> bool:
         try:
-            self._raw.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False
+            return self._peek() is not None
         except OSError:
             return False
-        return True
 
     async def receive(self, max_bytes: int = RECEIVE_SIZE, *, known_empty: bool = False) -> bytes:
         return bytes(await self.ssl_stream.receive_some(max_bytes))
@@ -336,10 +346,7 @@ class _TlsIO:
         pass  # TLS has no half-close; the socket's close ends the connection
 
     def reset_on_close(self) -> None:
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
+        _reset_on_close(self.sock)
 
     def stream(self) -> trio.abc.Stream:
         return _UpgradedTlsStream(self.ssl_stream)
