@@ -377,16 +377,10 @@ class HTTP1Protocol:
                 head_ev = self._validate(method, target, version, fields, head)
                 del buf[:head_end]
                 self._scan_from = 0
-                self._head = head_ev
                 # The body (Content-Length or none) is counted off the buffer here; h11 only
                 # ever sees chunked requests on this path.
                 self._length_left = head_ev.content_length or 0
-                self._recv_state = "body"
-                self._bodyless = not head_ev.has_body
-                self._send_state = "idle"
-                self.keep_alive = head_ev.keep_alive
-                self.response_status = 0
-                return head_ev
+                return self._begin(head_ev)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head + 1024)
         conn.receive_data(bytes(buf))
         if self._eof:
@@ -403,12 +397,17 @@ class HTTP1Protocol:
         if type(ev) is not h11.Request:  # pragma: no cover - h11 gave us a full head
             raise ProtocolError("malformed request")
         self._h11 = conn
-        self._head = head_ev = self._validate(
+        head_ev = self._validate(
             ev.method, ev.target, ev.http_version,
             [(n.lower(), v) for n, v in ev.headers.raw_items()], head)
         if head_ev.chunked:
             self._guard = _ChunkedGuard(self._max_headers_size)
             self._guard.feed(conn.trailing_data[0])  # body bytes that came with the head
+        return self._begin(head_ev)
+
+    def _begin(self, head_ev: RequestHead) -> RequestHead:
+        """Enter a request's body state once its head is accepted (either parser)."""
+        self._head = head_ev
         self._recv_state = "body"
         self._bodyless = not head_ev.has_body
         self._send_state = "idle"
