@@ -63,6 +63,18 @@ _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
+def _byte_pairs(pairs: Any, what: str) -> list[tuple[bytes, bytes]]:
+    """ASGI header pairs as a list; raises :class:`TypeError` unless names and values are
+    ``bytes``."""
+    out = []
+    for name, value in pairs:
+        if type(name) is not bytes or type(value) is not bytes:
+            raise TypeError(f"ASGI {what} names and values must be bytes, got "
+                            f"{name!r}: {value!r}")
+        out.append((name, value))
+    return out
+
+
 def _tls_extension(tls: TlsFeature) -> dict[str, Any]:
     """The ASGI ``tls`` extension's scope entry for a TLS connection."""
     return {
@@ -264,19 +276,17 @@ class _HTTPCycle:
                                     f"{type(data).__name__}")
                 data = bytes(data)
             try:
-                if message.get("more_body", False):
+                more = message.get("more_body", False)
+                if more or self.trailers_expected:
+                    # With trailers to follow, the last body message does not complete the
+                    # response: it is sent chunked, so it starts now (an app that set
+                    # Content-Length gets no trailers: HTTP/1.1 cannot carry them then).
                     if data:
                         await out.send(data)
                     elif not self.resp.has_started:
                         await out.start()
-                elif self.trailers_expected:
-                    # Trailers follow: the body must be chunked, so it starts now (an app that
-                    # set Content-Length gets no trailers: HTTP/1.1 cannot carry them then).
-                    if data:
-                        await out.send(data)
-                    elif not self.resp.has_started:
-                        await out.start()
-                    self.trailers_pending = True
+                    if not more:
+                        self.trailers_pending = True
                 else:
                     await out.complete(data)
             except ClientDisconnected:
@@ -290,13 +300,7 @@ class _HTTPCycle:
                 if not isinstance(status, int) or isinstance(status, bool):
                     raise TypeError(f"ASGI response status must be an int, got {status!r}")
                 status = int(status)  # HTTPStatus and other int enums
-            headers = []
-            for pair in message.get("headers", ()):
-                name, value = pair
-                if type(name) is not bytes or type(value) is not bytes:
-                    raise TypeError("ASGI response header names and values must be bytes, got "
-                                    f"{name!r}: {value!r}")
-                headers.append((name, value))
+            headers = _byte_pairs(message.get("headers", ()), "response header")
             resp = self.resp
             try:
                 resp.status = status
@@ -310,12 +314,8 @@ class _HTTPCycle:
             if not self.trailers_pending:
                 raise RuntimeError("ASGI 'http.response.trailers' needs 'trailers': True in "
                                    "'http.response.start' and the body sent to its end")
-            for pair in message.get("headers", ()):
-                name, value = pair
-                if type(name) is not bytes or type(value) is not bytes:
-                    raise TypeError("ASGI trailer names and values must be bytes, got "
-                                    f"{name!r}: {value!r}")
-                self.trailers.append((name.lower(), value))
+            self.trailers += [(name.lower(), value) for name, value
+                              in _byte_pairs(message.get("headers", ()), "trailer")]
             if not message.get("more_trailers", False):
                 self.trailers_pending = False
                 try:
