@@ -42,17 +42,17 @@ class BoundListener:
                     os.unlink(self.unix_path)
 
 
-def _url_for(sock: trio.socket.SocketType) -> str:
+def _url_for(sock: trio.socket.SocketType, scheme: str) -> str:
     if sock.family == stdlib_socket.AF_UNIX:
         name = sock.getsockname()
         return f"unix:{name if isinstance(name, str) else name.decode()}"
     host, port = sock.getsockname()[:2]
     if sock.family == stdlib_socket.AF_INET6:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
-async def _open_tcp(bind: Bind, backlog: int) -> list[BoundListener]:
+async def _open_tcp(bind: Bind, backlog: int, scheme: str) -> list[BoundListener]:
     host: str | None = bind.host
     if host in ("", "*"):
         host = None
@@ -64,7 +64,7 @@ async def _open_tcp(bind: Bind, backlog: int) -> list[BoundListener]:
             reason = "address already in use"
         raise ListenError(exc.errno or 0, f"cannot listen on {bind.describe()}: {reason}") \
             from None
-    return [BoundListener(lst, _url_for(lst.socket)) for lst in listeners]
+    return [BoundListener(lst, _url_for(lst.socket, scheme)) for lst in listeners]
 
 
 async def _open_unix(bind: Bind, backlog: int) -> BoundListener:
@@ -96,7 +96,7 @@ async def _open_unix(bind: Bind, backlog: int) -> BoundListener:
     return BoundListener(trio.SocketListener(sock), f"unix:{path}", unix_path=path)
 
 
-def _open_fd(bind: Bind, backlog: int) -> BoundListener:
+def _open_fd(bind: Bind, backlog: int, scheme: str) -> BoundListener:
     assert bind.fd is not None
     try:
         raw = stdlib_socket.socket(fileno=bind.fd)
@@ -114,21 +114,22 @@ def _open_fd(bind: Bind, backlog: int) -> BoundListener:
         raise ListenError(exc.errno or 0,
                           f"fd {bind.fd} cannot listen: {exc.strerror or exc}") from None
     sock = trio.socket.from_stdlib_socket(raw)
-    return BoundListener(trio.SocketListener(sock), _url_for(sock))
+    return BoundListener(trio.SocketListener(sock), _url_for(sock, scheme))
 
 
-async def open_listeners(binds: tuple[Bind, ...], backlog: int) -> list[BoundListener]:
-    """Bind every address in order. On failure, listeners opened so far are closed and
-    :class:`ListenError` is raised."""
+async def open_listeners(binds: tuple[Bind, ...], backlog: int,
+                         scheme: str = "http") -> list[BoundListener]:
+    """Bind every address in order; TCP URLs use ``scheme`` (``https`` with TLS). On failure,
+    listeners opened so far are closed and :class:`ListenError` is raised."""
     opened: list[BoundListener] = []
     try:
         for bind in binds:
             if bind.kind == "tcp":
-                opened.extend(await _open_tcp(bind, backlog))
+                opened.extend(await _open_tcp(bind, backlog, scheme))
             elif bind.kind == "unix":
                 opened.append(await _open_unix(bind, backlog))
             else:
-                opened.append(_open_fd(bind, backlog))
+                opened.append(_open_fd(bind, backlog, scheme))
     except BaseException:
         for bl in opened:
             await bl.aclose()

@@ -1123,14 +1123,11 @@ async def _serve(
             if isinstance(app, HostedApplication):
                 await root.start(run_lifespan)
                 lifespan_started = True
-            listeners = await open_listeners(config.binds, config.backlog)
+            listeners = await open_listeners(config.binds, config.backlog,
+                                             "https" if config.tls is not None else "http")
         if startup_scope.cancelled_caught:
             log.info("shutdown requested during start-up")
         if listeners is not None:
-            if config.tls is not None:
-                for bl in listeners:
-                    if bl.url.startswith("http://"):
-                        bl.url = "https://" + bl.url[len("http://"):]
             addresses = [bl.url for bl in listeners]
             server.features.set(ServerAddressesFeature, ServerAddressesInfo(list(addresses)))
             with connections_scope:
