@@ -6,8 +6,11 @@ each and its ratio to the floors. Only loopback (127.0.0.1) is used.
 
     python benchmarks/run.py                 # 3 rounds x 10 s, 50 connections
     python benchmarks/run.py --rounds 5 --duration 15 --connections 100
+    python benchmarks/run.py --h2 --only h2c  # HTTP/2 only: floor, trioserve, Hypercorn trio
 
-Needs ``wrk`` and ``taskset`` (Debian: ``apt-get install wrk util-linux``).
+Needs ``wrk`` and ``taskset`` (Debian: ``apt-get install wrk util-linux``); ``--h2`` needs
+``h2load`` (``apt-get install nghttp2-client``) and, for its Hypercorn row, ``pip install
+hypercorn``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import apps
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -73,6 +81,48 @@ def wsgi_servers(port: int) -> dict[str, list[str]]:
     return out
 
 
+HAVE_HYPERCORN = importlib.util.find_spec("hypercorn") is not None
+H2_FLOOR = "floor: trio+h2 (canned response, h2c)"
+H2_HYPERCORN = "hypercorn trio ASGI hello (h2c)"
+
+
+def h2_servers(port: int) -> dict[str, list[str]]:
+    """HTTP/2 over plain TCP with prior knowledge (h2c): the Trio + h2 floor, trioserve and
+    Hypercorn's trio worker (only when installed), all serving ``Hello, world!``."""
+    out = {
+        H2_FLOOR: [PY, str(HERE / "floor_h2.py"), str(port)],
+        "trioserve ASGI hello (h2c)": [PY, "-m", "trioserve", "apps:hello", "--app-dir",
+                                       str(HERE), "--port", str(port), "--no-access-log",
+                                       "--log-level", "warning"],
+    }
+    if HAVE_HYPERCORN:
+        # run:hypercorn_hello, not apps:hello: see hypercorn_hello below.
+        out[H2_HYPERCORN] = [
+            PY, "-m", "hypercorn", "--worker-class", "trio", "--bind", f"127.0.0.1:{port}",
+            "run:hypercorn_hello"]
+    return out
+
+
+H2_NAMES = frozenset(h2_servers(0))
+
+
+async def hypercorn_hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``apps:hello`` plus the lifespan handshake, for Hypercorn only (it imports this module
+    from ``benchmarks/``). Hypercorn 0.18's trio worker cannot serve an app that returns from
+    the lifespan scope, as ``apps:hello`` does: it then sends ``lifespan.startup`` into a closed
+    channel and the worker dies with ``trio.ClosedResourceError`` before serving anything.
+    Requests go straight to ``apps.hello``: one more Python call per request, nothing else."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await apps.hello(scope, receive, send)
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,15 +150,67 @@ def run_wrk(port: int, duration: float, connections: int) -> float:
     return float(m.group(1))
 
 
-def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace) -> float:
+class RoundFailed(Exception):
+    """A round that measured nothing trustworthy: requests failed, none succeeded, or the
+    server did not start. Reported in the table, never counted in the median."""
+
+
+H2_WARM_UP = 2  # seconds
+
+
+def run_h2load(port: int, args: argparse.Namespace) -> float:
+    """One ``h2load`` run (h2c with prior knowledge, as h2load does for http:// URLs): a
+    ``--warm-up-time`` phase, then the measured ``-D`` phase on the same connections. Raises
+    RoundFailed unless every request succeeded with a 2xx and every client completed some."""
+    duration = max(1, round(args.duration))
+    cmd = ["taskset", "-c", "1", "h2load", "-c", str(args.h2_clients), "-m",
+           str(args.h2_streams), "-D", str(duration), f"--warm-up-time={H2_WARM_UP}",
+           f"http://127.0.0.1:{port}/"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=duration + H2_WARM_UP + 30)
+    except subprocess.TimeoutExpired as exc:
+        raise RoundFailed(f"h2load did not finish within {exc.timeout:g} s") from exc
+    out = done.stdout
+    finished = re.search(r"^finished in [0-9.]+m?s, ([0-9.]+) req/s", out, re.M)
+    requests = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                         r"(\d+) failed, (\d+) errored, (\d+) timeout", out, re.M)
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out, re.M)
+    per_client = re.search(r"^req/s\s*:\s*([0-9.]+)", out, re.M)  # min over the clients
+    if not (finished and requests and codes):
+        tail = " / ".join((out + done.stderr).strip().splitlines()[-3:])
+        raise RoundFailed(f"h2load exited with {done.returncode}, no statistics: {tail}")
+    _, started, _, succeeded, failed, errored, timeouts = map(int, requests.groups())
+    _, c3xx, c4xx, c5xx = map(int, codes.groups())
+    problems = []
+    if failed or errored or timeouts:
+        problems.append(f"{failed} failed, {errored} errored, {timeouts} timed out")
+    if not succeeded:
+        problems.append(f"no request succeeded ({started} started)")
+    if c3xx or c4xx or c5xx:
+        problems.append(f"status codes {c3xx} 3xx, {c4xx} 4xx, {c5xx} 5xx")
+    if succeeded and per_client and float(per_client.group(1)) == 0:
+        problems.append("some connection completed no request")
+    if done.returncode:
+        problems.append(f"h2load exited with {done.returncode}")
+    if problems:
+        raise RoundFailed(f"h2load: {succeeded} succeeded; " + "; ".join(problems))
+    return float(finished.group(1))
+
+
+@contextmanager
+def running(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The server ``cmd`` on CPU 0, listening on ``port``; stopped on exit. Its output goes
+    to results/server.log."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     log = open(HERE / "results" / "server.log", "ab")
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+    log.flush()
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=log, stderr=log, env=env,
                             cwd=HERE)
     try:
         wait_listening(port, proc)
-        run_wrk(port, 2, args.connections)  # warm-up
-        return run_wrk(port, args.duration, args.connections)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -119,6 +221,50 @@ def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace) -> f
         log.close()
 
 
+def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace) -> float:
+    with running(cmd, port):
+        run_wrk(port, 2, args.connections)  # warm-up
+        return run_wrk(port, args.duration, args.connections)
+
+
+def measure_h2(name: str, cmd: list[str], port: int,
+               args: argparse.Namespace) -> tuple[float, str | None]:
+    """req/s of one HTTP/2 round and a remark (the server exiting on its own after the run
+    while the round itself succeeded). Raises RoundFailed."""
+    try:
+        with running(cmd, port) as proc:
+            rps = run_h2load(port, args)
+            time.sleep(0.5)  # a server that crashes when h2load disconnects is gone by now
+            code = proc.poll()
+    except RuntimeError as exc:  # from wait_listening
+        raise RoundFailed(str(exc)) from exc
+    if code is None:
+        return rps, None
+    return rps, (f"the server exited by itself (code {code}) after h2load closed its "
+                 "connections (see results/server.log); the round itself succeeded")
+
+
+def ratio_cells(results: dict[str, list[float | None]], med: dict[str, float | None], name: str,
+                base: str | None) -> tuple[str, str]:
+    """``name`` against ``base``: the ratio of the medians and the median of the per-round
+    ratios, "-" where either is unknown (no base, or no successful round)."""
+    if base is None or base not in med:
+        return "-", "-"
+    value, base_value = med[name], med[base]
+    if value is None or base_value is None:
+        return "-", "-"
+    # Servers of one round run minutes apart at most, so the machine's drift cancels out
+    # better in each round's own ratio (rounds where either failed are left out).
+    per_round = [a / b for a, b in zip(results[name], results[base], strict=True)
+                 if a is not None and b is not None]
+    paired = f"{statistics.median(per_round):.2f}x" if per_round else "-"
+    return f"{value / base_value:.2f}x", paired
+
+
+def fmt_rounds(values: list[float | None]) -> str:
+    return ", ".join("failed" if x is None else f"{x:,.0f}" for x in values)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -127,59 +273,110 @@ def main() -> int:
     ap.add_argument("--only", help="regex: run only the servers whose name matches")
     ap.add_argument("--wsgi", action="store_true",
                     help="also run the WSGI hello world against Gunicorn gthread")
+    ap.add_argument("--h2", action="store_true",
+                    help="also run HTTP/2 (h2c, prior knowledge) under h2load: the Trio + h2 "
+                         "floor, trioserve and Hypercorn's trio worker ('--only h2c' for "
+                         "these alone)")
+    ap.add_argument("--h2-clients", type=int, default=16, help="h2load -c (default 16)")
+    ap.add_argument("--h2-streams", type=int, default=10,
+                    help="h2load -m, concurrent streams per connection (default 10)")
     args = ap.parse_args()
-    for tool in ("wrk", "taskset"):
+
+    def all_servers(port: int) -> dict[str, list[str]]:
+        return {**servers(port), **(wsgi_servers(port) if args.wsgi else {}),
+                **(h2_servers(port) if args.h2 else {})}
+
+    names = [n for n in all_servers(0) if not args.only or re.search(args.only, n)]
+    tools = {"taskset"}
+    tools |= {"h2load" if n in H2_NAMES else "wrk" for n in names}
+    for tool in sorted(tools):
         if shutil.which(tool) is None:
             print(f"benchmarks/run.py needs {tool!r} on PATH", file=sys.stderr)
             return 2
+    if args.h2 and not HAVE_HYPERCORN:
+        print("hypercorn is not installed (pip install hypercorn): no Hypercorn row",
+              file=sys.stderr)
     (HERE / "results").mkdir(exist_ok=True)
-    results: dict[str, list[float]] = {}
-
-    def all_servers(port: int) -> dict[str, list[str]]:
-        return {**servers(port), **(wsgi_servers(port) if args.wsgi else {})}
+    results: dict[str, list[float | None]] = {}
+    remarks: list[str] = []  # failed rounds and other events, listed under the tables
 
     for r in range(args.rounds):
-        for name in all_servers(0):
-            if args.only and not re.search(args.only, name):
-                continue
+        for name in names:
             port = free_port()
-            rps = measure(name, all_servers(port)[name], port, args)
+            cmd = all_servers(port)[name]
+            rps: float | None
+            remark = None
+            if name in H2_NAMES:
+                try:
+                    rps, remark = measure_h2(name, cmd, port, args)
+                except RoundFailed as exc:
+                    rps, remark = None, f"FAILED: {exc}"
+            else:
+                rps = measure(name, cmd, port, args)
             results.setdefault(name, []).append(rps)
-            print(f"round {r + 1}: {name}: {rps:,.0f} req/s", file=sys.stderr, flush=True)
-    med = {name: statistics.median(v) for name, v in results.items()}
-    floors = {n: v for n, v in med.items() if n.startswith("floor")}
-    lines = [
-        f"wrk -t1 -c{args.connections} -d{args.duration:g}s, server on CPU 0, wrk on CPU 1, "
-        f"median of {args.rounds} rounds; {time.strftime('%Y-%m-%d %H:%M')}, "
-        f"Python {sys.version.split()[0]}",
-        "",
-        "| server | req/s (median) | rounds | " + " | ".join(f"vs {n}" for n in floors) + " |",
-        "|---|---:|---|" + "---:|" * len(floors),
-    ]
-    for name, value in med.items():
-        if "WSGI" in name:
-            continue
-        ratios = " | ".join(f"{value / f:.2f}x" for f in floors.values())
-        rounds = ", ".join(f"{x:,.0f}" for x in results[name])
-        lines.append(f"| {name} | {value:,.0f} | {rounds} | {ratios} |")
+            shown = "FAILED" if rps is None else f"{rps:,.0f} req/s"
+            print(f"round {r + 1}: {name}: {shown}", file=sys.stderr, flush=True)
+            if remark:
+                remarks.append(f"round {r + 1}, {name}: {remark}")
+                print(f"  {remark}", file=sys.stderr, flush=True)
+    med = {name: statistics.median(ok) if (ok := [x for x in v if x is not None]) else None
+           for name, v in results.items()}
+    when = (f"median of {args.rounds} rounds; {time.strftime('%Y-%m-%d %H:%M')}, "
+            f"Python {sys.version.split()[0]}")
+    h1 = {n: v for n, v in med.items() if "WSGI" not in n and n not in H2_NAMES}
+    floors = {n: v for n, v in h1.items() if n.startswith("floor") and v is not None}
     wsgi = {n: v for n, v in med.items() if "WSGI" in n}
+    lines: list[str] = []
+    if h1 or wsgi:
+        lines += [f"wrk -t1 -c{args.connections} -d{args.duration:g}s, server on CPU 0, wrk on "
+                  "CPU 1, " + when]
+    if h1:
+        lines += [
+            "",
+            "| server | req/s (median) | rounds | " + " | ".join(f"vs {n}" for n in floors)
+            + " |",
+            "|---|---:|---|" + "---:|" * len(floors),
+        ]
+        for name, value in h1.items():
+            assert value is not None  # wrk rounds raise instead of failing
+            ratios = " | ".join(f"{value / f:.2f}x" for f in floors.values())
+            lines.append(f"| {name} | {value:,.0f} | {fmt_rounds(results[name])} | {ratios} |")
     if wsgi:
         base_name = next((n for n in wsgi if n.startswith("gunicorn")), None)
         lines += ["", "| WSGI server | req/s (median) | rounds | vs gunicorn gthread (ratio of "
                   "medians) | vs gunicorn gthread (median of per-round ratios) |",
                   "|---|---:|---|---:|---:|"]
         for name, value in wsgi.items():
-            rounds = ", ".join(f"{x:,.0f}" for x in results[name])
-            if base_name is None:
-                ratio = paired = "-"
-            else:
-                ratio = f"{value / med[base_name]:.2f}x"
-                # Servers of one round run minutes apart at most, so the machine's drift
-                # cancels out better in each round's own ratio.
-                per_round = [a / b for a, b in zip(results[name], results[base_name],
-                                                   strict=True)]
-                paired = f"{statistics.median(per_round):.2f}x"
-            lines.append(f"| {name} | {value:,.0f} | {rounds} | {ratio} | {paired} |")
+            ratio, paired = ratio_cells(results, med, name, base_name)
+            lines.append(f"| {name} | {value:,.0f} | {fmt_rounds(results[name])} | {ratio} | "
+                         f"{paired} |")
+    h2 = {n: v for n, v in med.items() if n in H2_NAMES}
+    if h2:
+        if lines:
+            lines.append("")
+        lines += [
+            f"h2load -c{args.h2_clients} -m{args.h2_streams} -D{max(1, round(args.duration))}s "
+            f"--warm-up-time={H2_WARM_UP}s (h2c, prior knowledge), server on CPU 0, h2load on "
+            "CPU 1, " + when + " (failed rounds left out)",
+            "",
+            "| HTTP/2 server | req/s (median) | rounds | vs floor (ratio of medians) | vs floor "
+            "(median of per-round ratios) | vs hypercorn trio (ratio of medians) | vs hypercorn "
+            "trio (median of per-round ratios) |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        floor = H2_FLOOR if H2_FLOOR in h2 else None
+        hyper = H2_HYPERCORN if H2_HYPERCORN in h2 else None
+        for name, value in h2.items():
+            cells = [*ratio_cells(results, med, name, floor),
+                     *ratio_cells(results, med, name, hyper)]
+            shown = "all rounds failed" if value is None else f"{value:,.0f}"
+            lines.append(f"| {name} | {shown} | {fmt_rounds(results[name])} | "
+                         + " | ".join(cells) + " |")
+        if args.h2 and not HAVE_HYPERCORN:
+            lines += ["", "Hypercorn is not installed (`pip install hypercorn`): no Hypercorn "
+                      "row, no ratios to it."]
+    if remarks:
+        lines += ["", *(f"- {remark}" for remark in remarks)]
     table = "\n".join(lines)
     print(table)
     (HERE / "results" / "latest.md").write_text(table + "\n")

@@ -14,7 +14,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Bind", "Config", "ConfigError", "Limits", "MinDataRate", "Timeouts", "Tls"]
+__all__ = [
+    "Bind",
+    "Config",
+    "ConfigError",
+    "Http2Limits",
+    "Limits",
+    "MinDataRate",
+    "Timeouts",
+    "Tls",
+]
 
 
 class ConfigError(ValueError):
@@ -55,6 +64,55 @@ class MinDataRate:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Limits:
+    """HTTP/2 settings and limits (Kestrel's ``Http2Limits`` defaults), sent to every client in
+    the server's SETTINGS frame and enforced by the protocol.
+
+    - ``max_streams_per_connection``: ``SETTINGS_MAX_CONCURRENT_STREAMS``; a client opening
+      more at once gets a connection error (``PROTOCOL_ERROR``).
+    - ``header_table_size``: ``SETTINGS_HEADER_TABLE_SIZE``, the HPACK dynamic table the client
+      may use (bytes; 0 disables it).
+    - ``max_frame_size``: ``SETTINGS_MAX_FRAME_SIZE``, the largest frame payload accepted
+      (16384-16777215); a larger frame is a ``FRAME_SIZE_ERROR``.
+    - ``initial_stream_window_size``: ``SETTINGS_INITIAL_WINDOW_SIZE``, request body bytes one
+      stream may have in flight before the application reads them (the backpressure window).
+    - ``initial_connection_window_size``: the same across all the streams of a connection
+      (raised from the protocol's 65535 right after the preface).
+
+    The header list limit is ``Limits.max_request_headers_total_size`` (advertised as
+    ``SETTINGS_MAX_HEADER_LIST_SIZE``); the header count limit is
+    ``Limits.max_request_headers_count``. Over either, the request gets 431 on its stream.
+    """
+
+    max_streams_per_connection: int = 100
+    header_table_size: int = 4096
+    max_frame_size: int = 16384
+    initial_stream_window_size: int = 768 * 1024
+    initial_connection_window_size: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        _positive_int("Http2Limits", "max_streams_per_connection",
+                      self.max_streams_per_connection)
+        h = self.header_table_size
+        if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= 2**31 - 1:
+            raise ConfigError(f"Http2Limits.header_table_size must be an integer 0-2147483647, "
+                              f"got {h!r}")
+        f = self.max_frame_size
+        if isinstance(f, bool) or not isinstance(f, int) or not 16384 <= f <= 2**24 - 1:
+            raise ConfigError("Http2Limits.max_frame_size must be an integer 16384-16777215 "
+                              f"(RFC 9113 §6.5.2), got {f!r}")
+        for name in ("initial_stream_window_size", "initial_connection_window_size"):
+            w = getattr(self, name)
+            if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 2**31 - 1:
+                raise ConfigError(f"Http2Limits.{name} must be an integer 1-2147483647 "
+                                  f"(RFC 9113 §6.9), got {w!r}")
+        if self.initial_connection_window_size < 65535:
+            raise ConfigError("Http2Limits.initial_connection_window_size must be at least "
+                              "65535 (the protocol's initial window), got "
+                              f"{self.initial_connection_window_size!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Size and count limits. Each is enforced by a counter in the protocol or connection.
 
@@ -69,6 +127,7 @@ class Limits:
       slowly gets 408 and is disconnected. ``None`` disables the check.
     - ``min_response_data_rate``: see :class:`MinDataRate`; a client that reads the response
       more slowly (or stops reading) is disconnected. ``None`` disables the check.
+    - ``http2``: :class:`Http2Limits`.
     """
 
     max_concurrent_connections: int | None = None
@@ -78,6 +137,7 @@ class Limits:
     max_request_headers_total_size: int = 32 * 1024
     min_request_body_data_rate: MinDataRate | None = field(default_factory=MinDataRate)
     min_response_data_rate: MinDataRate | None = field(default_factory=MinDataRate)
+    http2: Http2Limits = field(default_factory=Http2Limits)
 
     def __post_init__(self) -> None:
         _positive_int("Limits", "max_concurrent_connections", self.max_concurrent_connections,
@@ -95,6 +155,8 @@ class Limits:
             value = getattr(self, name)
             if value is not None and not isinstance(value, MinDataRate):
                 raise ConfigError(f"Limits.{name} must be a MinDataRate or None, got {value!r}")
+        if not isinstance(self.http2, Http2Limits):
+            raise ConfigError(f"Limits.http2 must be Http2Limits, got {self.http2!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +200,8 @@ class Tls:
       ``None`` keeps Python's secure defaults.
     - ``handshake_timeout``: seconds a client gets to complete the handshake (Kestrel: 10 s).
 
-    TLS 1.2 is the minimum version; ALPN offers ``http/1.1``.
+    TLS 1.2 is the minimum version; ALPN offers ``h2`` (unless ``Config.http2`` is off) and
+    ``http/1.1``.
     """
 
     certfile: str
@@ -236,6 +299,9 @@ class Config:
     - ``http_parser``: the HTTP/1.1 request parser: ``"h11"`` (the reference), ``"httptools"``
       (llhttp, the ``trioserve[fast]`` extra; about twice as fast per request) or ``"auto"``
       (httptools when installed, else h11). Both accept and refuse exactly the same requests.
+    - ``http2``: serve HTTP/2 too (default ``True``): over TLS when the client picks ``h2`` by
+      ALPN; on plain listeners by prior knowledge (a connection opening with the HTTP/2 preface)
+      and by ``Upgrade: h2c`` from HTTP/1.1. ``False``: HTTP/1.1 only.
     """
 
     binds: tuple[Bind, ...] = (Bind(),)
@@ -247,6 +313,7 @@ class Config:
     backlog: int = 1024
     http_parser: Literal["auto", "h11", "httptools"] = "auto"
     tls: Tls | None = None
+    http2: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.binds, tuple) or not self.binds:
@@ -274,6 +341,8 @@ class Config:
         _positive_int("Config", "backlog", self.backlog)
         if self.tls is not None and not isinstance(self.tls, Tls):
             raise ConfigError(f"Config.tls must be Tls or None, got {self.tls!r}")
+        if not isinstance(self.http2, bool):
+            raise ConfigError(f"Config.http2 must be True or False, got {self.http2!r}")
         if self.http_parser not in ("auto", "h11", "httptools"):
             raise ConfigError("Config.http_parser must be 'auto', 'h11' or 'httptools', "
                               f"got {self.http_parser!r}")

@@ -19,6 +19,8 @@ application's shutdown) and short clean-up deadlines for closing and lingering.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import errno
 import itertools
@@ -38,6 +40,7 @@ import trio
 
 from .config import Config, ConfigError, MinDataRate
 from .context import MAX_DRAIN_BYTES, BadRequestBody, Exchange
+from .context_h2 import HIGH_WATER, H2Stream, send_error
 from .features import (
     Application,
     ClientDisconnected,
@@ -62,6 +65,19 @@ from .protocols.events import (
     ResponseError,
 )
 from .protocols.http1 import HTTP1Protocol, resolve_parser
+from .protocols.http2 import (
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PREFACE,
+    ConnectionEnded,
+    HTTP2Protocol,
+    StreamData,
+    StreamEnded,
+    StreamRefused,
+    StreamRequest,
+    StreamReset,
+    WindowOpened,
+)
 from .tls import TlsInfo, cipher_suites, leaf_certificate_pem, server_context
 
 __all__ = ["serve"]
@@ -109,13 +125,15 @@ class _Server:
         self.config = config
         self.draining = False
         self.idle_scopes: set[trio.CancelScope] = set()
+        self.drain_callbacks: set[Callable[[], None]] = set()  # HTTP/2 connections' GOAWAY
         self.features = FeatureCollection()
         limit = config.limits.max_concurrent_connections
         self.connection_slots = trio.Semaphore(limit) if limit is not None else None
         self.server_header = (config.server_header.encode("ascii")
                               if config.server_header is not None else None)
         self.access_log = config.access_log
-        self.ssl_context = server_context(config.tls) if config.tls is not None else None
+        self.ssl_context = (server_context(config.tls, http2=config.http2)
+                            if config.tls is not None else None)
         self.cipher_suites = cipher_suites(self.ssl_context) if self.ssl_context else {}
         self.server_certificate_pem = (leaf_certificate_pem(config.tls.certfile)
                                        if config.tls is not None else None)
@@ -130,6 +148,23 @@ class _Server:
         self.draining = True
         for scope in list(self.idle_scopes):
             scope.cancel()
+        for callback in list(self.drain_callbacks):
+            callback()
+
+    def log_access(self, peer_text: str, method: str, target: bytes, http_version: str,
+                   status: int, nbytes: int, start_time: float) -> None:
+        """One access log line (both protocols)."""
+        elapsed = time.perf_counter() - start_time
+        fast = self.fast_access
+        if fast is not None:
+            fast.write_access(
+                f'{peer_text} - "{method} {target.decode("latin-1")} HTTP/{http_version}" '
+                f'{status} {nbytes} {elapsed:.6f}s')
+            return
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        access_log.info('%s - "%s %s HTTP/%s" %d %d %.6fs', peer_text, method,
+                        target.decode("latin-1"), http_version, status, nbytes, elapsed)
 
 
 def write_deadline(rate: MinDataRate | None, nbytes: int) -> float:
@@ -410,6 +445,7 @@ class _H1Connection:
         "exchange",
         "features",
         "first",
+        "h2_handover",
         "io",
         "peer_text",
         "proto",
@@ -417,6 +453,7 @@ class _H1Connection:
         "root_path",
         "scheme",
         "server",
+        "sniff",
         "timer",
     )
 
@@ -439,6 +476,9 @@ class _H1Connection:
         self.first = True
         self.errored = False  # the server answered a bad request head
         self.exchange: Exchange | None = None
+        # h2c: prior knowledge and Upgrade, on plain connections with HTTP/2 on
+        self.sniff = config.http2 and tls is None
+        self.h2_handover: _H2Handover | None = None  # set when the connection turns HTTP/2
         self.timer = trio.CancelScope()
         peer = _address(sock, True)
         local = _address(sock, False)
@@ -654,6 +694,8 @@ class _H1Connection:
     async def run(self) -> None:
         try:
             with self.timer:
+                if self.sniff and not await self._sniff_preface():
+                    return
                 while True:
                     head = await self._read_head()
                     if head is None:
@@ -683,6 +725,8 @@ class _H1Connection:
         ex = self.exchange
         proto = self.proto
         graceful = False
+        if self.h2_handover is not None:
+            return  # HTTP/2 takes the connection over
         try:
             if ex is not None and ex.upgraded:
                 return  # the new protocol owned the connection
@@ -698,27 +742,81 @@ class _H1Connection:
             # for a bad head, pipelined bytes), so our answer is not destroyed by a reset.
             if (ex is not None and not ex.body.is_complete) or self.errored \
                     or io.peer_may_be_sending():
-                await self._linger()
+                await _linger(io)
         except trio.BrokenResourceError:
             pass
         finally:
             await io.aclose(graceful)
 
-    async def _linger(self) -> None:
-        """After answering without reading the whole body (413, an early response), read and
-        discard what the client still sends for a short while, so that closing does not reset
-        the connection before the client has read the response (RFC 9112 §9.6)."""
-        io = self.io
-        with trio.move_on_after(LINGER_TIMEOUT):
-            discarded = 0
-            while discarded < MAX_LINGER_BYTES:
-                try:
-                    data = await io.receive()
-                except trio.BrokenResourceError:
-                    return
-                if not data:
-                    return
-                discarded += len(data)
+    async def _sniff_preface(self) -> bool:
+        """Read a plain connection's first bytes until they can no longer be the HTTP/2
+        connection preface. Prior knowledge: hand the connection over to HTTP/2 (see
+        :attr:`h2_handover`) and return False; otherwise give the bytes to the HTTP/1.1
+        protocol and return True. The wait is the first request's header deadline."""
+        server = self.server
+        timer = self.timer
+        timer.deadline = trio.current_time() + server.config.timeouts.request_headers
+        buf = self.io.try_receive()
+        known_empty = buf is None
+        eof = buf == b""
+        buf = buf or b""
+        if not buf and not eof:
+            if server.draining:
+                return False
+            server.idle_scopes.add(timer)  # no byte yet: a drain closes it at once
+        try:
+            while not eof and len(buf) < len(PREFACE) and PREFACE.startswith(buf):
+                data = await self.io.receive(known_empty=known_empty)
+                known_empty = False
+                server.idle_scopes.discard(timer)
+                eof = not data
+                buf += data
+        finally:
+            server.idle_scopes.discard(timer)
+        if buf.startswith(PREFACE):
+            self.h2_handover = _H2Handover(buf, None, None, b"")
+            return False
+        if buf:
+            self.proto.receive_data(buf)
+        if eof:
+            self.proto.receive_data(b"")
+        return True
+
+    def _h2c_settings(self, head: RequestHead) -> bytes | None:
+        """The ``HTTP2-Settings`` value of a valid ``Upgrade: h2c`` request (RFC 7540 §3.2:
+        exactly one, named in ``Connection``, base64url of whole settings), else ``None``."""
+        if head.upgrade is None or head.http_version != b"1.1" or \
+                b"h2c" not in [t.strip().lower() for t in head.upgrade.split(b",")]:
+            return None
+        settings = [v for n, v in head.headers if n == b"http2-settings"]
+        tokens = {t.strip().lower() for n, v in head.headers if n == b"connection"
+                  for t in v.split(b",")}
+        if len(settings) != 1 or b"http2-settings" not in tokens:
+            return None
+        value = settings[0].strip()
+        try:
+            raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+        except (ValueError, binascii.Error):
+            return None
+        return value if len(raw) % 6 == 0 else None
+
+    async def _h2c_upgrade(self, ex: Exchange, settings: bytes) -> None:
+        """Read the upgrade request's body, answer 101 and hand the connection over to HTTP/2,
+        where the request is stream 1. Body errors raise as they do for an app reading it."""
+        chunks = []
+        while True:
+            chunk = await ex.body.receive()
+            if not chunk:
+                break
+            chunks.append(chunk)
+        proto = self.proto
+        ex.response._status = 101
+        data = proto.response_head(101, [(b"upgrade", b"h2c")], switching_protocols=True)
+        leftover = proto.switch_protocol()
+        ex.upgraded = True
+        ex.response.mark_done()
+        await self.send_all(data)
+        self.h2_handover = _H2Handover(leftover, settings, ex.head, b"".join(chunks))
 
     async def _read_head(self) -> RequestHead | None:
         proto = self.proto
@@ -740,8 +838,10 @@ class _H1Connection:
                 # Idle: no byte of the next request yet. A connection's first request gets the
                 # request-headers timeout from accept; later ones the keep-alive timeout.
                 idle = not proto.has_partial_request
-                timer.deadline = trio.current_time() + (
+                deadline = trio.current_time() + (
                     timeouts.keep_alive if idle and not self.first else timeouts.request_headers)
+                # the first request's deadline runs from accept (set while sniffing for h2c)
+                timer.deadline = min(deadline, timer.deadline) if self.first else deadline
                 if idle:
                     if server.draining:
                         return None
@@ -794,6 +894,11 @@ class _H1Connection:
             proto.next_event()  # the (empty) body's end
         response = ex.response
         try:
+            if self.sniff and head.upgrade is not None:
+                settings = self._h2c_settings(head)
+                if settings is not None:
+                    await self._h2c_upgrade(ex, settings)
+                    return
             await server.app(ex.context)
         except (ClientDisconnected, RequestBodyTooLarge):
             if not response.is_complete:
@@ -870,28 +975,368 @@ class _H1Connection:
         proto.keep_alive = False
 
     def _log_access(self, ex: Exchange) -> None:
-        head = ex.head
-        elapsed = time.perf_counter() - ex.start_time
-        fast = self.server.fast_access
-        if fast is not None:
-            request = ex.request
-            fast.write_access(
-                f'{self.peer_text} - "{request.method} {head.target.decode("latin-1")} '
-                f'HTTP/{request.http_version}" {ex.response.status} '
-                f'{ex.response.bytes_sent} {elapsed:.6f}s')
-            return
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        access_log.info(
-            '%s - "%s %s HTTP/%s" %d %d %.6fs',
-            self.peer_text,
-            ex.request.method,
-            head.target.decode("latin-1"),
-            ex.request.http_version,
-            ex.response.status,
-            ex.response.bytes_sent,
-            elapsed,
+        request = ex.request
+        self.server.log_access(self.peer_text, request.method, ex.head.target,
+                               request.http_version, ex.response.status,
+                               ex.response.bytes_sent, ex.start_time)
+
+
+class _H2Handover:
+    """How a connection became HTTP/2 after starting as HTTP/1.1: the bytes already read
+    (the preface, or what followed an upgrade request) and, for ``Upgrade: h2c``, the
+    ``HTTP2-Settings`` value, the request and its body (stream 1)."""
+
+    __slots__ = ("body", "data", "head", "settings")
+
+    def __init__(self, data: bytes, settings: bytes | None, head: RequestHead | None,
+                 body: bytes) -> None:
+        self.data = data
+        self.settings = settings
+        self.head = head
+        self.body = body
+
+
+class _H2Connection:
+    """One HTTP/2 connection: a reader loop (this task), a writer task, and one task per stream
+    under the connection's nursery.
+
+    The reader feeds the protocol and hands events to the streams. Streams queue frames in the
+    protocol and :meth:`kick` the writer, which sends everything queued in one write; a stream
+    that finds more than ``HIGH_WATER`` bytes queued waits for the writer (backpressure). The
+    timer scope around the reader bounds the wait for the first stream (request-headers timeout)
+    and an idle connection (keep-alive timeout, no stream open). A graceful shutdown sends
+    GOAWAY at once and closes once the open streams are done.
+    """
+
+    def __init__(self, server: _Server, io: _SocketIO | _TlsIO, tls: TlsInfo | None,
+                 handover: _H2Handover | None = None) -> None:
+        config = server.config
+        limits = config.limits
+        h2l = limits.http2
+        self.server = server
+        self.io = io
+        self.handover = handover
+        self.proto = HTTP2Protocol(
+            max_concurrent_streams=h2l.max_streams_per_connection,
+            header_table_size=h2l.header_table_size,
+            max_frame_size=h2l.max_frame_size,
+            initial_stream_window_size=h2l.initial_stream_window_size,
+            initial_connection_window_size=h2l.initial_connection_window_size,
+            max_request_headers_count=limits.max_request_headers_count,
+            max_request_headers_total_size=limits.max_request_headers_total_size,
+            server_header=server.server_header,
         )
+        self.max_body_size = limits.max_request_body_size
+        self.response_rate = limits.min_response_data_rate
+        self.body_rate = limits.min_request_body_data_rate
+        self.root_path = config.root_path
+        self.scheme = "http" if tls is None else "https"
+        self.streams: dict[int, H2Stream] = {}
+        self.timer = trio.CancelScope()
+        self.closing = False  # GOAWAY sent or received: close once the streams are done
+        self.broken = False  # the connection failed: nothing more can be sent
+        self.writer_done = False
+        self._wake = trio.Event()
+        self._drained: trio.Event | None = None
+        self._no_streams: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        sock = io.sock
+        peer = _address(sock, True)
+        self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
+        info = ConnectionInfo(f"{next(_ids):x}", peer, _address(sock, False))
+        items: dict[type, object] = {ConnectionFeature: info}
+        if tls is not None:
+            items[TlsFeature] = tls
+        self.features = FeatureCollection(items, server.features)
+
+    # ------------------------------------------------------------ for the streams
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def wait_drained(self) -> None:
+        while not self.broken and self.proto.pending_output > HIGH_WATER:
+            if self._drained is None:
+                self._drained = trio.Event()
+            await self._drained.wait()
+        if self.broken:
+            raise ClientDisconnected("the client disconnected")
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self) -> None:
+        server = self.server
+        server.drain_callbacks.add(self._on_drain)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                try:
+                    await self._read_loop()
+                finally:
+                    if self.broken or not self.closing:
+                        # Ended by the client (EOF, error, its GOAWAY): the streams can send
+                        # nothing more.
+                        for stream in list(self.streams.values()):
+                            stream.abort()
+                    if not self.broken:
+                        self.proto.goaway()
+                    self.kick()
+                    while self.streams:
+                        self._no_streams = trio.Event()
+                        await self._no_streams.wait()
+                    self.writer_done = True
+                    self.kick()
+        finally:
+            server.drain_callbacks.discard(self._on_drain)
+            with trio.CancelScope(shield=True) as cleanup:
+                cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT + LINGER_TIMEOUT
+                await self._close()
+
+    async def _close(self) -> None:
+        io = self.io
+        graceful = False
+        try:
+            if self.broken:
+                io.reset_on_close()
+                return
+            io.shutdown_write()
+            graceful = True
+            # The client may still be sending (frames crossing our GOAWAY): read them away for
+            # a moment so the close does not reset what we sent.
+            if io.peer_may_be_sending():
+                await _linger(io)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await io.aclose(graceful)
+
+    async def _writer(self) -> None:
+        proto = self.proto
+        io = self.io
+        while True:
+            data = proto.data_to_send()
+            if data:
+                try:
+                    await io.send_all(data, self.response_rate)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._broken()
+                    return
+                continue
+            if self._drained is not None:
+                self._drained.set()
+                self._drained = None
+            if self.writer_done:
+                return
+            self._wake = trio.Event()
+            await self._wake.wait()
+
+    def _broken(self) -> None:
+        self.broken = True
+        for stream in list(self.streams.values()):
+            stream.abort()
+        if self._drained is not None:
+            self._drained.set()
+            self._drained = None
+        self.timer.cancel()
+
+    def _on_drain(self) -> None:
+        """A graceful shutdown began: GOAWAY now; close once the open streams are done."""
+        self.closing = True
+        self.proto.goaway()
+        self.kick()
+        if not self.streams:
+            self.timer.cancel()
+
+    async def _read_loop(self) -> None:
+        proto = self.proto
+        server = self.server
+        timeouts = server.config.timeouts
+        timer = self.timer
+        with timer:
+            timer.deadline = trio.current_time() + timeouts.request_headers
+            handover = self.handover
+            if handover is not None and handover.head is not None:
+                assert handover.settings is not None
+                try:
+                    ev = proto.initiate_upgrade(handover.settings, handover.head)
+                except ProtocolError:
+                    return
+                stream = self._open(ev.stream_id, ev.head, False)
+                if handover.body:
+                    stream.on_data(handover.body, 0)
+                stream.on_end([])
+            else:
+                proto.initiate()
+            self.kick()
+            if server.draining:
+                self._on_drain()
+            if handover is not None and handover.data and not self._feed(handover.data):
+                return
+            while not (self.closing and not self.streams):
+                try:
+                    data = await self.io.receive()
+                except trio.BrokenResourceError:
+                    self.broken = True
+                    return
+                if not data or not self._feed(data):
+                    return
+        if timer.cancelled_caught and not self.closing and not self.broken:
+            log.debug("HTTP/2 connection from %s idle: closing", self.peer_text)
+
+    def _feed(self, data: bytes) -> bool:
+        """Hand received bytes to the protocol and its events to the streams; False when the
+        connection must end (a connection error, the client's GOAWAY)."""
+        proto = self.proto
+        try:
+            events = proto.receive_data(data)
+        except ProtocolError as exc:
+            log.debug("HTTP/2 connection error from %s: %s", self.peer_text, exc.message)
+            self.kick()  # the GOAWAY
+            return False
+        streams = self.streams
+        for ev in events:
+            if isinstance(ev, StreamData):
+                stream = streams.get(ev.stream_id)
+                if stream is not None:
+                    stream.on_data(ev.data, ev.flow_length)
+                else:
+                    proto.consumed(ev.stream_id, ev.flow_length)
+            elif isinstance(ev, StreamRequest):
+                self._open(ev.stream_id, ev.head, ev.end_stream)
+            elif isinstance(ev, StreamEnded):
+                stream = streams.get(ev.stream_id)
+                if stream is not None:
+                    stream.on_end(ev.trailers)
+            elif isinstance(ev, WindowOpened):
+                if ev.stream_id:
+                    stream = streams.get(ev.stream_id)
+                    if stream is not None:
+                        stream.on_window()
+                else:
+                    for stream in streams.values():
+                        stream.on_window()
+            elif isinstance(ev, StreamReset):
+                stream = streams.get(ev.stream_id)
+                if stream is not None:
+                    stream.abort()
+            elif isinstance(ev, StreamRefused):
+                self._refuse(ev)
+            elif isinstance(ev, ConnectionEnded):
+                # h2 accepts no further frame either way; streams in flight cannot finish.
+                log.debug("HTTP/2 client %s sent GOAWAY (error code %d)", self.peer_text,
+                          ev.error_code)
+                self.kick()
+                return False
+        self.kick()
+        return True
+
+    def _open(self, stream_id: int, head: RequestHead, end_stream: bool) -> H2Stream:
+        stream = H2Stream(self, stream_id, head, end_stream, self.max_body_size)
+        self.streams[stream_id] = stream
+        self.timer.deadline = math.inf
+        assert self._nursery is not None
+        self._nursery.start_soon(self._stream_task, stream)
+        return stream
+
+    def _refuse(self, ev: StreamRefused) -> None:
+        log.debug("bad HTTP/2 request from %s on stream %d: %s", self.peer_text, ev.stream_id,
+                  ev.message)
+        head = RequestHead(method=ev.method, target=b"", http_version=b"2", headers=[],
+                           keep_alive=True, expects_continue=False, content_length=None,
+                           chunked=False)
+        stream = H2Stream(self, ev.stream_id, head, ev.end_stream, 0)
+        self.streams[ev.stream_id] = stream
+        self.timer.deadline = math.inf
+        assert self._nursery is not None
+        self._nursery.start_soon(self._refuse_task, stream, ev.status, ev.message)
+
+    async def _refuse_task(self, stream: H2Stream, status: int, message: str) -> None:
+        try:
+            await send_error(stream, status, message)
+        finally:
+            self._stream_done(stream)
+
+    async def _stream_task(self, stream: H2Stream) -> None:
+        server = self.server
+        response = stream.response
+        try:
+            try:
+                await server.app(stream.context)
+            except (ClientDisconnected, RequestBodyTooLarge):
+                if not response.is_complete:
+                    stream.request.abort()
+            except (Exception, SystemExit) as exc:
+                await self._app_failed(stream, exc)
+            if not response.is_complete and not stream.aborted and not stream.rejected:
+                try:
+                    await response.complete()
+                except ClientDisconnected:
+                    pass
+                except Exception as exc:
+                    await self._app_failed(stream, exc)
+            for cb in reversed(response.take_completed_callbacks()):
+                try:
+                    await cb()
+                except Exception:
+                    log.exception("an on_completed callback failed")
+            if server.access_log:
+                request = stream.request
+                server.log_access(self.peer_text, request.method, stream.head.target, "2",
+                                  response.status, response.bytes_sent, stream.start_time)
+        finally:
+            self._stream_done(stream)
+
+    async def _app_failed(self, stream: H2Stream, exc: BaseException) -> None:
+        target = stream.head.target.decode("latin-1")
+        method = stream.request.method
+        if stream.aborted or stream.rejected:
+            log.debug("application raised %s after %s %s was aborted or rejected",
+                      type(exc).__name__, method, target)
+            return
+        if isinstance(exc, ResponseError):
+            log.error("invalid response to %s %s: %s", method, target, exc)
+        else:
+            log.error("exception in application for %s %s", method, target, exc_info=exc)
+        await stream.reject(500, "Internal Server Error")
+
+    def _stream_done(self, stream: H2Stream) -> None:
+        proto = self.proto
+        sid = stream.stream_id
+        if not stream.response.is_complete and not stream.aborted:
+            stream.reset(INTERNAL_ERROR)
+        elif not stream.body.peer_ended and not stream.aborted:
+            # A complete response before the whole request body: ask the client to stop
+            # sending it, without error (RFC 9113 §8.1).
+            proto.reset(sid, NO_ERROR)
+        unread = stream.body.discard()
+        if unread:
+            proto.consumed(sid, unread)
+        proto.stream_finished(sid)
+        self.streams.pop(sid, None)
+        self.kick()
+        if not self.streams:
+            if self._no_streams is not None:
+                self._no_streams.set()
+            if self.closing:
+                self.timer.cancel()
+            else:
+                self.timer.deadline = trio.current_time() + self.server.config.timeouts.keep_alive
+
+
+async def _linger(io: _SocketIO | _TlsIO) -> None:
+    """Read and discard what the client still sends for a short while, so that closing does
+    not reset the connection before the client has read what was sent (RFC 9112 §9.6)."""
+    with trio.move_on_after(LINGER_TIMEOUT):
+        discarded = 0
+        while discarded < MAX_LINGER_BYTES:
+            try:
+                data = await io.receive()
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                return
+            discarded += len(data)
 
 
 # ------------------------------------------------------------------------- the tree
@@ -929,7 +1374,11 @@ async def _connection_task(server: _Server, stream: trio.SocketStream) -> None:
         # The connection drives the socket itself (see _SocketIO); take it out of the stream.
         tsock = stream.socket
         sock = socket.socket(tsock.family, tsock.type, tsock.proto, fileno=tsock.detach())
-        await _H1Connection(server, _SocketIO(sock)).run()
+        io = _SocketIO(sock)
+        h1 = _H1Connection(server, io)
+        await h1.run()
+        if h1.h2_handover is not None:
+            await _H2Connection(server, io, None, h1.h2_handover).run()
     except Exception:
         log.exception("unexpected error on a connection")
     finally:
@@ -950,7 +1399,11 @@ async def _tls_connection(server: _Server, stream: trio.SocketStream) -> None:
         stream.socket.close()  # cancelled from outside (a second signal …): never leak it
         raise
     if io_and_info is not None:
-        await _H1Connection(server, *io_and_info).run()
+        io, info = io_and_info
+        if info.alpn_protocol == "h2":
+            await _H2Connection(server, io, info).run()
+        else:
+            await _H1Connection(server, io, info).run()
 
 
 async def _tls_handshake(server: _Server, stream: trio.SocketStream

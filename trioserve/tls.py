@@ -20,12 +20,13 @@ from .config import ConfigError, Tls
 
 __all__ = ["ALPN_PROTOCOLS", "TlsInfo", "server_context", "write_dev_cert"]
 
-# Offered in this order; h2 joins once HTTP/2 is served.
-ALPN_PROTOCOLS = ["http/1.1"]
+# Offered in this order (the client's preference wins among them); "h2" only with HTTP/2 on.
+ALPN_PROTOCOLS = ["h2", "http/1.1"]
 
 
-def server_context(tls: Tls) -> ssl.SSLContext:
-    """The server-side context for ``tls``: TLS 1.2 minimum, ALPN, no compression or
+def server_context(tls: Tls, *, http2: bool = True) -> ssl.SSLContext:
+    """The server-side context for ``tls``: TLS 1.2 minimum, ALPN (``h2`` offered only when
+    ``http2``), no compression or
     renegotiation, the certificate chain loaded, client certificates checked as configured.
 
     Raises :class:`ConfigError` naming the file and the problem: a file that is missing or
@@ -81,7 +82,7 @@ def server_context(tls: Tls) -> ssl.SSLContext:
         except ssl.SSLError:
             raise ConfigError(f"Tls.ciphers {tls.ciphers!r}: no cipher matches this list") \
                 from None
-    ctx.set_alpn_protocols(ALPN_PROTOCOLS)
+    ctx.set_alpn_protocols(ALPN_PROTOCOLS if http2 else ALPN_PROTOCOLS[1:])
     return ctx
 
 

@@ -52,7 +52,14 @@ from .events import (
     Sentinel,
 )
 
-__all__ = ["PARSERS", "HTTP1Protocol", "date_header_value", "resolve_parser", "status_line"]
+__all__ = [
+    "PARSERS",
+    "HTTP1Protocol",
+    "check_response_field",
+    "date_header_value",
+    "resolve_parser",
+    "status_line",
+]
 
 PARSERS: Final = ("auto", "h11", "httptools")
 
@@ -603,7 +610,7 @@ class HTTP1Protocol:
             return b""  # HTTP/1.0 clients don't understand 1xx (RFC 9110 §15.2)
         out = [status_line(status)]
         for name, value in headers:
-            _check_header(name, value)
+            check_response_field(name, value)
             out.append(b"%s: %s\r\n" % (name, value))
         out.append(b"\r\n")
         return b"".join(out)
@@ -645,7 +652,7 @@ class HTTP1Protocol:
         out = [status_line(status, reason)]
         append = out.append
         for name, value in headers:
-            kind = _check_header(name, value)
+            kind = check_response_field(name, value)
             if not kind:
                 append(b"%s: %s\r\n" % (name, value))
             elif kind == 1:  # content-length: re-emitted below once framing is decided
@@ -780,7 +787,7 @@ class HTTP1Protocol:
                 return b"0\r\n\r\n"
             out = [b"0\r\n"]
             for name, value in trailers:
-                _check_header(name, value)
+                check_response_field(name, value)
                 out.append(b"%s: %s\r\n" % (name, value))
             out.append(b"\r\n")
             return b"".join(out)
@@ -840,7 +847,7 @@ _CHECKED_HEADERS_MAX: Final = 4096  # emptied when full: a bound, not an LRU
 _CHECKED_FIELD_MAX: Final = 256  # longer fields (reflected cookies, tokens) are not remembered
 
 
-def _check_header(name: bytes, value: bytes) -> int:
+def check_response_field(name: bytes, value: bytes) -> int:
     """The field's kind in ``_SPECIAL_RESPONSE_FIELDS`` (0 for an ordinary field). Raises
     :class:`ResponseError` for an invalid response field name or value. Apps send the same few
     fields again and again, so fields found valid are remembered."""

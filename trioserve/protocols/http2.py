@@ -1,0 +1,654 @@
+"""HTTP/2 server protocol (RFC 9113, HPACK RFC 7541) over h2, sans-IO: bytes in, events out.
+
+h2 does the framing, HPACK, the stream state machine and flow-control accounting; this module
+wraps it with what a server needs and h2 leaves to its caller:
+
+- settings from :class:`~trioserve.config.Http2Limits`: concurrent streams, frame size, HPACK
+  table size, header list size, and the initial stream and connection windows (the connection
+  window is raised with a WINDOW_UPDATE right after the preface);
+- requests as :class:`StreamRequest` events carrying the same :class:`RequestHead` HTTP/1.1
+  produces (``http_version`` ``b"2"``): pseudo-header fields taken out, ``:authority`` as
+  ``host`` when the request has none, ``cookie`` crumbs joined (RFC 9113 §8.2.3);
+- checks h2 does not make (answered on that stream alone with :class:`StreamRefused`): the
+  header count and size limits (431), a ``:path`` that is not origin-form, ``*`` or visible
+  ASCII, an invalid ``content-length`` (400);
+- the response side: response fields validated like HTTP/1.1's, names lower-cased, the
+  connection-specific ones (``connection``, ``transfer-encoding`` …) dropped, ``date`` and
+  ``server`` added; bodies longer than their ``content-length`` refused; DATA frames cut to the
+  peer's frame size and window (:meth:`HTTP2Protocol.send_data` sends what the window allows
+  and returns how much);
+- flow control as backpressure: received DATA is not acknowledged until the application has
+  consumed it (:meth:`HTTP2Protocol.consumed`), so the peer can never have more than a window
+  of body in flight per stream and per connection;
+- graceful shutdown: :meth:`HTTP2Protocol.goaway` sends GOAWAY with the last stream id
+  processed while h2 stays open, so streams in flight finish; later streams are refused
+  (``REFUSED_STREAM``, safe for the client to retry).
+
+A connection error (invalid preface, frame size, window overflow, a frame on a closed stream,
+an endless header block …) raises :class:`~trioserve.protocols.events.ProtocolError` from
+:meth:`HTTP2Protocol.receive_data` after the GOAWAY with the right error code was queued: send
+:meth:`HTTP2Protocol.data_to_send` and close. Stream errors are answered with RST_STREAM and
+reported as :class:`StreamReset` only when they concern a stream the application has.
+
+No I/O and no Trio here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from .events import Headers, ProtocolError, RequestHead, ResponseError
+from .http1 import check_response_field, date_header_value
+
+__all__ = [
+    "PREFACE",
+    "ConnectionEnded",
+    "H2Event",
+    "HTTP2Protocol",
+    "StreamData",
+    "StreamEnded",
+    "StreamRefused",
+    "StreamRequest",
+    "StreamReset",
+    "WindowOpened",
+]
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+"""The client connection preface (RFC 9113 §3.4): how prior-knowledge HTTP/2 is recognised."""
+
+NO_ERROR: Final = 0
+PROTOCOL_ERROR: Final = 1
+INTERNAL_ERROR: Final = 2
+REFUSED_STREAM: Final = 7
+CANCEL: Final = 8
+
+# Fields that mean something only to a single HTTP/1.1 connection (RFC 9113 §8.2.2); an app's
+# response may carry them (WSGI apps often do), HTTP/2 must not.
+_CONNECTION_FIELDS: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+_PATH_RE: Final = re.compile(rb"/[\x21-\x7e]*")
+_DIGITS_RE: Final = re.compile(rb"[0-9]{1,18}")
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_STATUS_BYTES: Final = {s: b"%d" % s for s in range(100, 1000)}
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """A request opened stream ``stream_id``. ``end_stream``: it has no body."""
+
+    stream_id: int
+    head: RequestHead
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRefused:
+    """A request the protocol refused before the application: answer ``status`` with
+    ``message`` on this stream (the connection goes on). ``end_stream`` as for a request."""
+
+    stream_id: int
+    status: int
+    message: str
+    end_stream: bool
+    method: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData:
+    """Request body bytes. ``flow_length`` (the DATA frame's length with padding) is what to
+    pass to :meth:`HTTP2Protocol.consumed` once the application has taken them."""
+
+    stream_id: int
+    data: bytes
+    flow_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The request body is complete (END_STREAM), with its trailer fields if any."""
+
+    stream_id: int
+    trailers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    """The stream ended abnormally: the peer reset it (``remote``), or the protocol did for a
+    stream error. Its request is aborted; nothing more can be sent on it."""
+
+    stream_id: int
+    error_code: int
+    remote: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpened:
+    """The peer granted send window: on ``stream_id``, or on every stream (``0``: the
+    connection window, or a new initial window size)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEnded:
+    """The peer sent GOAWAY: no new streams will come. ``error_code`` 0 is a clean goodbye."""
+
+    error_code: int
+    last_stream_id: int
+
+
+H2Event = StreamRequest | StreamRefused | StreamData | StreamEnded | StreamReset | WindowOpened \
+    | ConnectionEnded
+
+
+class _Out:
+    """The send side of one stream's response."""
+
+    __slots__ = ("body_allowed", "content_length", "sent")
+
+    def __init__(self, body_allowed: bool, content_length: int | None) -> None:
+        self.body_allowed = body_allowed
+        self.content_length = content_length
+        self.sent = 0
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+class HTTP2Protocol:
+    """One HTTP/2 server connection's protocol state.
+
+    Start with :meth:`initiate` (prior knowledge or ALPN) or :meth:`initiate_upgrade` (h2c
+    ``Upgrade`` from HTTP/1.1), then feed :meth:`receive_data` and send
+    :meth:`data_to_send` after every call that may produce output.
+
+    Per stream: :meth:`send_headers` (after any :meth:`send_informational`), :meth:`send_data`
+    as the window allows, :meth:`end_stream` (optionally with trailers); or :meth:`reset`.
+    Response methods raise :class:`ResponseError` for a response that cannot be sent (invalid
+    field, body longer than its ``content-length``, a stream that is gone); the stream should
+    then be reset, the connection goes on.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_connection_window",
+        "_goaway_sent",
+        "_last_stream_id",
+        "_max_headers_count",
+        "_max_headers_size",
+        "_out",
+        "_outs",
+        "_server_header",
+        "_streams",
+        "closed",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_streams: int = 100,
+        header_table_size: int = 4096,
+        max_frame_size: int = 16384,
+        initial_stream_window_size: int = 768 * 1024,
+        initial_connection_window_size: int = 1024 * 1024,
+        max_request_headers_count: int = 100,
+        max_request_headers_total_size: int = 32768,
+        server_header: bytes | None = b"trioserve",
+    ) -> None:
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            normalize_inbound_headers=True,
+            # Response fields are validated and normalised here, once (see send_headers).
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config=config)
+        S = h2.settings.SettingCodes
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            S.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+            S.HEADER_TABLE_SIZE: header_table_size,
+            S.MAX_FRAME_SIZE: max_frame_size,
+            S.INITIAL_WINDOW_SIZE: initial_stream_window_size,
+            S.MAX_HEADER_LIST_SIZE: max_request_headers_total_size,
+            S.ENABLE_PUSH: 0,
+        })
+        conn.max_inbound_frame_size = max_frame_size
+        conn.decoder.max_allowed_table_size = header_table_size
+        # HPACK decoding itself stops (COMPRESSION_ERROR … a connection error) at twice the
+        # advertised list size; between the two the request gets a 431 on its stream.
+        conn.decoder.max_header_list_size = 2 * max_request_headers_total_size
+        self._conn = conn
+        self._connection_window = initial_connection_window_size
+        self._max_headers_count = max_request_headers_count
+        self._max_headers_size = max_request_headers_total_size
+        self._server_header = server_header
+        self._out = bytearray()
+        self._outs: dict[int, _Out] = {}
+        self._streams: set[int] = set()  # streams the caller has (request or refusal events)
+        self._last_stream_id: int | None = None  # set by a graceful GOAWAY
+        self._goaway_sent = False
+        self.closed = False  # a connection error or the peer's GOAWAY: no more streams
+
+    # ------------------------------------------------------------------ set-up
+
+    def initiate(self) -> None:
+        """Queue the server preface (SETTINGS) and the connection window increase."""
+        self._conn.initiate_connection()
+        self._open_connection_window()
+        self._pull()
+
+    def initiate_upgrade(self, settings_header: bytes, head: RequestHead) -> StreamRequest:
+        """h2c ``Upgrade`` (RFC 7540 §3.2): after the 101 response, queue the server preface;
+        the upgrade request becomes stream 1, its body already received. Raises
+        :class:`ProtocolError` for an invalid ``HTTP2-Settings`` value."""
+        try:
+            self._conn.initiate_upgrade_connection(settings_header)
+        except (h2.exceptions.ProtocolError, ValueError) as exc:
+            raise ProtocolError(f"invalid HTTP2-Settings header: {exc}") from None
+        self._open_connection_window()
+        self._pull()
+        self._streams.add(1)
+        fields = [(n, v) for n, v in head.headers
+                  if n not in _CONNECTION_FIELDS and n not in (b"http2-settings", b"te")]
+        return StreamRequest(1, RequestHead(
+            method=head.method, target=head.target, http_version=b"2", headers=fields,
+            keep_alive=True, expects_continue=False, content_length=head.content_length,
+            chunked=False), end_stream=True)
+
+    def _open_connection_window(self) -> None:
+        delta = self._connection_window - 65535
+        if delta > 0:
+            self._conn.increment_flow_control_window(delta)
+
+    # ------------------------------------------------------------------ receive side
+
+    def receive_data(self, data: bytes) -> list[H2Event]:
+        """Events for ``data`` from the peer. Raises :class:`ProtocolError` for a connection
+        error, with the GOAWAY already queued (send it, then close)."""
+        if self.closed:
+            return []
+        try:
+            h2_events = self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.closed = True
+            self._pull()
+            code = getattr(exc, "error_code", PROTOCOL_ERROR)
+            raise ProtocolError(f"HTTP/2 connection error {_code_name(code)}: {exc}") from None
+        events: list[H2Event] = []
+        for ev in h2_events:
+            if isinstance(ev, h2.events.RequestReceived):
+                self._request(ev, events)
+            elif isinstance(ev, h2.events.DataReceived):
+                if ev.stream_id in self._streams:
+                    events.append(StreamData(ev.stream_id, ev.data, ev.flow_controlled_length))
+                elif ev.flow_controlled_length:
+                    # A refused or reset stream's data: give the window straight back.
+                    self._conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                         ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                if ev.stream_id in self._streams:
+                    events.append(StreamEnded(ev.stream_id, []))
+            elif isinstance(ev, h2.events.TrailersReceived):
+                if ev.stream_id in self._streams:
+                    # StreamEnded follows (trailers always end the stream); keep the fields.
+                    events.append(StreamEnded(ev.stream_id, list(ev.headers)))
+            elif isinstance(ev, h2.events.StreamReset):
+                if self._forget(ev.stream_id):
+                    events.append(StreamReset(ev.stream_id, int(ev.error_code), ev.remote_reset))
+            elif isinstance(ev, h2.events.WindowUpdated):
+                events.append(WindowOpened(ev.stream_id or 0))
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
+                    events.append(WindowOpened(0))
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.closed = True
+                events.append(ConnectionEnded(int(ev.error_code or 0),
+                                              int(ev.last_stream_id or 0)))
+            # PING, SETTINGS acks, PRIORITY, unknown frames: h2 has answered what needs it.
+        # A StreamEnded for a stream whose trailers were reported is a duplicate.
+        if any(type(e) is StreamEnded and e.trailers for e in events):
+            seen: set[int] = set()
+            kept: list[H2Event] = []
+            for e in events:
+                if type(e) is StreamEnded:
+                    if e.stream_id in seen:
+                        continue
+                    seen.add(e.stream_id)
+                kept.append(e)
+            events = kept
+        self._pull()
+        return events
+
+    def _request(self, ev: h2.events.RequestReceived, events: list[H2Event]) -> None:
+        stream_id = ev.stream_id
+        end = ev.stream_ended is not None
+        if self._last_stream_id is not None and stream_id > self._last_stream_id:
+            # Opened after our GOAWAY: not processed, so the client may retry it elsewhere.
+            self._reset(stream_id, REFUSED_STREAM)
+            return
+        method = target = authority = b""
+        fields: Headers = []
+        cookies: list[bytes] = []
+        host: bytes | None = None
+        size = 0
+        content_length: int | None = None
+        bad: str | None = None
+        for name, value in ev.headers:
+            size += len(name) + len(value) + 32  # RFC 7541 §4.1's entry size
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    target = value
+                elif name == b":authority":
+                    authority = value
+                elif name == b":protocol":
+                    bad = "extended CONNECT (:protocol) is not supported"
+                continue
+            if name == b"cookie":
+                cookies.append(value)
+                continue
+            if name == b"host":
+                host = value
+            elif name == b"content-length":
+                if _DIGITS_RE.fullmatch(value) is None or (
+                        content_length is not None and int(value) != content_length):
+                    bad = f"invalid content-length {value!r}"
+                else:
+                    content_length = int(value)
+            fields.append((name, value))
+        if cookies:
+            fields.append((b"cookie", b"; ".join(cookies)))
+        if host is None and authority:
+            fields.insert(0, (b"host", authority))
+        status = 400
+        if len(fields) > self._max_headers_count:
+            status, bad = 431, (f"more than {self._max_headers_count} request header fields")
+        elif size > self._max_headers_size:
+            status, bad = 431, (f"request header fields larger than {self._max_headers_size} "
+                                "bytes")
+        elif bad is None:
+            if method == b"CONNECT":
+                target = authority
+            elif not (_PATH_RE.fullmatch(target) or (target == b"*" and method == b"OPTIONS")):
+                bad = f"invalid :path {target[:100]!r}"
+        if bad is not None:
+            events.append(StreamRefused(stream_id, status, bad, end, method))
+            return
+        expects_continue = False
+        for name, value in fields:
+            if name == b"expect" and value.lower() == b"100-continue":
+                expects_continue = True
+        head = RequestHead(method=method, target=target, http_version=b"2", headers=fields,
+                           keep_alive=True, expects_continue=expects_continue,
+                           content_length=content_length, chunked=False)
+        self._streams.add(stream_id)
+        events.append(StreamRequest(stream_id, head, end))
+
+    def consumed(self, stream_id: int, flow_length: int) -> None:
+        """The application took ``flow_length`` bytes of the stream's body: grant the peer
+        that much window again (h2 batches the WINDOW_UPDATE frames)."""
+        if flow_length and not self.closed:
+            self._conn.acknowledge_received_data(flow_length, stream_id)
+            self._pull()
+
+    # ------------------------------------------------------------------ send side
+
+    def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
+        """A 1xx response (103 Early Hints, 100 Continue) before the final one. Raises
+        :class:`ResponseError` for a status outside 100-199 (101 has no meaning in HTTP/2) or an
+        invalid field."""
+        if not 100 <= status <= 199 or status == 101:
+            raise ResponseError(f"{status} is not an informational status HTTP/2 can send")
+        fields = [(b":status", _STATUS_BYTES[status])]
+        for name, value in headers:
+            check_response_field(name, value)
+            name = name.lower()
+            if name not in _CONNECTION_FIELDS:
+                fields.append((name, value))
+        self._h2(self._conn.send_headers, stream_id, fields)
+
+    def send_headers(self, stream_id: int, status: int, headers: Headers, *, method: bytes,
+                     body_length: int | None = None) -> bool:
+        """Send the response head. ``body_length``: the whole body's size when already known
+        (it becomes ``content-length`` if the app gave none). Returns whether the stream ended
+        with the head (HEAD, 204, 304, or an empty known body) — then no DATA may follow.
+
+        Raises :class:`ResponseError` for a status outside 200-999, an invalid field or
+        conflicting ``content-length`` values."""
+        if isinstance(status, bool) or not 200 <= status <= 999:
+            raise ResponseError(f"invalid final status code {status!r}")
+        fields = [(b":status", _STATUS_BYTES[status])]
+        content_length: int | None = None
+        has_date = has_server = False
+        for name, value in headers:
+            kind = check_response_field(name, value)
+            if kind == 1:
+                value = value.strip()
+                if _DIGITS_RE.fullmatch(value) is None:
+                    raise ResponseError(f"invalid Content-Length {value!r}")
+                n = int(value)
+                if content_length is not None and n != content_length:
+                    raise ResponseError("conflicting Content-Length headers")
+                content_length = n
+                continue
+            if kind == 2 or kind == 3:  # transfer-encoding, connection
+                continue
+            if kind == 4:
+                has_date = True
+            elif kind == 5:
+                has_server = True
+            name = name.lower()
+            if name in _CONNECTION_FIELDS:
+                continue
+            fields.append((name, value))
+        if not has_date:
+            fields.append((b"date", date_header_value()))
+        if not has_server and self._server_header is not None:
+            fields.append((b"server", self._server_header))
+        is_head = method == b"HEAD"
+        body_allowed = not is_head and status not in _NO_BODY_STATUSES
+        if status not in _NO_BODY_STATUSES or (status == 304 and content_length is not None):
+            if content_length is None and body_length is not None and (
+                    not is_head or body_length > 0):
+                content_length = body_length
+            if content_length is not None:
+                fields.append((b"content-length", b"%d" % content_length))
+        end = not body_allowed or (body_length == 0 and content_length in (None, 0))
+        self._h2(self._conn.send_headers, stream_id, fields, end)
+        if not end:
+            self._outs[stream_id] = _Out(body_allowed, content_length)
+        else:
+            self._finished(stream_id)
+        return end
+
+    def send_window(self, stream_id: int) -> int:
+        """How many body bytes may be sent on the stream now (the smaller of its window and
+        the connection's; 0 for a stream that is gone)."""
+        try:
+            return int(self._conn.local_flow_control_window(stream_id))
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return 0
+
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False
+                  ) -> int:
+        """Send as much of ``data`` as the windows allow, in frames of the peer's maximum size;
+        returns how many bytes were taken (all of them, and the stream ended if
+        ``end_stream``, only when the return value is ``len(data)``). A HEAD response's
+        body is counted but not sent.
+
+        Raises :class:`ResponseError` past the declared ``content-length``, at an end before
+        it, or when the stream is gone."""
+        out = self._outs.get(stream_id)
+        if out is None:
+            raise ResponseError("the response on this stream is not open (not started, "
+                                "complete or reset)")
+        total = len(data)
+        if out.content_length is not None and out.sent + total > out.content_length:
+            raise ResponseError(f"response body longer than its Content-Length "
+                                f"({out.content_length})")
+        if not out.body_allowed:
+            out.sent += total
+            if end_stream:
+                self.end_stream(stream_id)
+            return total
+        conn = self._conn
+        taken = 0
+        view = memoryview(data)
+        frame = conn.max_outbound_frame_size
+        while taken < total:
+            n = min(total - taken, frame, self.send_window(stream_id))
+            if n <= 0:
+                break
+            last = end_stream and taken + n == total
+            if last:
+                self._check_complete(out, out.sent + n)
+            self._h2(conn.send_data, stream_id, view[taken:taken + n], last)
+            taken += n
+            out.sent += n
+        if taken == total and end_stream:
+            if total == 0:
+                self.end_stream(stream_id)
+            else:
+                self._finished(stream_id)
+        return taken
+
+    def end_stream(self, stream_id: int, trailers: Headers | None = None) -> None:
+        """End the response, with ``trailers`` (a HEADERS frame) if given. Raises
+        :class:`ResponseError` when fewer body bytes were sent than the ``content-length``
+        said, for an invalid trailer field, or when the stream is gone."""
+        out = self._outs.get(stream_id)
+        if out is None:
+            raise ResponseError("the response on this stream is not open")
+        self._check_complete(out, out.sent)
+        if trailers and out.body_allowed:
+            fields = []
+            for name, value in trailers:
+                check_response_field(name, value)
+                name = name.lower()
+                if name not in _CONNECTION_FIELDS and name != b"content-length":
+                    fields.append((name, value))
+            self._h2(self._conn.send_headers, stream_id, fields, True)
+        else:
+            self._h2(self._conn.end_stream, stream_id)
+        self._finished(stream_id)
+
+    @staticmethod
+    def _check_complete(out: _Out, sent: int) -> None:
+        if out.content_length is not None and out.body_allowed and sent < out.content_length:
+            raise ResponseError(f"response body shorter ({sent} bytes) than its "
+                                f"Content-Length ({out.content_length})")
+
+    def reset(self, stream_id: int, error_code: int = INTERNAL_ERROR) -> None:
+        """Reset the stream (RST_STREAM): a response cut short, or a request body no longer
+        wanted (``NO_ERROR`` after a complete response, RFC 9113 §8.1). Nothing if it is
+        already closed."""
+        self._forget(stream_id)
+        self._reset(stream_id, error_code)
+
+    def _reset(self, stream_id: int, error_code: int) -> None:
+        try:
+            self._conn.reset_stream(stream_id, error_code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+        self._pull()
+
+    def stream_finished(self, stream_id: int) -> None:
+        """The caller is done with the stream (its response ended or it was reset)."""
+        self._forget(stream_id)
+
+    def goaway(self, error_code: int = NO_ERROR, message: str = "") -> None:
+        """Send GOAWAY. ``NO_ERROR`` is the graceful one: it names the last stream that will be
+        processed, later streams are refused, streams in flight go on. Another code ends the
+        connection (h2 then refuses everything; close after sending)."""
+        if error_code != NO_ERROR:
+            if not self.closed:
+                self.closed = True
+                try:
+                    self._conn.close_connection(error_code, message.encode() or None)
+                except h2.exceptions.ProtocolError:
+                    pass
+                self._pull()
+            return
+        if self._goaway_sent or self.closed:
+            return
+        self._goaway_sent = True
+        last = int(self._conn.highest_inbound_stream_id)
+        self._last_stream_id = last
+        # Written directly: h2's close_connection() would stop it processing the streams that
+        # are still open.
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last
+        frame.error_code = NO_ERROR
+        frame.additional_data = message.encode()
+        self._pull()
+        self._out += frame.serialize()
+
+    @property
+    def open_streams(self) -> int:
+        """Streams the caller still has (a request or refusal reported, not yet finished)."""
+        return len(self._streams)
+
+    @property
+    def goaway_sent(self) -> bool:
+        return self._goaway_sent or self.closed
+
+    # ------------------------------------------------------------------ output
+
+    def data_to_send(self) -> bytes:
+        """The bytes to write to the peer (and forget)."""
+        self._pull()
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued for the peer and not yet taken by :meth:`data_to_send`."""
+        return len(self._out) + len(self._conn._data_to_send)
+
+    def _pull(self) -> None:
+        data = self._conn.data_to_send()
+        if data:
+            self._out += data
+
+    def _h2(self, fn: object, *args: object) -> None:
+        try:
+            fn(*args)  # type: ignore[operator]
+        except h2.exceptions.StreamClosedError as exc:
+            self._forget(args[0])  # type: ignore[arg-type]
+            raise ResponseError(f"the stream was closed: {exc}") from None
+        except (h2.exceptions.ProtocolError, KeyError) as exc:
+            raise ResponseError(f"cannot send on this stream: {exc!r}") from None
+
+    def _finished(self, stream_id: int) -> None:
+        self._outs.pop(stream_id, None)
+
+    def _forget(self, stream_id: int) -> bool:
+        self._outs.pop(stream_id, None)
+        if stream_id in self._streams:
+            self._streams.discard(stream_id)
+            return True
+        return False
+
+
+def _code_name(code: int) -> str:
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"0x{code:x}"
