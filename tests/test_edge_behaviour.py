@@ -381,9 +381,13 @@ SMUGGLING: dict[str, Smuggle] = {
                                  b"Content-Length: 3\r\n\r\nabc", "POST", "/", b"abc"),
     "expect-continue": _served(POST + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
                                "POST", "/", b"abc"),
-    "ignored-upgrade": _served(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, "
-                               b"HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
-                               b"\r\n", "GET", "/", b""),
+    # an Upgrade the app does not take is an ordinary request (h2c is taken: test_http2_*)
+    "ignored-upgrade": _served(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                               b"Upgrade: foo/2\r\n\r\n", "GET", "/", b""),
+    # h2c Upgrade without HTTP2-Settings in Connection is not an h2c upgrade (RFC 7540 §3.2.1)
+    "h2c-upgrade-incomplete": _served(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                                      b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n\r\n",
+                                      "GET", "/", b""),
     # Content_Length is not Content-Length: no body, so "abc" starts the next request line
     "cl-with-underscore": Smuggle(POST + b"Content_Length: 3\r\n\r\nabc", [200, 200],
                                   [("POST", "/", b""), ("abcGET", "/smuggled", b"")]),

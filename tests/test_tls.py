@@ -271,14 +271,14 @@ async def test_features_app_sees_tls_feature_and_https_addresses(
         async with https_server(app, certs.tls(), asgi=False) as srv:
             async with client(certs, srv.url) as c:
                 assert (await c.get("/")).status_code == 200
-            # A client offering h2 first still gets HTTP/1.1 (ALPN offers only http/1.1).
+            # A client offering h2 first gets HTTP/2 (ALPN offers h2, then http/1.1).
             async with client(certs, srv.url, http2=True) as c:
                 r = await c.get("/")
-                assert (r.status_code, r.http_version) == (200, "HTTP/1.1")
+                assert (r.status_code, r.http_version) == (200, "HTTP/2")
     assert srv.addresses == [srv.url]
+    assert [tls.alpn_protocol for tls, _, _ in seen] == ["http/1.1", "h2"]
     for tls, addresses, scheme in seen:
         assert isinstance(tls, TlsFeature)
-        assert tls.alpn_protocol == "http/1.1"
         assert tls.version == "TLSv1.3"
         assert tls.tls_version == 0x0304
         assert isinstance(tls.cipher, str) and tls.cipher.startswith("TLS_")
@@ -783,7 +783,7 @@ async def test_curl_https_and_client_certificates(certs: Certs) -> None:
             r = await run_curl("--cacert", str(certs.ca_pem), "-w", " %{http_version}",
                                f"{srv.url}/")
             assert r.returncode == 0, r.stderr
-            assert r.stdout == b"ok 1.1"  # curl offers h2 too; ALPN settles on http/1.1
+            assert r.stdout == b"ok 2"  # curl offers h2 first; ALPN settles on it
             r = await run_curl("--cacert", str(certs.ca_pem),
                                f"https://localhost:{srv.port}/")
             assert (r.returncode, r.stdout) == (0, b"ok"), r.stderr

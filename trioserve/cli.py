@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
-from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts, Tls
+from .config import Bind, Config, ConfigError, Http2Limits, Limits, MinDataRate, Timeouts, Tls
 from .features import Application, LifespanFailure
 from .listeners import ListenError
 from .logs import setup_cli_logging
@@ -137,6 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP/1.1 request parser (default auto: httptools when installed, "
                         "pip install 'trioserve[fast]', else h11); both accept and refuse the "
                         "same requests")
+    g.add_argument("--http2", dest="http2", action="store_true", default=d.http2,
+                   help="serve HTTP/2 too (default on): ALPN h2 over TLS; prior knowledge and "
+                        "Upgrade: h2c on plain listeners")
+    g.add_argument("--no-http2", dest="http2", action="store_false",
+                   help="serve HTTP/1.1 only")
+    h2l = Http2Limits()
+    g = p.add_argument_group("HTTP/2 limits (Kestrel's defaults)")
+    g.add_argument("--h2-max-streams", type=_positive_int,
+                   default=h2l.max_streams_per_connection, metavar="N",
+                   help=f"concurrent streams per connection (default "
+                        f"{h2l.max_streams_per_connection})")
+    g.add_argument("--h2-max-frame-size", type=_positive_int, default=h2l.max_frame_size,
+                   metavar="BYTES",
+                   help=f"largest frame accepted, 16384-16777215 (default {h2l.max_frame_size})")
+    g.add_argument("--h2-header-table-size", type=_non_negative_int,
+                   default=h2l.header_table_size, metavar="BYTES",
+                   help=f"HPACK dynamic table size (default {h2l.header_table_size})")
+    g.add_argument("--h2-stream-window", type=_positive_int,
+                   default=h2l.initial_stream_window_size, metavar="BYTES",
+                   help=f"request body bytes in flight per stream before the app reads them "
+                        f"(default {h2l.initial_stream_window_size})")
+    g.add_argument("--h2-connection-window", type=_positive_int,
+                   default=h2l.initial_connection_window_size, metavar="BYTES",
+                   help=f"the same for all streams of a connection (default "
+                        f"{h2l.initial_connection_window_size})")
     g = p.add_argument_group("logging and headers")
     g.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                    help="log level (default info)")
@@ -207,6 +232,13 @@ def build_config(args: argparse.Namespace) -> Config:
                                     if args.min_body_rate > 0 else None),
         min_response_data_rate=(MinDataRate(args.min_response_rate)
                                 if args.min_response_rate > 0 else None),
+        http2=Http2Limits(
+            max_streams_per_connection=args.h2_max_streams,
+            header_table_size=args.h2_header_table_size,
+            max_frame_size=args.h2_max_frame_size,
+            initial_stream_window_size=args.h2_stream_window,
+            initial_connection_window_size=args.h2_connection_window,
+        ),
     )
     tls: Tls | None = None
     tls_flags = [f for f in ("keyfile", "keyfile_password", "ca_certs", "ciphers")
@@ -221,7 +253,7 @@ def build_config(args: argparse.Namespace) -> Config:
                   handshake_timeout=(args.tls_handshake_timeout
                                      if args.tls_handshake_timeout is not None
                                      else Tls("x").handshake_timeout))
-        server_context(tls)  # read the files now: a bad one is a configuration error
+        server_context(tls, http2=args.http2)  # read the files now: a bad one is a configuration error
     elif tls_flags or args.client_cert != "none" or args.tls_handshake_timeout is not None:
         if args.tls_handshake_timeout is not None:
             tls_flags.append("tls_handshake_timeout")
@@ -240,6 +272,7 @@ def build_config(args: argparse.Namespace) -> Config:
         backlog=args.backlog,
         http_parser=args.http,
         tls=tls,
+        http2=args.http2,
     )
 
 
