@@ -253,7 +253,8 @@ def build_config(args: argparse.Namespace) -> Config:
                   handshake_timeout=(args.tls_handshake_timeout
                                      if args.tls_handshake_timeout is not None
                                      else Tls("x").handshake_timeout))
-        server_context(tls, http2=args.http2)  # read the files now: a bad one is a configuration error
+        # read the files now: a bad one is a configuration error
+        server_context(tls, http2=args.http2)
     elif tls_flags or args.client_cert != "none" or args.tls_handshake_timeout is not None:
         if args.tls_handshake_timeout is not None:
             tls_flags.append("tls_handshake_timeout")

@@ -1234,7 +1234,8 @@ class _H2Connection:
     def _open(self, stream_id: int, head: RequestHead, end_stream: bool) -> H2Stream:
         stream = H2Stream(self, stream_id, head, end_stream, self.max_body_size)
         self.streams[stream_id] = stream
-        self.timer.deadline = math.inf
+        if self.timer.deadline != math.inf:  # (the setter is not cheap)
+            self.timer.deadline = math.inf
         assert self._nursery is not None
         self._nursery.start_soon(self._stream_task, stream)
         return stream
@@ -1247,7 +1248,8 @@ class _H2Connection:
                            chunked=False)
         stream = H2Stream(self, ev.stream_id, head, ev.end_stream, 0)
         self.streams[ev.stream_id] = stream
-        self.timer.deadline = math.inf
+        if self.timer.deadline != math.inf:
+            self.timer.deadline = math.inf
         assert self._nursery is not None
         self._nursery.start_soon(self._refuse_task, stream, ev.status, ev.message)
 
