@@ -35,6 +35,7 @@ No I/O and no Trio here.
 
 from __future__ import annotations
 
+import collections
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -283,6 +284,16 @@ class HTTP2Protocol:
             chunked=False), end_stream=True)
 
     def _open_connection_window(self) -> None:
+        """After the server's SETTINGS are queued: raise the connection window, and keep the
+        protocol's 65535-byte stream window in force until the client acknowledges a smaller
+        one (RFC 9113 §6.5.3: a setting applies once acknowledged; h2 applies a connection's
+        initial settings at once, and would call a client that sent 65535 bytes before seeing
+        ours a flow-control violator)."""
+        S = h2.settings.SettingCodes
+        settings = self._conn.local_settings
+        window = settings.initial_window_size
+        if window < 65535:
+            settings._settings[S.INITIAL_WINDOW_SIZE] = collections.deque([65535, window])
         delta = self._connection_window - 65535
         if delta > 0:
             self._conn.increment_flow_control_window(delta)
