@@ -46,6 +46,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.exceptions
+import hyperframe.exceptions
 from hyperframe.frame import GoAwayFrame
 
 from .events import Headers, ProtocolError, RequestHead, ResponseError
@@ -70,8 +72,10 @@ PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 NO_ERROR: Final = 0
 PROTOCOL_ERROR: Final = 1
 INTERNAL_ERROR: Final = 2
+FRAME_SIZE_ERROR: Final = 6
 REFUSED_STREAM: Final = 7
 CANCEL: Final = 8
+COMPRESSION_ERROR: Final = 9
 
 # Fields that mean something only to a single HTTP/1.1 connection (RFC 9113 §8.2.2); an app's
 # response may carry them (WSGI apps often do), HTTP/2 must not.
@@ -80,6 +84,12 @@ _CONNECTION_FIELDS: Final = frozenset(
 _PATH_RE: Final = re.compile(rb"/[\x21-\x7e]*")
 _DIGITS_RE: Final = re.compile(rb"[0-9]{1,18}")
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_METHOD_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token
+_SCHEME_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*")
+# uri-host [":" port] (RFC 3986 §3.2.2), no userinfo (RFC 9113 §8.3.1)
+_AUTHORITY_RE: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+_NUL_CR_LF_RE: Final = re.compile(rb"[\x00\r\n]")
 _FIELD_NAME_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a token, lower case
 _BAD_VALUE_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
 # Request fields found valid (exact pairs up to _VALID_FIELD_MAX bytes): clients send the same
@@ -197,6 +207,7 @@ class HTTP2Protocol:
         "_last_stream_id",
         "_max_headers_count",
         "_max_headers_size",
+        "_opening",
         "_out",
         "_outs",
         "_server_header",
@@ -240,7 +251,8 @@ class HTTP2Protocol:
             S.ENABLE_PUSH: 0,
         })
         conn.max_inbound_frame_size = max_frame_size
-        conn.decoder.max_allowed_table_size = header_table_size
+        if header_table_size > 4096:
+            conn.decoder.max_allowed_table_size = header_table_size
         # HPACK decoding itself stops (COMPRESSION_ERROR … a connection error) at twice the
         # advertised list size; between the two the request gets a 431 on its stream.
         conn.decoder.max_header_list_size = 2 * max_request_headers_total_size
@@ -256,11 +268,13 @@ class HTTP2Protocol:
         self._goaway_sent = False
         self.closed = False  # a connection error or the peer's GOAWAY: no more streams
         self.malformed = 0  # malformed requests and trailers answered with RST_STREAM
+        self._opening: bytearray | None = None  # the client's first bytes, until checked
 
     # ------------------------------------------------------------------ set-up
 
     def initiate(self) -> None:
         """Queue the server preface (SETTINGS) and the connection window increase."""
+        self._opening = bytearray()
         self._conn.initiate_connection()
         self._open_connection_window()
         self._pull()
@@ -269,9 +283,11 @@ class HTTP2Protocol:
         """h2c ``Upgrade`` (RFC 7540 §3.2): after the 101 response, queue the server preface;
         the upgrade request becomes stream 1, its body already received. Raises
         :class:`ProtocolError` for an invalid ``HTTP2-Settings`` value."""
+        self._opening = bytearray()
         try:
             self._conn.initiate_upgrade_connection(settings_header)
-        except (h2.exceptions.ProtocolError, ValueError) as exc:
+        except (h2.exceptions.ProtocolError, hyperframe.exceptions.HyperframeError,
+                ValueError) as exc:
             raise ProtocolError(f"invalid HTTP2-Settings header: {exc}") from None
         self._open_connection_window()
         self._pull()
@@ -294,6 +310,9 @@ class HTTP2Protocol:
         window = settings.initial_window_size
         if window < 65535:
             settings._settings[S.INITIAL_WINDOW_SIZE] = collections.deque([65535, window])
+        table = settings.header_table_size
+        if table < 4096:  # the same for a smaller HPACK table (h2 shrinks the decoder's on ACK)
+            settings._settings[S.HEADER_TABLE_SIZE] = collections.deque([4096, table])
         delta = self._connection_window - 65535
         if delta > 0:
             self._conn.increment_flow_control_window(delta)
@@ -305,12 +324,23 @@ class HTTP2Protocol:
         error, with the GOAWAY already queued (send it, then close)."""
         if self.closed:
             return []
+        if self._opening is not None:
+            self._check_opening(data)
         try:
             h2_events = self._conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             self.closed = True
             self._pull()
-            code = getattr(exc, "error_code", PROTOCOL_ERROR)
+            code = int(getattr(exc, "error_code", PROTOCOL_ERROR))
+            cause = exc.__cause__
+            # h2 says PROTOCOL_ERROR where RFC 9113 names another code: a header block that
+            # does not decode (§4.3) and a SETTINGS ACK with a payload (§6.5).
+            if isinstance(cause, hpack.exceptions.HPACKError) and not isinstance(
+                    cause, hpack.exceptions.OversizedHeaderListError):
+                code = self._set_goaway_code(COMPRESSION_ERROR)
+            elif isinstance(cause, hyperframe.exceptions.InvalidDataError) \
+                    and "ack" in str(cause).lower():
+                code = self._set_goaway_code(FRAME_SIZE_ERROR)
             raise ProtocolError(f"HTTP/2 connection error {_code_name(code)}: {exc}") from None
         events: list[H2Event] = []
         for ev in h2_events:
@@ -413,6 +443,18 @@ class HTTP2Protocol:
         if malformed is None:
             if method is None:
                 malformed = "no :method"
+            elif _METHOD_RE.fullmatch(method) is None:
+                malformed = f"invalid :method {method[:100]!r}"
+            elif scheme is not None and _SCHEME_RE.fullmatch(scheme) is None:
+                malformed = f"invalid :scheme {scheme[:100]!r}"
+            elif authority is not None and _AUTHORITY_RE.fullmatch(authority) is None:
+                malformed = f"invalid :authority {authority[:100]!r}"
+            elif host is not None and _AUTHORITY_RE.fullmatch(host) is None:
+                malformed = f"invalid host {host[:100]!r}"
+            elif end and content_length:
+                malformed = "content-length without a body (RFC 9113 §8.1.1)"
+            elif target is not None and _NUL_CR_LF_RE.search(target) is not None:
+                malformed = "NUL, CR or LF in :path (RFC 9113 §8.2.1)"
             elif method == b"CONNECT" and bad is None:
                 if authority is None or scheme is not None or target is not None:
                     malformed = "CONNECT needs :authority and no :scheme or :path"
@@ -468,6 +510,32 @@ class HTTP2Protocol:
             fields.append((name, value))
         # StreamEnded follows (trailers always end the stream); keep the fields.
         events.append(StreamEnded(ev.stream_id, fields))
+
+    def _check_opening(self, data: bytes) -> None:
+        """RFC 9113 §3.4: the preface must be followed by a SETTINGS frame (h2 accepts any
+        frame). Raises :class:`ProtocolError` with GOAWAY PROTOCOL_ERROR queued."""
+        assert self._opening is not None
+        self._opening += data
+        need = len(PREFACE) + 9
+        if len(self._opening) < need:
+            return
+        head = self._opening[len(PREFACE):need]
+        self._opening = None
+        if head[3] != 0x4 or head[4] & 0x1:  # type SETTINGS, not an ACK
+            self.closed = True
+            self._conn.close_connection(PROTOCOL_ERROR, b"the preface must be followed by "
+                                        b"SETTINGS")
+            self._pull()
+            raise ProtocolError("HTTP/2 connection error PROTOCOL_ERROR: the preface was not "
+                                "followed by a SETTINGS frame")
+
+    def _set_goaway_code(self, code: int) -> int:
+        """Change the error code of the GOAWAY h2 just queued (the last frame out)."""
+        out = self._out
+        if len(out) >= 17 and out[-17:-14] == b"\x00\x00\x08" and out[-14] == 0x7:
+            out[-4:] = code.to_bytes(4, "big")
+            return code
+        return PROTOCOL_ERROR
 
     def consumed(self, stream_id: int, flow_length: int) -> None:
         """The application took ``flow_length`` bytes of the stream's body: grant the peer
