@@ -68,8 +68,9 @@ class Http2Limits:
     """HTTP/2 settings and limits (Kestrel's ``Http2Limits`` defaults), sent to every client in
     the server's SETTINGS frame and enforced by the protocol.
 
-    - ``max_streams_per_connection``: ``SETTINGS_MAX_CONCURRENT_STREAMS``; a client opening
-      more at once gets a connection error (``PROTOCOL_ERROR``).
+    - ``max_streams_per_connection``: ``SETTINGS_MAX_CONCURRENT_STREAMS``; a stream over it
+      is refused (``RST_STREAM REFUSED_STREAM``, safe to retry), and a client opening twice as
+      many at once gets a connection error (``PROTOCOL_ERROR``).
     - ``header_table_size``: ``SETTINGS_HEADER_TABLE_SIZE``, the HPACK dynamic table the client
       may use (bytes; 0 disables it).
     - ``max_frame_size``: ``SETTINGS_MAX_FRAME_SIZE``, the largest frame payload accepted

@@ -89,6 +89,7 @@ class H2Stream:
         "response",
         "start_time",
         "stream_id",
+        "window_waited",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, head: RequestHead, end_stream: bool,
@@ -101,6 +102,7 @@ class H2Stream:
         self.rejected = False
         self._done: trio.Event | None = None
         self._window: trio.Event | None = None
+        self.window_waited = 0.0  # seconds spent waiting for the peer's window
         self.request = req = H2Request(self)
         self.body = body = H2RequestBody(self, max_body_size, end_stream)
         self.response = resp = H2Response(self)
@@ -188,19 +190,28 @@ class H2Stream:
             if n == len(view):
                 return
             view = view[n:]
-            await self._wait_window(len(view))
+            await self._wait_window()
 
-    async def _wait_window(self, remaining: int) -> None:
+    async def _wait_window(self) -> None:
+        """Wait until the peer grants window. The minimum response data rate bounds the time
+        spent waiting over the whole response (not per wait, which a client granting one byte
+        at a time would defeat): the grace period plus the body bytes sent so far at the
+        minimum rate. Past it the stream is reset (``CANCEL``)."""
         if self.conn.proto.send_window(self.stream_id) > 0:
             return
         rate = self.conn.response_rate
-        deadline = (trio.current_time() + rate.grace_period + remaining / rate.bytes_per_second
-                    if rate is not None else float("inf"))
-        with trio.CancelScope(deadline=deadline) as scope:
+        if rate is None:
+            budget = float("inf")
+        else:
+            allowed = rate.grace_period + self.response.bytes_sent / rate.bytes_per_second
+            budget = max(allowed - self.window_waited, 0.0)
+        started = trio.current_time()
+        with trio.move_on_after(budget) as scope:
             while not self.aborted and self.conn.proto.send_window(self.stream_id) <= 0:
                 if self._window is None:
                     self._window = trio.Event()
                 await self._window.wait()
+        self.window_waited += trio.current_time() - started
         if scope.cancelled_caught:
             self.response.mark_done()
             self.reset(CANCEL)

@@ -1036,6 +1036,9 @@ class _H2Connection:
         self.closing = False  # GOAWAY sent or received: close once the streams are done
         self.broken = False  # the connection failed: nothing more can be sent
         self.writer_done = False
+        self.failed = False  # a connection error (GOAWAY queued): close without waiting
+        self.closed = False
+        self._writer_exited = trio.Event()
         self._wake = trio.Event()
         self._drained: trio.Event | None = None
         self._no_streams: trio.Event | None = None
@@ -1082,6 +1085,15 @@ class _H2Connection:
                     if not self.broken:
                         self.proto.goaway()
                     self.kick()
+                    if self.failed:
+                        # A connection error: send the GOAWAY and close now (RFC 9113 §5.4.1),
+                        # without waiting for the applications of the aborted streams.
+                        self.writer_done = True
+                        with trio.move_on_after(CLOSE_TIMEOUT):
+                            await self._writer_exited.wait()
+                        with trio.CancelScope(shield=True) as cleanup:
+                            cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT
+                            await self._close()
                     while self.streams:
                         self._no_streams = trio.Event()
                         await self._no_streams.wait()
@@ -1094,6 +1106,9 @@ class _H2Connection:
                 await self._close()
 
     async def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         io = self.io
         graceful = False
         try:
@@ -1112,6 +1127,12 @@ class _H2Connection:
             await io.aclose(graceful)
 
     async def _writer(self) -> None:
+        try:
+            await self._write_loop()
+        finally:
+            self._writer_exited.set()
+
+    async def _write_loop(self) -> None:
         proto = self.proto
         io = self.io
         while True:
@@ -1192,6 +1213,7 @@ class _H2Connection:
             events = proto.receive_data(data)
         except ProtocolError as exc:
             log.debug("HTTP/2 connection error from %s: %s", self.peer_text, exc.message)
+            self.failed = True
             self.kick()  # the GOAWAY
             return False
         streams = self.streams
@@ -1223,11 +1245,12 @@ class _H2Connection:
             elif isinstance(ev, StreamRefused):
                 self._refuse(ev)
             elif isinstance(ev, ConnectionEnded):
-                # h2 accepts no further frame either way; streams in flight cannot finish.
                 log.debug("HTTP/2 client %s sent GOAWAY (error code %d)", self.peer_text,
                           ev.error_code)
-                self.kick()
-                return False
+                if ev.error_code != NO_ERROR or not streams:
+                    self.kick()
+                    return False
+                self.closing = True  # the streams in flight finish, then the connection closes
         self.kick()
         return True
 

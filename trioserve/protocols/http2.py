@@ -9,9 +9,17 @@ wraps it with what a server needs and h2 leaves to its caller:
 - requests as :class:`StreamRequest` events carrying the same :class:`RequestHead` HTTP/1.1
   produces (``http_version`` ``b"2"``): pseudo-header fields taken out, ``:authority`` as
   ``host`` when the request has none, ``cookie`` crumbs joined (RFC 9113 §8.2.3);
-- checks h2 does not make (answered on that stream alone with :class:`StreamRefused`): the
-  header count and size limits (431), a ``:path`` that is not origin-form, ``*`` or visible
-  ASCII, an invalid ``content-length`` (400);
+- the request fields validated in one pass (h2's own inbound validation is off): a malformed
+  request (RFC 9113 §8.1.1, §8.2, §8.3: bad names or values, connection-specific fields,
+  pseudo-header faults, ``host`` differing from ``:authority``, a ``content-length`` with no
+  body) is a stream error, RST_STREAM ``PROTOCOL_ERROR``; a ``content-length`` that is not
+  digits is refused by h2 first, as a connection error;
+- checks answered on that stream alone with :class:`StreamRefused`: the header count and size
+  limits (431), a ``:path`` that is not origin-form, ``*`` or visible ASCII (400);
+- ``SETTINGS_MAX_CONCURRENT_STREAMS``: a stream over it gets ``REFUSED_STREAM`` (h2 ends the
+  connection only at twice the limit); settings that shrink what the client may send (a stream
+  window below 65535, an HPACK table below 4096) apply once acknowledged (RFC 9113 §6.5.3);
+- an oversize frame is refused as soon as its header arrives (h2 would buffer it first);
 - the response side: response fields validated like HTTP/1.1's, names lower-cased, the
   connection-specific ones (``connection``, ``transfer-encoding`` …) dropped, ``date`` and
   ``server`` added; bodies longer than their ``content-length`` refused; DATA frames cut to the
@@ -162,7 +170,9 @@ class WindowOpened:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionEnded:
-    """The peer sent GOAWAY: no new streams will come. ``error_code`` 0 is a clean goodbye."""
+    """The peer sent GOAWAY: no new streams will come. ``error_code`` 0 is a clean goodbye:
+    the streams in flight may still complete (then close once they are done); with another
+    code nothing more can be sent."""
 
     error_code: int
     last_stream_id: int
@@ -207,6 +217,7 @@ class HTTP2Protocol:
         "_last_stream_id",
         "_max_headers_count",
         "_max_headers_size",
+        "_max_streams",
         "_opening",
         "_out",
         "_outs",
@@ -214,6 +225,7 @@ class HTTP2Protocol:
         "_streams",
         "closed",
         "malformed",
+        "refused",
     )
 
     def __init__(
@@ -259,6 +271,7 @@ class HTTP2Protocol:
         self._conn = conn
         self._connection_window = initial_connection_window_size
         self._max_headers_count = max_request_headers_count
+        self._max_streams = max_concurrent_streams
         self._max_headers_size = max_request_headers_total_size
         self._server_header = server_header
         self._out = bytearray()
@@ -268,6 +281,7 @@ class HTTP2Protocol:
         self._goaway_sent = False
         self.closed = False  # a connection error or the peer's GOAWAY: no more streams
         self.malformed = 0  # malformed requests and trailers answered with RST_STREAM
+        self.refused = 0  # streams refused over the concurrency limit
         self._opening: bytearray | None = None  # the client's first bytes, until checked
 
     # ------------------------------------------------------------------ set-up
@@ -310,6 +324,9 @@ class HTTP2Protocol:
         window = settings.initial_window_size
         if window < 65535:
             settings._settings[S.INITIAL_WINDOW_SIZE] = collections.deque([65535, window])
+        # Advertised: max_streams; h2's own (connection-ending) check only at twice that, so
+        # that the stream over the limit gets REFUSED_STREAM here instead.
+        settings._settings[S.MAX_CONCURRENT_STREAMS] = collections.deque([2 * self._max_streams])
         table = settings.header_table_size
         if table < 4096:  # the same for a smaller HPACK table (h2 shrinks the decoder's on ACK)
             settings._settings[S.HEADER_TABLE_SIZE] = collections.deque([4096, table])
@@ -328,6 +345,7 @@ class HTTP2Protocol:
             self._check_opening(data)
         try:
             h2_events = self._conn.receive_data(data)
+            self._check_partial_frame()
         except h2.exceptions.ProtocolError as exc:
             self.closed = True
             self._pull()
@@ -368,9 +386,19 @@ class HTTP2Protocol:
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     events.append(WindowOpened(0))
             elif isinstance(ev, h2.events.ConnectionTerminated):
-                self.closed = True
-                events.append(ConnectionEnded(int(ev.error_code or 0),
-                                              int(ev.last_stream_id or 0)))
+                code = int(ev.error_code or 0)
+                if code == NO_ERROR and self._streams:
+                    # RFC 9113 §6.8: the client's own streams in flight may still complete
+                    # (its GOAWAY names our streams, and we open none). h2 would refuse every
+                    # frame from now on, WINDOW_UPDATEs included; keep it open and refuse new
+                    # streams here instead.
+                    self._conn.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+                    if self._last_stream_id is None:
+                        self._last_stream_id = int(self._conn.highest_inbound_stream_id)
+                    self._goaway_sent = True  # nothing new will be processed: no GOAWAY needed
+                else:
+                    self.closed = True
+                events.append(ConnectionEnded(code, int(ev.last_stream_id or 0)))
             # PING, SETTINGS acks, PRIORITY, unknown frames: h2 has answered what needs it.
         # A StreamEnded for a stream whose trailers were reported is a duplicate.
         if any(type(e) is StreamEnded and e.trailers for e in events):
@@ -392,6 +420,12 @@ class HTTP2Protocol:
         if self._last_stream_id is not None and stream_id > self._last_stream_id:
             # Opened after our GOAWAY: not processed, so the client may retry it elsewhere.
             self._reset(stream_id, REFUSED_STREAM)
+            return
+        if len(self._streams) >= self._max_streams:
+            # Over SETTINGS_MAX_CONCURRENT_STREAMS: a stream error (RFC 9113 §5.1.2) the client
+            # may retry. (h2 itself stops the connection only at twice the limit.)
+            self._reset(stream_id, REFUSED_STREAM)
+            self.refused += 1
             return
         method = target = authority = scheme = None
         fields: Headers = []
@@ -528,6 +562,20 @@ class HTTP2Protocol:
             self._pull()
             raise ProtocolError("HTTP/2 connection error PROTOCOL_ERROR: the preface was not "
                                 "followed by a SETTINGS frame")
+
+    def _check_partial_frame(self) -> None:
+        """Refuse an oversize frame as soon as its header arrives (h2 checks the length only
+        once the whole frame is buffered: up to 16 MiB per connection). Queues GOAWAY
+        FRAME_SIZE_ERROR and raises h2's ``FrameTooLargeError``."""
+        buffer = self._conn.incoming_buffer
+        pending = buffer._data
+        if len(pending) >= 9 and not buffer._preamble_len:
+            length = int.from_bytes(pending[:3], "big")
+            if length > self._conn.max_inbound_frame_size:
+                self._conn.close_connection(FRAME_SIZE_ERROR)
+                raise h2.exceptions.FrameTooLargeError(
+                    f"frame of {length} bytes announced, the limit is "
+                    f"{self._conn.max_inbound_frame_size}")
 
     def _set_goaway_code(self, code: int) -> int:
         """Change the error code of the GOAWAY h2 just queued (the last frame out)."""
