@@ -369,7 +369,7 @@ def main() -> int:
         for name, value in h2.items():
             cells = [*ratio_cells(results, med, name, floor),
                      *ratio_cells(results, med, name, hyper)]
-            shown = "all rounds failed" if value is None else f"{value:,.0f}"
+            shown = "all rounds failed (see below)" if value is None else f"{value:,.0f}"
             lines.append(f"| {name} | {shown} | {fmt_rounds(results[name])} | "
                          + " | ".join(cells) + " |")
         if args.h2 and not HAVE_HYPERCORN:
