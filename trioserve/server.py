@@ -1036,6 +1036,8 @@ class _H2Connection:
         self.closing = False  # GOAWAY sent or received: close once the streams are done
         self.broken = False  # the connection failed: nothing more can be sent
         self.writer_done = False
+        self.writer_waiting = False  # the writer has sent everything and waits for more
+        self.opened = 0  # streams opened so far
         self.failed = False  # a connection error (GOAWAY queued): close without waiting
         self.closed = False
         self._writer_exited = trio.Event()
@@ -1150,7 +1152,9 @@ class _H2Connection:
             if self.writer_done:
                 return
             self._wake = trio.Event()
+            self.writer_waiting = True
             await self._wake.wait()
+            self.writer_waiting = False
 
     def _broken(self) -> None:
         self.broken = True
@@ -1200,10 +1204,26 @@ class _H2Connection:
                 except trio.BrokenResourceError:
                     self.broken = True
                     return
+                opened = self.opened
                 if not data or not self._feed(data):
                     return
+                if self.opened != opened:
+                    await self._let_streams_answer()
         if timer.cancelled_caught and not self.closing and not self.broken:
             log.debug("HTTP/2 connection from %s idle: closing", self.peer_text)
+
+    async def _let_streams_answer(self) -> None:
+        """After opening streams, let them (and the writer) run before reading again: a
+        client that waits for the answers has sent nothing more yet, so reading at once would
+        only find the socket empty and pay for a wait on it. Bounded: a stream whose app takes
+        longer (or waits for its body) does not hold the reader."""
+        for _ in range(4):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if self.writer_waiting and not self.proto.pending_output:
+                # Answered. One more turn for the other connections gives the client time to
+                # send its next requests (as Trio's own sockets yield after each send).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
 
     def _feed(self, data: bytes) -> bool:
         """Hand received bytes to the protocol and its events to the streams; False when the
@@ -1257,6 +1277,7 @@ class _H2Connection:
     def _open(self, stream_id: int, head: RequestHead, end_stream: bool) -> H2Stream:
         stream = H2Stream(self, stream_id, head, end_stream, self.max_body_size)
         self.streams[stream_id] = stream
+        self.opened += 1
         if self.timer.deadline != math.inf:  # (the setter is not cheap)
             self.timer.deadline = math.inf
         assert self._nursery is not None
