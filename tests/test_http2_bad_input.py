@@ -1024,3 +1024,47 @@ async def test_ping_flood() -> None:
                 await c.send(c.get(1))
                 assert (await c.response(1)).status == 200
         await assert_serving(port)
+
+
+# ====================================================== a body the application did not read
+
+
+async def test_unread_small_body_is_taken_after_the_response() -> None:
+    """A response before the request body (the app does not read it): a small rest of the body
+    is still accepted and discarded, so the client sees a clean end (no RST_STREAM), as
+    HTTP/1.1 drains a small unread body instead of closing."""
+    async with serve() as (port, _):
+        with trio.fail_after(TIMEOUT):
+            async with h2_client(port) as c:
+                fields = [(b":method", b"POST"), *_P[1:3], (b":path", b"/")]
+                await c.send(c.headers_frame(1, fields, end_stream=False))
+                st = await c.response(1)
+                assert (st.status, bytes(st.data)) == (200, b"ok")
+                await c.send(DataFrame(1, b"x" * 10_000),
+                             DataFrame(1, b"y" * 10_000, flags=["END_STREAM"]))
+                await c.send(c.get(3))
+                st3 = await c.response(3)
+                assert (st3.status, bytes(st3.data)) == (200, b"ok")
+                assert c.streams[1].reset is None
+        await assert_serving(port)
+
+
+async def test_unread_large_body_is_stopped_with_no_error_reset() -> None:
+    """Past 256 KiB of an unread body after the response, the client is asked to stop with
+    RST_STREAM NO_ERROR (RFC 9113 §8.1); the connection goes on."""
+    async with serve() as (port, _):
+        with trio.fail_after(TIMEOUT):
+            async with h2_client(port) as c:
+                fields = [(b":method", b"POST"), *_P[1:3], (b":path", b"/")]
+                await c.send(c.headers_frame(1, fields, end_stream=False))
+                st = await c.response(1)
+                assert (st.status, bytes(st.data)) == (200, b"ok")
+                # 20 x 16 KiB = 320 KiB: within the stream window (768 KiB), past the 256 KiB
+                for _ in range(20):
+                    if not await c.try_send(DataFrame(1, b"z" * 16384)):
+                        break
+                assert await c.expect_reset(1) == NO_ERROR
+                await c.send(c.get(3))
+                st3 = await c.response(3)
+                assert (st3.status, bytes(st3.data), c.goaway) == (200, b"ok", None)
+        await assert_serving(port)

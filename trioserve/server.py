@@ -1229,6 +1229,7 @@ class _H2Connection:
         """Hand received bytes to the protocol and its events to the streams; False when the
         connection must end (a connection error, the client's GOAWAY)."""
         proto = self.proto
+        malformed = proto.malformed
         try:
             events = proto.receive_data(data)
         except ProtocolError as exc:
@@ -1236,6 +1237,9 @@ class _H2Connection:
             self.failed = True
             self.kick()  # the GOAWAY
             return False
+        if proto.malformed != malformed:
+            log.debug("malformed HTTP/2 request(s) from %s: stream reset (PROTOCOL_ERROR)",
+                      self.peer_text)
         streams = self.streams
         for ev in events:
             if isinstance(ev, StreamData):
@@ -1352,9 +1356,9 @@ class _H2Connection:
         if not stream.response.is_complete and not stream.aborted:
             stream.reset(INTERNAL_ERROR)
         elif not stream.body.peer_ended and not stream.aborted:
-            # A complete response before the whole request body: ask the client to stop
-            # sending it, without error (RFC 9113 §8.1).
-            proto.reset(sid, NO_ERROR)
+            # A complete response before the whole request body: take a little more of it
+            # (as HTTP/1.1 drains), then ask the client to stop, without error (RFC 9113 §8.1).
+            proto.finish_unread(sid, MAX_DRAIN_BYTES - stream.body.received)
         unread = stream.body.discard()
         if unread:
             proto.consumed(sid, unread)

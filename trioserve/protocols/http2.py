@@ -213,6 +213,7 @@ class HTTP2Protocol:
     __slots__ = (
         "_conn",
         "_connection_window",
+        "_draining",
         "_goaway_sent",
         "_last_stream_id",
         "_max_headers_count",
@@ -276,6 +277,7 @@ class HTTP2Protocol:
         self._server_header = server_header
         self._out = bytearray()
         self._outs: dict[int, _Out] = {}
+        self._draining: dict[int, int] = {}  # answered streams: body bytes still accepted
         self._streams: set[int] = set()  # streams the caller has (request or refusal events)
         self._last_stream_id: int | None = None  # set by a graceful GOAWAY
         self._goaway_sent = False
@@ -367,17 +369,28 @@ class HTTP2Protocol:
             elif isinstance(ev, h2.events.DataReceived):
                 if ev.stream_id in self._streams:
                     events.append(StreamData(ev.stream_id, ev.data, ev.flow_controlled_length))
-                elif ev.flow_controlled_length:
-                    # A refused or reset stream's data: give the window straight back.
-                    self._conn.acknowledge_received_data(ev.flow_controlled_length,
-                                                         ev.stream_id)
+                else:
+                    # A refused, reset or answered stream's data: give the window straight back.
+                    if ev.flow_controlled_length:
+                        self._conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                             ev.stream_id)
+                    left = self._draining.get(ev.stream_id)
+                    if left is not None and ev.stream_ended is None:
+                        left -= ev.flow_controlled_length
+                        if left > 0:
+                            self._draining[ev.stream_id] = left
+                        else:
+                            del self._draining[ev.stream_id]
+                            self._reset(ev.stream_id, NO_ERROR)
             elif isinstance(ev, h2.events.StreamEnded):
+                self._draining.pop(ev.stream_id, None)
                 if ev.stream_id in self._streams:
                     events.append(StreamEnded(ev.stream_id, []))
             elif isinstance(ev, h2.events.TrailersReceived):
                 if ev.stream_id in self._streams:
                     self._trailers(ev, events)
             elif isinstance(ev, h2.events.StreamReset):
+                self._draining.pop(ev.stream_id, None)
                 if self._forget(ev.stream_id):
                     events.append(StreamReset(ev.stream_id, int(ev.error_code), ev.remote_reset))
             elif isinstance(ev, h2.events.WindowUpdated):
@@ -756,6 +769,17 @@ class HTTP2Protocol:
     def stream_finished(self, stream_id: int) -> None:
         """The caller is done with the stream (its response ended or it was reset)."""
         self._forget(stream_id)
+
+    def finish_unread(self, stream_id: int, allowance: int) -> None:
+        """The response is complete, the request body is not: accept and discard up to
+        ``allowance`` more body bytes (window granted straight back), so a client finishing a
+        small upload sees a clean end, then ask the client to stop sending with
+        ``RST_STREAM NO_ERROR`` (RFC 9113 §8.1)."""
+        self._forget(stream_id)
+        if allowance > 0 and not self.closed:
+            self._draining[stream_id] = allowance
+        else:
+            self._reset(stream_id, NO_ERROR)
 
     def goaway(self, error_code: int = NO_ERROR, message: str = "") -> None:
         """Send GOAWAY. ``NO_ERROR`` is the graceful one: it names the last stream that will be
