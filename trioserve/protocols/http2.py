@@ -632,29 +632,30 @@ class HTTP2Protocol:
         if isinstance(status, bool) or not 200 <= status <= 999:
             raise ResponseError(f"invalid final status code {status!r}")
         fields = [(b":status", _STATUS_BYTES[status])]
+        append = fields.append
         content_length: int | None = None
         has_date = has_server = False
-        for name, value in headers:
-            kind = check_response_field(name, value)
-            if kind == 1:
-                value = value.strip()
-                if _DIGITS_RE.fullmatch(value) is None:
-                    raise ResponseError(f"invalid Content-Length {value!r}")
-                n = int(value)
-                if content_length is not None and n != content_length:
-                    raise ResponseError("conflicting Content-Length headers")
-                content_length = n
-                continue
-            if kind == 2 or kind == 3:  # transfer-encoding, connection
-                continue
-            if kind == 4:
-                has_date = True
-            elif kind == 5:
-                has_server = True
-            name = name.lower()
-            if name in _CONNECTION_FIELDS:
-                continue
-            fields.append((name, value))
+        cache = _OUT_FIELDS
+        for field in headers:
+            entry = cache.get(field) if type(field) is tuple else None
+            if entry is None:
+                entry = _out_field(field)
+            kind, out = entry
+            if out is not None:
+                append(out)
+            if kind:
+                if kind == 1:
+                    value = field[1].strip()
+                    if _DIGITS_RE.fullmatch(value) is None:
+                        raise ResponseError(f"invalid Content-Length {value!r}")
+                    n = int(value)
+                    if content_length is not None and n != content_length:
+                        raise ResponseError("conflicting Content-Length headers")
+                    content_length = n
+                elif kind == 4:
+                    has_date = True
+                elif kind == 5:
+                    has_server = True
         if not has_date:
             fields.append((b"date", date_header_value()))
         if not has_server and self._server_header is not None:
@@ -710,7 +711,12 @@ class HTTP2Protocol:
         view = memoryview(data)
         frame = conn.max_outbound_frame_size
         while taken < total:
-            n = min(total - taken, frame, self.send_window(stream_id))
+            try:
+                window = conn.local_flow_control_window(stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                self._forget(stream_id)
+                raise ResponseError("the stream was closed") from None
+            n = min(total - taken, frame, window)
             if n <= 0:
                 break
             last = end_stream and taken + n == total
@@ -854,6 +860,32 @@ class HTTP2Protocol:
             self._streams.discard(stream_id)
             return True
         return False
+
+
+# Response fields already checked: field -> (its kind for check_response_field, the field as
+# sent — name lower-cased — or None when HTTP/2 drops it). Bounded like _VALID_FIELDS.
+_OUT_FIELDS: Final[dict[object, tuple[int, tuple[bytes, bytes] | None]]] = {}
+
+
+def _out_field(field: object) -> tuple[int, tuple[bytes, bytes] | None]:
+    """Check one response field (raises :class:`ResponseError`) and remember the outcome."""
+    name: bytes
+    value: bytes
+    try:
+        name, value = field  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ResponseError(f"a response header must be a (name, value) pair, got "
+                            f"{field!r}") from None
+    kind = check_response_field(name, value)
+    lname = name.lower()
+    out = None if kind in (1, 2, 3) or lname in _CONNECTION_FIELDS else (lname, value)
+    entry = (kind, out)
+    if type(field) is tuple and type(name) is bytes and type(value) is bytes \
+            and len(name) + len(value) <= _VALID_FIELD_MAX:
+        if len(_OUT_FIELDS) >= _VALID_FIELDS_MAX:
+            _OUT_FIELDS.clear()
+        _OUT_FIELDS[field] = entry
+    return entry
 
 
 def _field_fault(name: bytes, value: bytes) -> str | None:
