@@ -940,9 +940,11 @@ async def test_stream_over_the_concurrency_limit_is_refused(burst: bool) -> None
 
 
 async def test_rapid_reset() -> None:
-    """200 HEADERS + RST_STREAM(CANCEL) pairs in a row (CVE-2023-44487's pattern). There is no
-    dedicated limit yet (a later issue); today the server takes them all and then answers a
-    normal request on the same connection. A future ENHANCE_YOUR_CALM GOAWAY is accepted."""
+    """200 HEADERS + RST_STREAM(CANCEL) pairs in a row (CVE-2023-44487's pattern). A reset
+    stream counts against SETTINGS_MAX_CONCURRENT_STREAMS until its app is done, so at most 100
+    of them run the app and the rest are refused (REFUSED_STREAM); the same connection then
+    answers a normal request. (Resetting streams faster than the limit per second, while their
+    apps run, ends the connection with GOAWAY ENHANCE_YOUR_CALM: see the next test.)"""
     async with serve() as (port, state):
         with trio.fail_after(TIMEOUT):
             async with h2_client(port) as c:
@@ -952,20 +954,45 @@ async def test_rapid_reset() -> None:
                     pairs += [c.get(sid), RstStreamFrame(sid, error_code=CANCEL)]
                 await c.send(*pairs)
                 await c.send(c.get(401))
-                await c.read_until(lambda: c.goaway is not None or (
-                    401 in c.streams and c.streams[401].ended))
-                if c.goaway is None:
-                    st = c.streams[401]
-                    assert (st.status, bytes(st.data)) == (200, b"ok")
-                    # nothing was sent on the cancelled streams after their reset
-                    answered = [sid for sid in c.streams if sid != 401]
-                    assert answered == [], answered
-                else:
-                    assert c.goaway.error_code == ENHANCE_YOUR_CALM
+                st = await c.response(401)
+                if st.reset is not None:
+                    assert st.reset == REFUSED_STREAM  # the cancelled streams' apps still ran
+                    await trio.sleep(0.2)
+                    await c.send(c.get(403))
+                    st = await c.response(403)
+                assert (st.status, bytes(st.data), c.goaway) == (200, b"ok", None)
+                # nothing but RST_STREAM was sent on the cancelled streams
+                answered = [sid for sid, s in c.streams.items()
+                            if sid < 401 and (s.headers or s.data)]
+                assert answered == [], answered
         await assert_serving(port)
-        # Recorded: today every cancelled stream still runs the app (203 = 200 + stream 401 +
-        # assert_serving's two); a limit may only lower that.
-        assert state.hits <= 203
+        # 100 at most for the cancelled streams (the concurrency limit), + 401/403 and
+        # assert_serving's two
+        assert state.hits <= 100 + 3
+
+
+async def test_rapid_reset_of_running_streams_ends_the_connection() -> None:
+    """Streams reset while their apps run, faster than the reset budget (twice the stream limit
+    at once, refilled at the limit per second): GOAWAY ENHANCE_YOUR_CALM; other connections go
+    on."""
+    async with serve({"limits": {"http2": Http2Limits(max_streams_per_connection=10)}}) as (
+            port, _):
+        with trio.fail_after(TIMEOUT):
+            async with h2_client(port) as c:
+                sid = 1
+                for _ in range(10):  # 10 rounds of 10 streams whose apps wait for the body
+                    frames = [c.get(sid + 2 * i, "/echo", end_stream=False) for i in range(10)]
+                    if not await c.try_send(*frames):
+                        break
+                    await trio.sleep(0.05)  # the apps are running
+                    if not await c.try_send(*[RstStreamFrame(sid + 2 * i, error_code=CANCEL)
+                                              for i in range(10)]):
+                        break
+                    sid += 20
+                    await trio.sleep(0.02)
+                goaway = await c.expect_goaway()
+                assert goaway.error_code == ENHANCE_YOUR_CALM
+        await assert_serving(port)
 
 
 # =============================================================== slow / silent readers

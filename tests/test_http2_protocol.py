@@ -690,6 +690,9 @@ def test_headers_on_half_closed_remote_stream_is_stream_closed() -> None:
     events = expect_stream_error(client, 1, client.headers(1, req()), codes=[STREAM_CLOSED])
     if events:  # a stream error: the application learns its stream is gone
         assert events == [StreamReset(1, STREAM_CLOSED, False)]
+        # a reset stream still counts against the limit until its app is done with it
+        assert client.server.open_streams == 1
+        client.server.stream_finished(1)
         assert client.server.open_streams == 0
 
 
@@ -726,6 +729,7 @@ def test_data_after_our_reset_is_ignored_but_counted() -> None:
     client.request(1, post(), end_stream=False)
     client.server.reset(1, CANCEL)
     assert client.read().rsts() == {1: CANCEL}
+    client.server.stream_finished(1)
     assert client.server.open_streams == 0
     # §5.1: frames in flight after our RST_STREAM are not errors; DATA still counts toward the
     # connection window, which must then be re-granted (§6.9).
@@ -794,6 +798,9 @@ def test_peer_reset_reports_stream_reset_and_leaves_other_streams() -> None:
     client.request(3)
     assert client.server.open_streams == 2
     assert client.send(RstStreamFrame(1, error_code=CANCEL)) == [StreamReset(1, CANCEL, True)]
+    # counted against the concurrency limit until the app is done (rapid reset, CVE-2023-44487)
+    assert client.server.open_streams == 2
+    client.server.stream_finished(1)
     assert client.server.open_streams == 1
     with pytest.raises(ResponseError):
         client.server.send_headers(1, 200, [], method=b"POST")
@@ -1449,6 +1456,7 @@ def test_invalid_trailers_are_protocol_error(trailers: Headers, end_stream: bool
                                  codes=[PROTOCOL_ERROR])
     if events:  # a stream error: the application learns the request is aborted
         assert events == [StreamReset(1, PROTOCOL_ERROR, False)]
+        client.server.stream_finished(1)
         assert client.server.open_streams == 0
 
 
@@ -1681,6 +1689,8 @@ def test_reset_sends_rst_stream() -> None:
     client.server.send_headers(1, 200, [], method=b"POST")
     client.server.reset(1, INTERNAL_ERROR)
     assert client.read().rsts() == {1: INTERNAL_ERROR}
+    assert client.server.open_streams == 1  # until the caller is done with it
+    client.server.stream_finished(1)
     assert client.server.open_streams == 0
     with pytest.raises(ResponseError):
         client.server.send_data(1, b"x")

@@ -81,6 +81,7 @@ class H2Stream:
         "_window",
         "aborted",
         "body",
+        "closed",
         "conn",
         "context",
         "head",
@@ -99,6 +100,7 @@ class H2Stream:
         self.head = head
         self.start_time = time.perf_counter()
         self.aborted = False
+        self.closed = False  # RST_STREAM sent or received (or the connection is gone)
         self.rejected = False
         self._done: trio.Event | None = None
         self._window: trio.Event | None = None
@@ -153,6 +155,7 @@ class H2Stream:
     def reset(self, error_code: int) -> None:
         """Reset the stream from our side (a response cut short, a body no longer wanted)."""
         self.conn.proto.reset(self.stream_id, error_code)
+        self.closed = True
         self.conn.kick()
         if error_code != NO_ERROR:
             self.abort()
@@ -319,6 +322,13 @@ class H2RequestBody:
     # from the reader
     def add(self, data: bytes, flow_length: int) -> None:
         if self._ended:
+            return
+        if not data:
+            # An empty DATA frame (maybe padded) is not the end of the body: there is nothing
+            # for the app, only window (the padding) to give back.
+            if flow_length:
+                s = self._s
+                s.conn.proto.consumed(s.stream_id, flow_length)
             return
         self._chunks.append((data, flow_length))
         self.wake()

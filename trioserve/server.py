@@ -19,8 +19,6 @@ application's shutdown) and short clean-up deadlines for closing and lingering.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
 import itertools
@@ -66,6 +64,7 @@ from .protocols.events import (
 )
 from .protocols.http1 import HTTP1Protocol, resolve_parser
 from .protocols.http2 import (
+    ENHANCE_YOUR_CALM,
     INTERNAL_ERROR,
     NO_ERROR,
     PREFACE,
@@ -77,6 +76,7 @@ from .protocols.http2 import (
     StreamRequest,
     StreamReset,
     WindowOpened,
+    valid_h2c_settings,
 )
 from .tls import TlsInfo, cipher_suites, leaf_certificate_pem, server_context
 
@@ -774,7 +774,8 @@ class _H1Connection:
         finally:
             server.idle_scopes.discard(timer)
         if buf.startswith(PREFACE):
-            self.h2_handover = _H2Handover(buf, None, None, b"")
+            # the first stream's deadline still runs from accept
+            self.h2_handover = _H2Handover(buf, None, None, b"", timer.deadline)
             return False
         if buf:
             self.proto.receive_data(buf)
@@ -793,12 +794,14 @@ class _H1Connection:
                   for t in v.split(b",")}
         if len(settings) != 1 or b"http2-settings" not in tokens:
             return None
-        value = settings[0].strip()
-        try:
-            raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
-        except (ValueError, binascii.Error):
+        if head.chunked or (head.content_length or 0) > \
+                self.server.config.limits.http2.initial_stream_window_size:
+            # The body is read into memory before the switch: no more than HTTP/2 itself lets a
+            # stream have buffered (its window). Larger or chunked: the Upgrade is ignored
+            # (RFC 7540 §3.2 allows it) and the request served over HTTP/1.1.
             return None
-        return value if len(raw) % 6 == 0 else None
+        value = settings[0].strip()
+        return value if valid_h2c_settings(value) else None
 
     async def _h2c_upgrade(self, ex: Exchange, settings: bytes) -> None:
         """Read the upgrade request's body, answer 101 and hand the connection over to HTTP/2,
@@ -816,7 +819,7 @@ class _H1Connection:
         ex.upgraded = True
         ex.response.mark_done()
         await self.send_all(data)
-        self.h2_handover = _H2Handover(leftover, settings, ex.head, b"".join(chunks))
+        self.h2_handover = _H2Handover(leftover, settings, ex.head, b"".join(chunks), None)
 
     async def _read_head(self) -> RequestHead | None:
         proto = self.proto
@@ -981,15 +984,19 @@ class _H1Connection:
                                ex.response.bytes_sent, ex.start_time)
 
 
+READ_PAUSE = 4 * HIGH_WATER  # queued output past which an HTTP/2 connection stops reading
+
+
 class _H2Handover:
     """How a connection became HTTP/2 after starting as HTTP/1.1: the bytes already read
     (the preface, or what followed an upgrade request) and, for ``Upgrade: h2c``, the
     ``HTTP2-Settings`` value, the request and its body (stream 1)."""
 
-    __slots__ = ("body", "data", "head", "settings")
+    __slots__ = ("body", "data", "deadline", "head", "settings")
 
     def __init__(self, data: bytes, settings: bytes | None, head: RequestHead | None,
-                 body: bytes) -> None:
+                 body: bytes, deadline: float | None) -> None:
+        self.deadline = deadline  # for the first stream (prior knowledge: from accept)
         self.data = data
         self.settings = settings
         self.head = head
@@ -1039,6 +1046,12 @@ class _H2Connection:
         self.writer_waiting = False  # the writer has sent everything and waits for more
         self.opened = 0  # streams opened so far
         self.failed = False  # a connection error (GOAWAY queued): close without waiting
+        self.peer_eof = False  # the client closed its side
+        # Rapid reset (CVE-2023-44487): streams the client resets while their apps run cost a
+        # token; the bucket holds twice the stream limit and refills at the limit per second.
+        self._reset_tokens = self._reset_capacity = 2.0 * h2l.max_streams_per_connection
+        self._reset_refill = float(h2l.max_streams_per_connection)
+        self._reset_time = trio.current_time()
         self.closed = False
         self._writer_exited = trio.Event()
         self._wake = trio.Event()
@@ -1079,10 +1092,11 @@ class _H2Connection:
                 try:
                     await self._read_loop()
                 finally:
-                    if self.broken or not self.closing:
-                        # Ended by the client (EOF, error, its GOAWAY): the streams can send
-                        # nothing more.
+                    if self.broken or self.failed or self.peer_eof or not self.closing:
+                        # Ended by the client (EOF, an error, its GOAWAY with an error), or
+                        # not by a drain: the streams can send nothing more.
                         for stream in list(self.streams.values()):
+                            stream.closed = True
                             stream.abort()
                     if not self.broken:
                         self.proto.goaway()
@@ -1179,8 +1193,10 @@ class _H2Connection:
         timeouts = server.config.timeouts
         timer = self.timer
         with timer:
-            timer.deadline = trio.current_time() + timeouts.request_headers
             handover = self.handover
+            timer.deadline = (handover.deadline if handover is not None
+                              and handover.deadline is not None
+                              else trio.current_time() + timeouts.request_headers)
             if handover is not None and handover.head is not None:
                 assert handover.settings is not None
                 try:
@@ -1199,13 +1215,24 @@ class _H2Connection:
             if handover is not None and handover.data and not self._feed(handover.data):
                 return
             while not (self.closing and not self.streams):
+                if self.proto.pending_output > READ_PAUSE:
+                    # The client sends faster than it reads what it asks for (PINGs, SETTINGS,
+                    # refused streams …): stop reading until the writer, bounded by the
+                    # minimum response rate, has sent it.
+                    try:
+                        await self.wait_drained()
+                    except ClientDisconnected:
+                        return
                 try:
                     data = await self.io.receive()
                 except trio.BrokenResourceError:
                     self.broken = True
                     return
                 opened = self.opened
-                if not data or not self._feed(data):
+                if not data:
+                    self.peer_eof = True
+                    return
+                if not self._feed(data):
                     return
                 if self.opened != opened:
                     await self._let_streams_answer()
@@ -1265,7 +1292,16 @@ class _H2Connection:
             elif isinstance(ev, StreamReset):
                 stream = streams.get(ev.stream_id)
                 if stream is not None:
+                    stream.closed = True
                     stream.abort()
+                    if ev.remote and not stream.response.is_complete \
+                            and not self._take_reset_token():
+                        log.warning("HTTP/2 client %s resets streams too fast (rapid reset): "
+                                    "closing the connection", self.peer_text)
+                        proto.goaway(ENHANCE_YOUR_CALM, "too many stream resets")
+                        self.failed = True
+                        self.kick()
+                        return False
             elif isinstance(ev, StreamRefused):
                 self._refuse(ev)
             elif isinstance(ev, ConnectionEnded):
@@ -1276,6 +1312,16 @@ class _H2Connection:
                     return False
                 self.closing = True  # the streams in flight finish, then the connection closes
         self.kick()
+        return True
+
+    def _take_reset_token(self) -> bool:
+        now = trio.current_time()
+        self._reset_tokens = min(self._reset_capacity, self._reset_tokens
+                                 + (now - self._reset_time) * self._reset_refill)
+        self._reset_time = now
+        if self._reset_tokens < 1.0:
+            return False
+        self._reset_tokens -= 1.0
         return True
 
     def _open(self, stream_id: int, head: RequestHead, end_stream: bool) -> H2Stream:
@@ -1353,16 +1399,17 @@ class _H2Connection:
     def _stream_done(self, stream: H2Stream) -> None:
         proto = self.proto
         sid = stream.stream_id
-        if not stream.response.is_complete and not stream.aborted:
+        if not stream.response.is_complete and not stream.closed:
             stream.reset(INTERNAL_ERROR)
-        elif not stream.body.peer_ended and not stream.aborted:
-            # A complete response before the whole request body: take a little more of it
-            # (as HTTP/1.1 drains), then ask the client to stop, without error (RFC 9113 §8.1).
-            proto.finish_unread(sid, MAX_DRAIN_BYTES - stream.body.received)
         unread = stream.body.discard()
         if unread:
             proto.consumed(sid, unread)
-        proto.stream_finished(sid)
+        if not stream.body.peer_ended and not stream.closed:
+            # A complete response before the whole request body: take a little more of it
+            # (as HTTP/1.1 drains), then ask the client to stop, without error (RFC 9113 §8.1).
+            proto.finish_unread(sid, MAX_DRAIN_BYTES - stream.body.received)
+        else:
+            proto.stream_finished(sid)
         self.streams.pop(sid, None)
         self.kick()
         if not self.streams:

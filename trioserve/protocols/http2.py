@@ -43,6 +43,8 @@ No I/O and no Trio here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import re
 from dataclasses import dataclass
@@ -72,6 +74,7 @@ __all__ = [
     "StreamRequest",
     "StreamReset",
     "WindowOpened",
+    "valid_h2c_settings",
 ]
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -84,11 +87,14 @@ FRAME_SIZE_ERROR: Final = 6
 REFUSED_STREAM: Final = 7
 CANCEL: Final = 8
 COMPRESSION_ERROR: Final = 9
+ENHANCE_YOUR_CALM: Final = 11
 
 # Fields that mean something only to a single HTTP/1.1 connection (RFC 9113 §8.2.2); an app's
 # response may carry them (WSGI apps often do), HTTP/2 must not.
 _CONNECTION_FIELDS: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+# ... and te, which only a request may carry (RFC 9113 §8.2.2): dropped from responses.
+_NOT_IN_RESPONSES: Final = _CONNECTION_FIELDS | {b"te"}
 _PATH_RE: Final = re.compile(rb"/[\x21-\x7e]*")
 _DIGITS_RE: Final = re.compile(rb"[0-9]{1,18}")
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
@@ -211,6 +217,7 @@ class HTTP2Protocol:
     """
 
     __slots__ = (
+        "_active",
         "_conn",
         "_connection_window",
         "_draining",
@@ -278,7 +285,11 @@ class HTTP2Protocol:
         self._out = bytearray()
         self._outs: dict[int, _Out] = {}
         self._draining: dict[int, int] = {}  # answered streams: body bytes still accepted
-        self._streams: set[int] = set()  # streams the caller has (request or refusal events)
+        # Streams whose events go to the caller (a request delivered, not reset or finished),
+        # and every stream the caller still has (a request or refusal not yet finished, reset
+        # or not): the concurrency limit counts these, with the answered ones still draining.
+        self._streams: set[int] = set()
+        self._active: set[int] = set()
         self._last_stream_id: int | None = None  # set by a graceful GOAWAY
         self._goaway_sent = False
         self.closed = False  # a connection error or the peer's GOAWAY: no more streams
@@ -308,6 +319,7 @@ class HTTP2Protocol:
         self._open_connection_window()
         self._pull()
         self._streams.add(1)
+        self._active.add(1)
         fields = [(n, v) for n, v in head.headers
                   if n not in _CONNECTION_FIELDS and n not in (b"http2-settings", b"te")]
         return StreamRequest(1, RequestHead(
@@ -345,6 +357,9 @@ class HTTP2Protocol:
             return []
         if self._opening is not None:
             self._check_opening(data)
+        # Take what is queued first: h2 empties its outbound buffer when a GOAWAY arrives,
+        # which would lose responses already written.
+        self._pull()
         try:
             h2_events = self._conn.receive_data(data)
             self._check_partial_frame()
@@ -391,7 +406,8 @@ class HTTP2Protocol:
                     self._trailers(ev, events)
             elif isinstance(ev, h2.events.StreamReset):
                 self._draining.pop(ev.stream_id, None)
-                if self._forget(ev.stream_id):
+                self._forget(ev.stream_id)
+                if ev.stream_id in self._active:
                     events.append(StreamReset(ev.stream_id, int(ev.error_code), ev.remote_reset))
             elif isinstance(ev, h2.events.WindowUpdated):
                 events.append(WindowOpened(ev.stream_id or 0))
@@ -400,7 +416,7 @@ class HTTP2Protocol:
                     events.append(WindowOpened(0))
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 code = int(ev.error_code or 0)
-                if code == NO_ERROR and self._streams:
+                if code == NO_ERROR and self._active:
                     # RFC 9113 §6.8: the client's own streams in flight may still complete
                     # (its GOAWAY names our streams, and we open none). h2 would refuse every
                     # frame from now on, WINDOW_UPDATEs included; keep it open and refuse new
@@ -434,7 +450,13 @@ class HTTP2Protocol:
             # Opened after our GOAWAY: not processed, so the client may retry it elsewhere.
             self._reset(stream_id, REFUSED_STREAM)
             return
-        if len(self._streams) >= self._max_streams:
+        while self._draining and len(self._active) + len(self._draining) >= self._max_streams:
+            # Answered streams whose body is still coming make room for a new request: the
+            # oldest is asked to stop sending (it counts for the client, and for h2).
+            oldest = next(iter(self._draining))
+            del self._draining[oldest]
+            self._reset(oldest, NO_ERROR)
+        if len(self._active) >= self._max_streams:
             # Over SETTINGS_MAX_CONCURRENT_STREAMS: a stream error (RFC 9113 §5.1.2) the client
             # may retry. (h2 itself stops the connection only at twice the limit.)
             self._reset(stream_id, REFUSED_STREAM)
@@ -531,6 +553,7 @@ class HTTP2Protocol:
                       or (target == b"*" and method == b"OPTIONS")):
                 bad = f"invalid :path {(target or b'')[:100]!r}"
         if bad is not None:
+            self._active.add(stream_id)
             events.append(StreamRefused(stream_id, status, bad, end, method))
             return
         assert target is not None
@@ -542,6 +565,7 @@ class HTTP2Protocol:
                            keep_alive=True, expects_continue=expects_continue,
                            content_length=content_length, chunked=False)
         self._streams.add(stream_id)
+        self._active.add(stream_id)
         events.append(StreamRequest(stream_id, head, end))
 
     def _trailers(self, ev: h2.events.TrailersReceived, events: list[H2Event]) -> None:
@@ -617,7 +641,7 @@ class HTTP2Protocol:
         for name, value in headers:
             check_response_field(name, value)
             name = name.lower()
-            if name not in _CONNECTION_FIELDS:
+            if name not in _NOT_IN_RESPONSES:
                 fields.append((name, value))
         self._h2(self._conn.send_headers, stream_id, fields)
 
@@ -745,7 +769,7 @@ class HTTP2Protocol:
             for name, value in trailers:
                 check_response_field(name, value)
                 name = name.lower()
-                if name not in _CONNECTION_FIELDS and name != b"content-length":
+                if name not in _NOT_IN_RESPONSES and name != b"content-length":
                     fields.append((name, value))
             self._h2(self._conn.send_headers, stream_id, fields, True)
         else:
@@ -775,14 +799,20 @@ class HTTP2Protocol:
     def stream_finished(self, stream_id: int) -> None:
         """The caller is done with the stream (its response ended or it was reset)."""
         self._forget(stream_id)
+        self._active.discard(stream_id)
 
     def finish_unread(self, stream_id: int, allowance: int) -> None:
         """The response is complete, the request body is not: accept and discard up to
         ``allowance`` more body bytes (window granted straight back), so a client finishing a
         small upload sees a clean end, then ask the client to stop sending with
         ``RST_STREAM NO_ERROR`` (RFC 9113 §8.1)."""
-        self._forget(stream_id)
+        self.stream_finished(stream_id)
         if allowance > 0 and not self.closed:
+            if len(self._draining) >= self._max_streams:
+                # Bounded: the oldest answered stream still sending is asked to stop.
+                oldest = next(iter(self._draining))
+                del self._draining[oldest]
+                self._reset(oldest, NO_ERROR)
             self._draining[stream_id] = allowance
         else:
             self._reset(stream_id, NO_ERROR)
@@ -817,7 +847,7 @@ class HTTP2Protocol:
     @property
     def open_streams(self) -> int:
         """Streams the caller still has (a request or refusal reported, not yet finished)."""
-        return len(self._streams)
+        return len(self._active)
 
     @property
     def goaway_sent(self) -> bool:
@@ -878,7 +908,7 @@ def _out_field(field: object) -> tuple[int, tuple[bytes, bytes] | None]:
                             f"{field!r}") from None
     kind = check_response_field(name, value)
     lname = name.lower()
-    out = None if kind in (1, 2, 3) or lname in _CONNECTION_FIELDS else (lname, value)
+    out = None if kind in (1, 2, 3) or lname in _NOT_IN_RESPONSES else (lname, value)
     entry = (kind, out)
     if type(field) is tuple and type(name) is bytes and type(value) is bytes \
             and len(name) + len(value) <= _VALID_FIELD_MAX:
@@ -886,6 +916,24 @@ def _out_field(field: object) -> tuple[int, tuple[bytes, bytes] | None]:
             _OUT_FIELDS.clear()
         _OUT_FIELDS[field] = entry
     return entry
+
+
+def valid_h2c_settings(value: bytes) -> bool:
+    """Whether an ``HTTP2-Settings`` value (RFC 7540 §3.2.1) is base64url of whole settings
+    with values RFC 9113 §6.5.2 allows, so that the upgrade cannot fail after the 101."""
+    try:
+        raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+    except (ValueError, binascii.Error):
+        return False
+    if len(raw) % 6:
+        return False
+    for i in range(0, len(raw), 6):
+        ident = int.from_bytes(raw[i:i + 2], "big")
+        v = int.from_bytes(raw[i + 2:i + 6], "big")
+        if (ident == 2 and v > 1) or (ident == 4 and v > 2**31 - 1) or (
+                ident == 5 and not 16384 <= v <= 2**24 - 1):
+            return False
+    return True
 
 
 def _field_fault(name: bytes, value: bytes) -> str | None:
