@@ -55,6 +55,7 @@ __all__ = [
     "H1RequestBody",
     "H1Response",
     "PrefixedStream",
+    "ResponseState",
     "decode_path",
 ]
 
@@ -422,22 +423,15 @@ class H1RequestBody:
 _REASON_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class H1Response:
-    """``ResponseFeature`` and ``ResponseBodyFeature`` of one HTTP/1.1 response."""
+class ResponseState:
+    """What every protocol's ``ResponseFeature`` shares: the status, reason and headers that may
+    change until the response starts, and the ``on_starting``/``on_completed`` callbacks.
+    Subclasses say when the response has started (:attr:`has_started`)."""
 
-    __slots__ = (
-        "_completed_cbs",
-        "_done",
-        "_ex",
-        "_headers",
-        "_reason",
-        "_starting_cbs",
-        "_status",
-        "bytes_sent",
-    )
+    __slots__ = ("_completed_cbs", "_done", "_headers", "_reason", "_starting_cbs", "_status",
+                 "bytes_sent")
 
-    def __init__(self, ex: Exchange) -> None:
-        self._ex = ex
+    def __init__(self) -> None:
         self._done = False
         self._starting_cbs: list[Callback] | None = None
         self._completed_cbs: list[Callback] | None = None
@@ -447,12 +441,16 @@ class H1Response:
         self.bytes_sent = 0
 
     @property
+    def has_started(self) -> bool:
+        raise NotImplementedError
+
+    @property
     def status(self) -> int:
         return self._status
 
     @status.setter
     def status(self, value: int) -> None:
-        if self._ex.conn.proto.response_started:
+        if self.has_started:
             raise FeatureStateError("cannot set the response status: the response has started")
         if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 999:
             raise ValueError(f"response status must be an integer 200-999 (1xx responses go "
@@ -463,13 +461,13 @@ class H1Response:
     def headers(self) -> Headers:
         """The response headers: a list to change freely until the response starts; after that
         a read-only view (changing it raises :class:`FeatureStateError`)."""
-        if self._ex.conn.proto.response_started:
+        if self.has_started:
             return _SentHeaders(self._headers)
         return self._headers
 
     @headers.setter
     def headers(self, value: Headers) -> None:
-        if self._ex.conn.proto.response_started:
+        if self.has_started:
             raise FeatureStateError("cannot replace the response headers: the response has "
                                     "started")
         self._headers = value
@@ -480,7 +478,7 @@ class H1Response:
 
     @reason.setter
     def reason(self, value: str | None) -> None:
-        if self._ex.conn.proto.response_started:
+        if self.has_started:
             raise FeatureStateError("cannot set the reason phrase: the response has started")
         if value is not None:
             try:
@@ -490,11 +488,6 @@ class H1Response:
             if _REASON_CONTROL.search(encoded):
                 raise ValueError(f"reason phrase contains a control character: {value!r}")
         self._reason = value
-
-    # ResponseFeature
-    @property
-    def has_started(self) -> bool:
-        return self._ex.conn.proto.response_started
 
     def on_starting(self, callback: Callback) -> None:
         if self.has_started:
@@ -512,13 +505,34 @@ class H1Response:
         cbs, self._completed_cbs = self._completed_cbs or [], None
         return cbs
 
+    async def run_starting_callbacks(self) -> None:
+        """Run the ``on_starting`` callbacks (last registered first), once."""
+        cbs = self._starting_cbs
+        if cbs:
+            self._starting_cbs = None
+            for cb in reversed(cbs):
+                await cb()
+
     def mark_done(self) -> None:
         self._done = True
 
-    # ResponseBodyFeature
     @property
     def is_complete(self) -> bool:
         return self._done
+
+
+class H1Response(ResponseState):
+    """``ResponseFeature`` and ``ResponseBodyFeature`` of one HTTP/1.1 response."""
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, ex: Exchange) -> None:
+        super().__init__()
+        self._ex = ex
+
+    @property
+    def has_started(self) -> bool:
+        return self._ex.conn.proto.response_started
 
     def _check_writable(self) -> None:
         ex = self._ex
@@ -530,11 +544,7 @@ class H1Response:
 
     async def _head(self, body_length: int | None) -> bytes:
         ex = self._ex
-        cbs = self._starting_cbs
-        if cbs:
-            self._starting_cbs = None
-            for cb in reversed(cbs):
-                await cb()
+        await self.run_starting_callbacks()
         proto = ex.conn.proto
         if ex.conn.draining:
             proto.keep_alive = False

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import time
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from .config import MinDataRate
-from .context import BadRequestBody, _SentHeaders, _split_target, decode_path
+from .context import BadRequestBody, ResponseState, _split_target, decode_path
 from .features import (
-    Callback,
     ClientDisconnected,
     EarlyHintsFeature,
     FeatureCollection,
@@ -441,97 +439,21 @@ class H2RequestBody:
         raise RequestBodyTooLarge(msg)
 
 
-_REASON_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-class H2Response:
+class H2Response(ResponseState):
     """``ResponseFeature``, ``ResponseBodyFeature`` and ``EarlyHintsFeature`` of one stream.
     HTTP/2 has no reason phrase: ``reason`` is kept (and checked) but not sent."""
 
-    __slots__ = ("_completed_cbs", "_done", "_headers", "_no_body", "_reason", "_s",
-                 "_started", "_starting_cbs", "_status", "bytes_sent")
+    __slots__ = ("_no_body", "_s", "_started")
 
     def __init__(self, s: H2Stream) -> None:
+        super().__init__()
         self._s = s
-        self._done = False
         self._started = False
         self._no_body = False  # the head ended the stream (HEAD, 204, 304): bodies are dropped
-        self._starting_cbs: list[Callback] | None = None
-        self._completed_cbs: list[Callback] | None = None
-        self._status = 200
-        self._reason: str | None = None
-        self._headers: Headers = []
-        self.bytes_sent = 0
-
-    @property
-    def status(self) -> int:
-        return self._status
-
-    @status.setter
-    def status(self, value: int) -> None:
-        if self._started:
-            raise FeatureStateError("cannot set the response status: the response has started")
-        if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 999:
-            raise ValueError(f"response status must be an integer 200-999 (1xx responses go "
-                             f"through their own features), got {value!r}")
-        self._status = int(value)
-
-    @property
-    def headers(self) -> Headers:
-        if self._started:
-            return _SentHeaders(self._headers)
-        return self._headers
-
-    @headers.setter
-    def headers(self, value: Headers) -> None:
-        if self._started:
-            raise FeatureStateError("cannot replace the response headers: the response has "
-                                    "started")
-        self._headers = value
-
-    @property
-    def reason(self) -> str | None:
-        return self._reason
-
-    @reason.setter
-    def reason(self, value: str | None) -> None:
-        if self._started:
-            raise FeatureStateError("cannot set the reason phrase: the response has started")
-        if value is not None:
-            try:
-                encoded = value.encode("latin-1")
-            except (AttributeError, UnicodeEncodeError):
-                raise ValueError(f"reason phrase must be latin-1 text, got {value!r}") from None
-            if _REASON_CONTROL.search(encoded):
-                raise ValueError(f"reason phrase contains a control character: {value!r}")
-        self._reason = value
 
     @property
     def has_started(self) -> bool:
         return self._started
-
-    def on_starting(self, callback: Callback) -> None:
-        if self._started:
-            raise FeatureStateError("on_starting: the response has already started")
-        if self._starting_cbs is None:
-            self._starting_cbs = []
-        self._starting_cbs.append(callback)
-
-    def on_completed(self, callback: Callback) -> None:
-        if self._completed_cbs is None:
-            self._completed_cbs = []
-        self._completed_cbs.append(callback)
-
-    def take_completed_callbacks(self) -> list[Callback]:
-        cbs, self._completed_cbs = self._completed_cbs or [], None
-        return cbs
-
-    def mark_done(self) -> None:
-        self._done = True
-
-    @property
-    def is_complete(self) -> bool:
-        return self._done
 
     def _check_writable(self) -> None:
         s = self._s
@@ -544,11 +466,8 @@ class H2Response:
     async def _head(self, body_length: int | None) -> bool:
         """Run ``on_starting`` callbacks and send the head; returns whether it ended the
         stream."""
-        cbs = self._starting_cbs
-        if cbs:
-            self._starting_cbs = None
-            for cb in reversed(cbs):
-                await cb()
+        if self._starting_cbs:
+            await self.run_starting_callbacks()
             self._check_writable()
         s = self._s
         ended = s.conn.proto.send_headers(s.stream_id, self._status, self._headers,
