@@ -1,6 +1,7 @@
 """ASGI 3 bridge: serves an ASGI application on trioserve's request features.
 
-HTTP (spec 2.4) and lifespan (spec 2.0, with state) are implemented::
+HTTP (spec 2.4), WebSocket (spec 2.4, over HTTP/1.1 and HTTP/2) and lifespan (spec 2.0, with
+state) are implemented::
 
     from trioserve.bridges.asgi import ASGIBridge
     await trioserve.serve(ASGIBridge(asgi_app), config)
@@ -15,7 +16,13 @@ Behaviour worth knowing:
   out with a Content-Length in a single write.
 - ``send()`` after the client disconnected raises :class:`~trioserve.features.ClientDisconnected`
   (an ``OSError``, as spec 2.4 asks).
-- Extensions: ``http.response.pathsend`` (sent with ``sendfile`` on plain TCP).
+- Extensions: ``http.response.pathsend`` (sent with ``sendfile`` on plain TCP),
+  ``http.response.trailers``, ``http.response.early_hint``, ``tls``, and for WebSockets
+  ``websocket.http.response`` (refuse the handshake with a real HTTP response).
+- WebSocket: ``websocket.close`` before ``websocket.accept`` answers 403; an app that returns
+  without accepting or answering gets 500; after accept, an app that returns closes the
+  WebSocket with 1000 and one that raises with 1011. ``websocket.disconnect`` carries the peer's
+  close code (1006 when the connection dropped without a close frame).
 
 Lifespan, ``lifespan="auto"`` (the default): an app that raises before it first calls
 ``receive()``, or returns without answering, does not support lifespan and is served without
@@ -47,6 +54,8 @@ from trioserve.features import (
     ResponseBodyFeature,
     ResponseFeature,
     TlsFeature,
+    WebSocketDisconnected,
+    WebSocketFeature,
 )
 
 __all__ = ["ASGIApp", "ASGIBridge"]
@@ -108,6 +117,10 @@ class ASGIBridge:
 
     async def __call__(self, ctx: RequestContext) -> None:
         features = ctx.features
+        ws = features.get(WebSocketFeature)
+        if ws is not None:
+            await self._websocket(ctx, ws)
+            return
         req = features[RequestFeature]
         body = features[RequestBodyFeature]
         resp = features[ResponseFeature]
@@ -143,6 +156,43 @@ class ASGIBridge:
                 raise RuntimeError("ASGI application returned without completing the response "
                                    "(no final 'http.response.body' with more_body=False)")
             raise RuntimeError("ASGI application returned without sending a response")
+
+    async def _websocket(self, ctx: RequestContext, ws: WebSocketFeature) -> None:
+        features = ctx.features
+        req = features[RequestFeature]
+        conn = features.get(ConnectionFeature)
+        root_path = req.root_path
+        scope: dict[str, Any] = {
+            "type": "websocket",
+            "asgi": _ASGI,
+            "http_version": req.http_version,
+            "scheme": "wss" if req.scheme == "https" else "ws",
+            "path": root_path + req.path if root_path else req.path,
+            "raw_path": root_path.encode() + req.raw_path if root_path else req.raw_path,
+            "query_string": req.query_string,
+            "root_path": root_path,
+            "headers": req.headers,
+            "client": conn.peer if conn is not None else None,
+            "server": conn.local if conn is not None else None,
+            "subprotocols": list(ws.subprotocols),
+            "extensions": {"websocket.http.response": {}},
+        }
+        tls = features.get(TlsFeature)
+        if tls is not None:
+            scope["extensions"]["tls"] = _tls_extension(tls)
+        if self.lifespan_supported:
+            scope["state"] = self.state.copy()
+        cycle = _WebSocketCycle(ws, features[ResponseFeature], features[ResponseBodyFeature],
+                                features.get(RequestLifetimeFeature))
+        await self.app(scope, cycle.receive, cycle.send)
+        if cycle.state == "connecting" or cycle.state == "response":
+            if cycle.out.is_complete:
+                return
+            if cycle.state == "response":
+                raise RuntimeError("ASGI application returned without completing its "
+                                   "'websocket.http.response' (more_body=False)")
+            raise RuntimeError("ASGI application returned without accepting or refusing the "
+                               "WebSocket")
 
     # ------------------------------------------------------------------------ lifespan
 
@@ -345,3 +395,119 @@ class _HTTPCycle:
             await out.complete()
         else:
             raise RuntimeError(f"unexpected ASGI message type {t!r} for an HTTP request")
+
+
+class _WebSocketCycle:
+    """``receive`` and ``send`` for one WebSocket (ASGI spec 2.4)."""
+
+    __slots__ = ("connected", "disconnect", "lifetime", "out", "resp", "state", "ws")
+
+    def __init__(self, ws: WebSocketFeature, resp: ResponseFeature, out: ResponseBodyFeature,
+                 lifetime: RequestLifetimeFeature | None) -> None:
+        self.ws = ws
+        self.resp = resp
+        self.out = out
+        self.lifetime = lifetime
+        # connecting → open (accepted) | response (refusing with an HTTP response) | denied
+        self.state = "connecting"
+        self.connected = False  # websocket.connect was received
+        self.disconnect: Message | None = None
+
+    async def receive(self) -> Message:
+        if not self.connected:
+            self.connected = True
+            return {"type": "websocket.connect"}
+        if self.disconnect is not None:
+            return self.disconnect
+        if self.state == "open":
+            try:
+                data = await self.ws.receive()
+            except WebSocketDisconnected as exc:
+                self.disconnect = {"type": "websocket.disconnect", "code": exc.code,
+                                   "reason": exc.reason}
+                return self.disconnect
+            if type(data) is str:
+                return {"type": "websocket.receive", "text": data}
+            return {"type": "websocket.receive", "bytes": data}
+        if self.state == "connecting" and self.lifetime is not None \
+                and not self.resp.has_started:
+            # Not accepted yet: the only thing to receive is the client going away.
+            await self.lifetime.wait_done()
+        else:
+            await trio.lowlevel.checkpoint()
+        self.disconnect = {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+        return self.disconnect
+
+    async def send(self, message: Message) -> None:
+        t = message["type"]
+        state = self.state
+        if t == "websocket.send":
+            if state != "open":
+                if state == "closed":
+                    raise ClientDisconnected("the WebSocket is closed")
+                raise RuntimeError("ASGI 'websocket.send' before 'websocket.accept'")
+            text = message.get("text")
+            data = message.get("bytes")
+            if (text is None) == (data is None):
+                raise RuntimeError("ASGI 'websocket.send' needs exactly one of 'bytes' and "
+                                   "'text'")
+            if text is not None:
+                if type(text) is not str:
+                    raise TypeError(f"ASGI websocket.send 'text' must be str, got "
+                                    f"{type(text).__name__}")
+                await self.ws.send(text)
+            else:
+                if not isinstance(data, bytes | bytearray | memoryview):
+                    raise TypeError(f"ASGI websocket.send 'bytes' must be bytes, got "
+                                    f"{type(data).__name__}")
+                await self.ws.send(bytes(data))
+        elif t == "websocket.accept":
+            if state != "connecting":
+                raise RuntimeError(f"ASGI 'websocket.accept' when the WebSocket is {state}")
+            headers = _byte_pairs(message.get("headers", ()), "websocket.accept header")
+            subprotocol = message.get("subprotocol")
+            if subprotocol is not None and type(subprotocol) is not str:
+                raise TypeError(f"ASGI websocket.accept 'subprotocol' must be str, got "
+                                f"{subprotocol!r}")
+            await self.ws.accept(subprotocol, headers)
+            self.state = "open"
+        elif t == "websocket.close":
+            code = message.get("code", 1000)
+            code = 1000 if code is None else code
+            reason = message.get("reason") or ""
+            if state == "connecting":
+                # Refused before accept: HTTP 403 (ASGI spec).
+                self.state = "denied"
+                self.resp.status = 403
+                await self.out.complete()
+            elif state == "open":
+                if isinstance(code, bool) or not isinstance(code, int):
+                    raise TypeError(f"ASGI websocket.close 'code' must be an int, got {code!r}")
+                self.state = "closed"
+                await self.ws.close(code, str(reason))
+            elif state == "response":
+                raise RuntimeError("ASGI 'websocket.close' during a 'websocket.http.response'")
+            # A second close, or one after the peer's: nothing left to do.
+        elif t == "websocket.http.response.start":
+            if state != "connecting":
+                raise RuntimeError(f"ASGI 'websocket.http.response.start' when the WebSocket "
+                                   f"is {state}")
+            status = message["status"]
+            if isinstance(status, bool) or not isinstance(status, int):
+                raise TypeError(f"ASGI response status must be an int, got {status!r}")
+            self.resp.status = int(status)
+            self.resp.headers = _byte_pairs(message.get("headers", ()), "response header")
+            self.state = "response"
+        elif t == "websocket.http.response.body":
+            if state != "response" or self.out.is_complete:
+                raise RuntimeError("ASGI 'websocket.http.response.body' without a started, "
+                                   "incomplete 'websocket.http.response'")
+            data = message.get("body", b"")
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise TypeError(f"ASGI response body must be bytes, got {type(data).__name__}")
+            if message.get("more_body", False):
+                await self.out.send(bytes(data))
+            else:
+                await self.out.complete(bytes(data))
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {t!r} for a WebSocket")

@@ -23,6 +23,7 @@ __all__ = [
     "MinDataRate",
     "Timeouts",
     "Tls",
+    "WebSocketConfig",
 ]
 
 
@@ -114,11 +115,56 @@ class Http2Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """WebSockets (RFC 6455 over HTTP/1.1, RFC 8441 over HTTP/2).
+
+    - ``max_message_size``: bytes of one received message, after decompression; a larger one
+      closes the WebSocket with 1009 (Message Too Big). ``None``: unbounded.
+    - ``ping_interval``: seconds between the server's pings; ``None`` sends none.
+    - ``ping_timeout``: seconds to wait for the pong; past it the peer is taken for dead and
+      the connection is dropped (the app sees code 1006).
+    - ``idle_timeout``: seconds without any frame from the peer after which the server closes
+      with 1001; ``None`` (default): never (pings still find dead peers).
+    - ``close_timeout``: seconds to wait for the peer's reply to the server's close frame before
+      dropping the connection.
+    - ``per_message_deflate``: accept permessage-deflate compression (RFC 7692) when offered.
+    - ``deflate_max_window_bits``: the server's compression window, 9-15 (2**bits bytes of
+      history per connection and direction).
+    """
+
+    max_message_size: int | None = 16 * 1024 * 1024
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    idle_timeout: float | None = None
+    close_timeout: float = 5.0
+    per_message_deflate: bool = True
+    deflate_max_window_bits: int = 15
+
+    def __post_init__(self) -> None:
+        _positive_int("WebSocketConfig", "max_message_size", self.max_message_size,
+                      allow_none=True)
+        _positive_float("WebSocketConfig", "ping_interval", self.ping_interval, allow_none=True)
+        _positive_float("WebSocketConfig", "ping_timeout", self.ping_timeout)
+        _positive_float("WebSocketConfig", "idle_timeout", self.idle_timeout, allow_none=True)
+        _positive_float("WebSocketConfig", "close_timeout", self.close_timeout)
+        if not isinstance(self.per_message_deflate, bool):
+            raise ConfigError("WebSocketConfig.per_message_deflate must be True or False, "
+                              f"got {self.per_message_deflate!r}")
+        b = self.deflate_max_window_bits
+        if isinstance(b, bool) or not isinstance(b, int) or not 9 <= b <= 15:
+            raise ConfigError("WebSocketConfig.deflate_max_window_bits must be an integer 9-15, "
+                              f"got {b!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Size and count limits. Each is enforced by a counter in the protocol or connection.
 
     - ``max_concurrent_connections``: open connections per server; when reached the listeners stop
       accepting until one closes (the kernel backlog holds the rest). ``None``: unbounded.
+    - ``max_concurrent_upgraded_connections``: open WebSockets per server (Kestrel's
+      ``MaxConcurrentUpgradedConnections``); a WebSocket handshake beyond it gets 503 with
+      ``Retry-After``. ``None``: unbounded.
     - ``max_request_body_size``: bytes; beyond it 413. Per request an app may change it through
       :class:`~trioserve.features.RequestBodyFeature` before reading. ``None``: unbounded.
     - ``max_request_line_size``: bytes of the request line (method, target, version); beyond it 414.
@@ -132,6 +178,7 @@ class Limits:
     """
 
     max_concurrent_connections: int | None = None
+    max_concurrent_upgraded_connections: int | None = None
     max_request_body_size: int | None = 30_000_000
     max_request_line_size: int = 8 * 1024
     max_request_headers_count: int = 100
@@ -143,6 +190,8 @@ class Limits:
     def __post_init__(self) -> None:
         _positive_int("Limits", "max_concurrent_connections", self.max_concurrent_connections,
                       allow_none=True)
+        _positive_int("Limits", "max_concurrent_upgraded_connections",
+                      self.max_concurrent_upgraded_connections, allow_none=True)
         _positive_int("Limits", "max_request_body_size", self.max_request_body_size,
                       allow_none=True)
         _positive_int("Limits", "max_request_line_size", self.max_request_line_size)
@@ -303,6 +352,7 @@ class Config:
     - ``http2``: serve HTTP/2 too (default ``True``): over TLS when the client picks ``h2`` by
       ALPN; on plain listeners by prior knowledge (a connection opening with the HTTP/2 preface)
       and by ``Upgrade: h2c`` from HTTP/1.1. ``False``: HTTP/1.1 only.
+    - ``websocket``: :class:`WebSocketConfig`.
     """
 
     binds: tuple[Bind, ...] = (Bind(),)
@@ -315,6 +365,7 @@ class Config:
     http_parser: Literal["auto", "h11", "httptools"] = "auto"
     tls: Tls | None = None
     http2: bool = True
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.binds, tuple) or not self.binds:
@@ -342,6 +393,8 @@ class Config:
         _positive_int("Config", "backlog", self.backlog)
         if self.tls is not None and not isinstance(self.tls, Tls):
             raise ConfigError(f"Config.tls must be Tls or None, got {self.tls!r}")
+        if not isinstance(self.websocket, WebSocketConfig):
+            raise ConfigError(f"Config.websocket must be WebSocketConfig, got {self.websocket!r}")
         if not isinstance(self.http2, bool):
             raise ConfigError(f"Config.http2 must be True or False, got {self.http2!r}")
         if self.http_parser not in ("auto", "h11", "httptools"):

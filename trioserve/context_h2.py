@@ -88,6 +88,7 @@ class H2Stream:
         "response",
         "start_time",
         "stream_id",
+        "tunnel",
         "window_waited",
     )
 
@@ -103,6 +104,9 @@ class H2Stream:
         self._done: trio.Event | None = None
         self._window: trio.Event | None = None
         self.window_waited = 0.0  # seconds spent waiting for the peer's window
+        # Extended CONNECT (a WebSocket): the body is a long-lived byte stream, so the minimum
+        # request body data rate does not apply to it.
+        self.tunnel = False
         self.request = req = H2Request(self)
         self.body = body = H2RequestBody(self, max_body_size, end_stream)
         self.response = resp = H2Response(self)
@@ -416,7 +420,7 @@ class H2RequestBody:
         return data
 
     async def _wait(self) -> None:
-        rate = self._s.conn.body_rate
+        rate = None if self._s.tunnel else self._s.conn.body_rate
         self._wake = event = trio.Event()
         if rate is None:
             await event.wait()

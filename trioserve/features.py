@@ -50,6 +50,8 @@ __all__ = [
     "ServerAddressesInfo",
     "TlsFeature",
     "UpgradeFeature",
+    "WebSocketDisconnected",
+    "WebSocketFeature",
 ]
 
 T = TypeVar("T")
@@ -69,6 +71,17 @@ class FeatureMissingError(KeyError):
 class ClientDisconnected(OSError):
     """The client went away (or the request was aborted) while the app was reading the body
     or sending the response. ASGI bridges turn it into ``http.disconnect``."""
+
+
+class WebSocketDisconnected(ClientDisconnected):
+    """The WebSocket is closed: the peer's close ``code`` and ``reason`` (1006 when the
+    connection ended without a close frame, 1005 when the close frame had no code)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"the WebSocket closed with code {code}" + (f": {reason}" if reason
+                                                                       else ""))
+        self.code = code
+        self.reason = reason
 
 
 class RequestBodyTooLarge(Exception):
@@ -231,6 +244,42 @@ class UpgradeFeature(Protocol):
     @property
     def protocol(self) -> bytes | None: ...
     async def upgrade(self, headers: Headers | None = None) -> trio.abc.Stream: ...
+
+
+@runtime_checkable
+class WebSocketFeature(Protocol):
+    """A WebSocket opening handshake: present only on a valid one, over HTTP/1.1 (``Upgrade:
+    websocket``) or HTTP/2 (extended ``CONNECT``, RFC 8441). Invalid handshakes are answered
+    400 by the server before the app runs.
+
+    To refuse, answer with the ordinary response features instead of calling ``accept``.
+    ``accept(subprotocol, headers)`` completes the handshake (``subprotocol`` must be one of
+    :attr:`subprotocols`, else ``ValueError``); then ``receive()`` returns each whole message
+    (``str`` for text, ``bytes`` for binary) and ``send(data)`` sends one. ``close(code,
+    reason)`` starts the closing handshake. Once the WebSocket is closed (by the peer, by
+    ``close``, a protocol error, a dead peer or a server shutdown), ``receive()`` raises
+    :class:`WebSocketDisconnected` with the peer's close code, and ``send()`` raises it too.
+    ``accept``/``send``/``receive`` in the wrong state raise :class:`FeatureStateError`.
+    ``state`` is ``"connecting"``, ``"open"``, ``"closing"`` (our close sent) or ``"closed"``.
+    """
+
+    @property
+    def subprotocols(self) -> tuple[str, ...]: ...
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """The extensions the client offered (``Sec-WebSocket-Extensions`` items)."""
+        ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def close_code(self) -> int | None: ...
+    @property
+    def close_reason(self) -> str: ...
+    async def accept(self, subprotocol: str | None = None,
+                     headers: Headers | None = None) -> None: ...
+    async def receive(self) -> str | bytes: ...
+    async def send(self, data: str | bytes) -> None: ...
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
 @runtime_checkable

@@ -7,7 +7,10 @@
     ├── shutdown watcher                  SIGINT/SIGTERM or the ``shutdown`` event
     └── connections nursery               cancelled at the graceful deadline
         ├── accept loop per listener      stops on shutdown; bounded by max_concurrent_connections
-        └── connection task per socket    HTTP/1.1 requests run inline, one after another
+        └── connection task per socket    HTTP/1.1 requests run inline, one after another;
+            │                             HTTP/2: a reader, a writer and a task per stream
+            └── WebSocket nursery         per WebSocket request: its reader and keep-alive
+                                          tasks, around the app
 
 Deadlines, each one cancel scope around the wait it bounds: keep-alive idle
 (``Timeouts.keep_alive``) and request headers (``Timeouts.request_headers``) on the connection's
@@ -47,9 +50,13 @@ from .features import (
     HostedApplication,
     LifespanFailure,
     RequestBodyTooLarge,
+    RequestContext,
+    ResponseBodyFeature,
+    ResponseFeature,
     ServerAddressesFeature,
     ServerAddressesInfo,
     TlsFeature,
+    WebSocketFeature,
 )
 from .listeners import BoundListener, ListenError, open_listeners
 from .logs import fast_access_handler
@@ -78,7 +85,9 @@ from .protocols.http2 import (
     WindowOpened,
     valid_h2c_settings,
 )
+from .protocols.websocket import HandshakeError, check_handshake, is_websocket_upgrade
 from .tls import TlsInfo, cipher_suites, leaf_certificate_pem, server_context
+from .websocket import WebSocketSession
 
 __all__ = ["serve"]
 
@@ -143,6 +152,69 @@ class _Server:
             raise ConfigError(f"Config.http_parser: {exc}") from None
         # Decided once the server starts, after the logging configuration is in place.
         self.fast_access = fast_access_handler() if config.access_log else None
+        self.websockets = 0  # open WebSocket requests (Limits.max_concurrent_upgraded_connections)
+
+    async def run_upgrade(self, ctx: RequestContext, head: RequestHead) -> None:
+        """Run the app for a request that asks to switch protocols (``head.upgrade``: the
+        HTTP/1.1 ``Upgrade`` value or the HTTP/2 ``:protocol``). A WebSocket handshake is
+        checked first (an invalid one is answered 400 with the reason, one over
+        ``max_concurrent_upgraded_connections`` 503), then served under its own nursery with a
+        :class:`WebSocketSession` as its ``WebSocketFeature``. Other upgrades go to the app
+        as they are. The app's exceptions propagate as for any request, except after the
+        WebSocket was accepted: then they are logged and the WebSocket closes with 1011."""
+        assert head.upgrade is not None
+        if not is_websocket_upgrade(head.upgrade):
+            if head.http_version == b"2":
+                await _plain_response(ctx, 501, f"extended CONNECT protocol "
+                                      f"{head.upgrade[:100].decode('latin-1')!r} is not "
+                                      "supported")
+                return
+            await self.app(ctx)
+            return
+        try:
+            offer = check_handshake(head)
+        except HandshakeError as exc:
+            log.debug("invalid WebSocket handshake: %s", exc.message)
+            await _plain_response(ctx, exc.status, exc.message, exc.headers)
+            return
+        limit = self.config.limits.max_concurrent_upgraded_connections
+        if limit is not None and self.websockets >= limit:
+            log.warning("WebSocket refused: %d open, the limit "
+                        "(max_concurrent_upgraded_connections)", self.websockets)
+            await _plain_response(ctx, 503, "too many WebSocket connections; retry later",
+                                  [(b"retry-after", b"5")])
+            return
+        self.websockets += 1
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                session = WebSocketSession(ctx.features, offer, self.config.websocket, nursery,
+                                           self.config.limits.min_response_data_rate)
+                ctx.features.set(WebSocketFeature, session)
+                self.drain_callbacks.add(session.going_away)
+                failed = False
+                try:
+                    await self.app(ctx)
+                except ClientDisconnected as exc:
+                    if session.state == "connecting":
+                        failure = exc
+                except (Exception, SystemExit) as exc:
+                    if session.state == "connecting":
+                        failure = exc  # the request's usual 500
+                    else:
+                        failed = True
+                        log.error("exception in application for WebSocket %s",
+                                  head.target.decode("latin-1"), exc_info=exc)
+                finally:
+                    self.drain_callbacks.discard(session.going_away)
+                    try:
+                        await session.finish(failed)
+                    finally:
+                        nursery.cancel_scope.cancel()
+        finally:
+            self.websockets -= 1
+        if failure is not None:
+            raise failure
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -165,6 +237,18 @@ class _Server:
             return
         access_log.info('%s - "%s %s HTTP/%s" %d %d %.6fs', peer_text, method,
                         target.decode("latin-1"), http_version, status, nbytes, elapsed)
+
+
+async def _plain_response(ctx: RequestContext, status: int, message: str,
+                          headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer ``status`` with ``message`` as text, and end the connection after it over
+    HTTP/1.1 (the request may have been meant for another protocol)."""
+    features = ctx.features
+    response = features[ResponseFeature]
+    response.status = status
+    response.headers = [*(headers or []), (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"connection", b"close")]
+    await features[ResponseBodyFeature].complete((message + "\n").encode("utf-8", "replace"))
 
 
 def write_deadline(rate: MinDataRate | None, nbytes: int) -> float:
@@ -897,12 +981,14 @@ class _H1Connection:
             proto.next_event()  # the (empty) body's end
         response = ex.response
         try:
-            if self.sniff and head.upgrade is not None:
-                settings = self._h2c_settings(head)
+            if head.upgrade is None:
+                await server.app(ex.context)
+            else:
+                settings = self._h2c_settings(head) if self.sniff else None
                 if settings is not None:
                     await self._h2c_upgrade(ex, settings)
                     return
-            await server.app(ex.context)
+                await server.run_upgrade(ex.context, head)
         except (ClientDisconnected, RequestBodyTooLarge):
             if not response.is_complete:
                 ex.mark_aborted()
@@ -1358,7 +1444,11 @@ class _H2Connection:
         response = stream.response
         try:
             try:
-                await server.app(stream.context)
+                if stream.head.upgrade is None:
+                    await server.app(stream.context)
+                else:
+                    stream.tunnel = True
+                    await server.run_upgrade(stream.context, stream.head)
             except (ClientDisconnected, RequestBodyTooLarge):
                 if not response.is_complete:
                     stream.request.abort()

@@ -269,6 +269,7 @@ class HTTP2Protocol:
             S.INITIAL_WINDOW_SIZE: initial_stream_window_size,
             S.MAX_HEADER_LIST_SIZE: max_request_headers_total_size,
             S.ENABLE_PUSH: 0,
+            S.ENABLE_CONNECT_PROTOCOL: 1,  # WebSockets over HTTP/2 (RFC 8441)
         })
         conn.max_inbound_frame_size = max_frame_size
         if header_table_size > 4096:
@@ -462,7 +463,7 @@ class HTTP2Protocol:
             self._reset(stream_id, REFUSED_STREAM)
             self.refused += 1
             return
-        method = target = authority = scheme = None
+        method = target = authority = scheme = protocol = None
         fields: Headers = []
         cookies: list[bytes] = []
         host: bytes | None = None
@@ -484,8 +485,8 @@ class HTTP2Protocol:
                     scheme = value
                 elif name == b":authority" and authority is None:
                     authority = value
-                elif name == b":protocol":
-                    bad = "extended CONNECT (:protocol) is not supported"
+                elif name == b":protocol" and protocol is None:
+                    protocol = value
                 else:
                     malformed = f"unknown or repeated pseudo-header field {name!r}"
                 continue
@@ -524,6 +525,14 @@ class HTTP2Protocol:
                 malformed = "content-length without a body (RFC 9113 §8.1.1)"
             elif target is not None and _NUL_CR_LF_RE.search(target) is not None:
                 malformed = "NUL, CR or LF in :path (RFC 9113 §8.2.1)"
+            elif protocol is not None:
+                # RFC 8441 §4: extended CONNECT carries :scheme, :path and :authority too.
+                if method != b"CONNECT":
+                    malformed = ":protocol on a request that is not CONNECT"
+                elif not protocol or not scheme or not target or authority is None:
+                    malformed = "extended CONNECT needs :protocol, :scheme, :path and :authority"
+                elif authority is not None and host is not None and host != authority:
+                    malformed = "host and :authority differ"
             elif method == b"CONNECT" and bad is None:
                 if authority is None or scheme is not None or target is not None:
                     malformed = "CONNECT needs :authority and no :scheme or :path"
@@ -547,7 +556,7 @@ class HTTP2Protocol:
             status, bad = 431, (f"request header fields larger than {self._max_headers_size} "
                                 "bytes")
         elif bad is None:
-            if method == b"CONNECT":
+            if method == b"CONNECT" and protocol is None:
                 target = authority
             elif not (_PATH_RE.fullmatch(target or b"")
                       or (target == b"*" and method == b"OPTIONS")):
@@ -563,7 +572,7 @@ class HTTP2Protocol:
                 expects_continue = True
         head = RequestHead(method=method, target=target, http_version=b"2", headers=fields,
                            keep_alive=True, expects_continue=expects_continue,
-                           content_length=content_length, chunked=False)
+                           content_length=content_length, chunked=False, upgrade=protocol)
         self._streams.add(stream_id)
         self._active.add(stream_id)
         events.append(StreamRequest(stream_id, head, end))

@@ -1,0 +1,442 @@
+"""The WebSocket protocol, sans-IO: the opening handshake (RFC 6455 §4 over HTTP/1.1, RFC 8441
+over HTTP/2), permessage-deflate (RFC 7692) and frames in, whole messages out.
+
+Framing, masking rules, UTF-8 validation and close-frame checks are wsproto's frame layer
+(``wsproto.connection.Connection``); the handshake is done here because the server has already
+parsed the request (HTTP/1.1 or HTTP/2) and must not parse it again.
+
+- :func:`check_handshake` validates an upgrade request's head and returns an :class:`Offer`, or
+  raises :class:`HandshakeError` with the status and reason to answer with.
+- :func:`accept_headers` builds the response fields and negotiates permessage-deflate.
+- :class:`WebSocketProtocol` turns received bytes into :class:`Message`, :class:`Pong` and
+  :class:`Closed` events (pings are answered by itself), and messages to send into bytes.
+
+No I/O and no Trio here: bytes in, events out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Final
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    TextMessage,
+)
+from wsproto.events import Pong as WsprotoPong
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
+from wsproto.utilities import LocalProtocolError
+
+from .events import RequestHead
+
+__all__ = [
+    "Closed",
+    "DeflateOptions",
+    "HandshakeError",
+    "Message",
+    "Offer",
+    "Pong",
+    "WebSocketProtocol",
+    "accept_headers",
+    "check_handshake",
+    "is_websocket_upgrade",
+]
+
+Headers = list[tuple[bytes, bytes]]
+
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Fields the server owns in a handshake response: an app's own copies are dropped.
+_SERVER_FIELDS: Final = frozenset({b"sec-websocket-accept", b"sec-websocket-extensions",
+                                   b"upgrade", b"connection", b"content-length",
+                                   b"transfer-encoding"})
+
+
+class HandshakeError(Exception):
+    """The request asked for a WebSocket but the handshake is invalid. ``status`` (400) and
+    ``message`` are the answer; ``headers`` go with it (``Sec-WebSocket-Version: 13`` when the
+    version is not one the server speaks, as RFC 6455 §4.4 asks)."""
+
+    def __init__(self, message: str, status: int = 400, headers: Headers | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.headers = headers or []
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A valid opening handshake. ``key`` is ``Sec-WebSocket-Key`` (``None`` over HTTP/2,
+    which has none); ``subprotocols`` and ``extensions`` are what the client offered, in order."""
+
+    key: bytes | None
+    subprotocols: tuple[str, ...]
+    extensions: tuple[str, ...]
+
+    @property
+    def http2(self) -> bool:
+        return self.key is None
+
+
+@dataclass(frozen=True, slots=True)
+class DeflateOptions:
+    """permessage-deflate as the server accepts it: ``enabled``; ``max_window_bits`` (9-15) caps
+    the server's compression window (smaller: less memory per connection, worse ratio)."""
+
+    enabled: bool = True
+    max_window_bits: int = 15
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    return [t.strip().lower() for v in values for t in v.split(b",") if t.strip()]
+
+
+def is_websocket_upgrade(upgrade: bytes) -> bool:
+    """Whether an ``Upgrade`` value (or HTTP/2 ``:protocol``) names ``websocket``."""
+    return b"websocket" in _tokens([upgrade])
+
+
+def check_handshake(head: RequestHead) -> Offer:
+    """Validate a WebSocket opening handshake: an HTTP/1.1 ``GET`` with ``Upgrade: websocket``
+    (RFC 6455 §4.2.1), or an HTTP/2 extended ``CONNECT`` with ``:protocol websocket``
+    (RFC 8441 §5; ``head.upgrade`` is the ``:protocol`` then).
+
+    Raises :class:`HandshakeError` naming what is wrong: the method or version, a missing or
+    invalid ``Sec-WebSocket-Key``, a ``Sec-WebSocket-Version`` other than 13, an invalid
+    ``Sec-WebSocket-Protocol``."""
+    http2 = head.http_version == b"2"
+    if http2:
+        if head.method != b"CONNECT":
+            raise HandshakeError("a WebSocket over HTTP/2 is an extended CONNECT request")
+    elif head.method != b"GET":
+        raise HandshakeError(f"a WebSocket handshake must be a GET request, not "
+                             f"{head.method.decode('ascii', 'replace')}")
+    elif head.http_version != b"1.1":
+        raise HandshakeError("a WebSocket handshake needs HTTP/1.1")
+    keys: list[bytes] = []
+    versions: list[bytes] = []
+    protocols: list[bytes] = []
+    extensions: list[bytes] = []
+    for name, value in head.headers:
+        if name[:14] != b"sec-websocket-":
+            continue
+        if name == b"sec-websocket-key":
+            keys.append(value)
+        elif name == b"sec-websocket-version":
+            versions.append(value)
+        elif name == b"sec-websocket-protocol":
+            protocols.append(value)
+        elif name == b"sec-websocket-extensions":
+            extensions.append(value)
+    if len(versions) != 1 or versions[0].strip() != b"13":
+        shown = b", ".join(versions).decode("latin-1") or "none"
+        raise HandshakeError(f"unsupported Sec-WebSocket-Version ({shown}): this server speaks "
+                             "version 13", 400, [(b"sec-websocket-version", b"13")])
+    key: bytes | None = None
+    if not http2:
+        if len(keys) != 1:
+            raise HandshakeError("missing Sec-WebSocket-Key" if not keys
+                                 else "more than one Sec-WebSocket-Key")
+        key = keys[0].strip()
+        try:
+            valid = len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise HandshakeError("invalid Sec-WebSocket-Key (must be 16 bytes, base64-encoded)")
+    subprotocols = []
+    for token in (t.strip() for v in protocols for t in v.split(b",")):
+        text = token.decode("latin-1")
+        if not _TOKEN_RE.fullmatch(text):
+            raise HandshakeError(f"invalid Sec-WebSocket-Protocol value {text[:100]!r}")
+        subprotocols.append(text)
+    offers = tuple(o.strip().decode("latin-1") for v in extensions for o in v.split(b",")
+                   if o.strip())
+    return Offer(key, tuple(subprotocols), offers)
+
+
+class _BoundedDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate with a bound on what one message inflates to, so a small
+    compressed frame cannot expand into gigabytes before the message size check sees it."""
+
+    def __init__(self, max_message_size: int | None, max_window_bits: int) -> None:
+        super().__init__(server_max_window_bits=max_window_bits)
+        self.max_message_size = max_message_size
+        self.inflated = 0  # bytes of the current message so far
+
+    def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol,
+                                   data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        limit = self.max_message_size
+        try:
+            if limit is None:
+                out = self._decompressor.decompress(bytes(data))
+            else:
+                budget = max(limit - self.inflated, 0)
+                out = self._decompressor.decompress(bytes(data), budget + 1)
+                if len(out) > budget:
+                    return CloseReason.MESSAGE_TOO_BIG
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self.inflated += len(out)
+        return out
+
+    def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol,
+                               fin: bool) -> bytes | CloseReason | None:
+        if fin:
+            self.inflated = 0
+        return super().frame_inbound_complete(proto, fin)
+
+
+def accept_headers(offer: Offer, subprotocol: str | None, headers: Headers | None,
+                   deflate: DeflateOptions, max_message_size: int | None
+                   ) -> tuple[Headers, list[PerMessageDeflate]]:
+    """The fields of the response that accepts ``offer`` (101 over HTTP/1.1 — the caller adds
+    ``Upgrade``/``Connection`` — or 200 over HTTP/2), and the extensions now in force.
+
+    ``subprotocol`` must be one the client offered (else :class:`ValueError`). The first
+    permessage-deflate offer the server can honour is accepted when ``deflate.enabled``;
+    offers with parameters it does not understand are declined (RFC 7692 §5). The app's
+    ``headers`` are added, except the fields the handshake owns."""
+    out: Headers = []
+    if offer.key is not None:
+        accept = base64.b64encode(hashlib.sha1(offer.key + _GUID).digest())
+        out.append((b"sec-websocket-accept", accept))
+    if subprotocol is not None:
+        if subprotocol not in offer.subprotocols:
+            offered = ", ".join(offer.subprotocols) or "none"
+            raise ValueError(f"WebSocket subprotocol {subprotocol!r} was not offered by the "
+                             f"client (offered: {offered})")
+        out.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+    extensions: list[PerMessageDeflate] = []
+    if deflate.enabled:
+        for text in offer.extensions:
+            name, _, params = text.partition(";")
+            if name.strip().lower() != "permessage-deflate" or not _known_params(params):
+                continue
+            ext = _BoundedDeflate(max_message_size, deflate.max_window_bits)
+            try:
+                reply = ext.accept(text)
+            except ValueError:
+                reply = None
+            if reply is None or reply is False:
+                continue
+            # Never agree to a larger server window than configured.
+            if ext.server_max_window_bits > deflate.max_window_bits:
+                continue
+            value = "permessage-deflate" + (f"; {reply}" if isinstance(reply, str) and reply
+                                            else "")
+            if deflate.max_window_bits < 15 and "server_max_window_bits" not in value:
+                ext.server_max_window_bits = deflate.max_window_bits
+                value += f"; server_max_window_bits={deflate.max_window_bits}"
+            out.append((b"sec-websocket-extensions", value.encode("latin-1")))
+            extensions.append(ext)
+            break
+    for field_name, field_value in headers or ():
+        if field_name.lower() not in _SERVER_FIELDS:
+            out.append((field_name, field_value))
+    return out, extensions
+
+
+_DEFLATE_PARAMS: Final = {"server_no_context_takeover", "client_no_context_takeover",
+                          "server_max_window_bits", "client_max_window_bits"}
+
+
+def _known_params(params: str) -> bool:
+    """RFC 7692 §7: only the four defined parameters, each at most once, window bits 8-15
+    (a bare ``client_max_window_bits`` allowed); anything else declines the offer."""
+    seen = set()
+    for part in params.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        name = name.strip().lower()
+        if name not in _DEFLATE_PARAMS or name in seen:
+            return False
+        seen.add(name)
+        value = value.strip().strip('"')
+        if name.endswith("no_context_takeover"):
+            if eq:
+                return False
+        elif eq or name == "server_max_window_bits":
+            if not value.isdigit() or not 8 <= int(value) <= 15:
+                return False
+            if value != str(int(value)):
+                return False  # leading zeros
+    return True
+
+
+# ------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole data message: ``str`` for a text message, ``bytes`` for a binary one."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The peer answered a ping (or sent an unsolicited pong)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The WebSocket is closed for receiving: the peer sent a close frame (``code``, ``reason``
+    as sent; 1005 for none), the connection ended without one (1006), or the peer broke the
+    protocol (``failed``: the server's close frame with ``code`` is already queued)."""
+
+    code: int
+    reason: str
+    failed: bool = False
+
+
+WsEvent = Message | Pong | Closed
+
+
+class WebSocketProtocol:
+    """One WebSocket connection's frames, server side, after the opening handshake.
+
+    :meth:`receive_data` takes bytes (``b""`` for the end of the connection) and returns events;
+    it queues pongs for pings and the close reply itself. :meth:`send_message`,
+    :meth:`send_ping` and :meth:`send_close` queue frames; :meth:`data_to_send` takes them.
+
+    Messages larger than ``max_message_size`` (bytes, or characters' UTF-8 bytes; after
+    decompression) fail the connection with close code 1009. Errors from the peer (an unmasked
+    frame 1002, invalid UTF-8 1007 …) fail it with wsproto's code. After :class:`Closed`, no
+    more events come.
+    """
+
+    __slots__ = ("_out", "_parts", "_size", "_ws", "close_received", "close_sent", "finished",
+                 "max_message_size")
+
+    def __init__(self, extensions: list[PerMessageDeflate], max_message_size: int | None
+                 ) -> None:
+        self._ws = Connection(ConnectionType.SERVER, list(extensions))
+        self.max_message_size = max_message_size
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        self._out = bytearray()
+        self.close_sent = False
+        self.close_received = False
+        self.finished = False  # a Closed event was returned: nothing more is received
+
+    @property
+    def can_send(self) -> bool:
+        """Data messages may be sent: no close frame sent yet, and the peer's close not yet
+        answered."""
+        return not self.close_sent and self._ws.state is ConnectionState.OPEN
+
+    def receive_data(self, data: bytes) -> list[WsEvent]:
+        """Events for ``data`` from the peer (``b""``: the connection ended)."""
+        if self.finished:
+            return []
+        if not data:
+            self.finished = True
+            return [Closed(1006, "the connection ended without a close frame")]
+        self._ws.receive_data(data)
+        events: list[WsEvent] = []
+        limit = self.max_message_size
+        for ev in self._ws.events():
+            if isinstance(ev, TextMessage | BytesMessage):
+                payload: str | bytes = (ev.data if isinstance(ev.data, str)
+                                        else bytes(ev.data))
+                self._size += (len(payload) if isinstance(payload, bytes)
+                               else len(payload.encode("utf-8")))
+                if limit is not None and self._size > limit:
+                    return [*events, self._fail(CloseReason.MESSAGE_TOO_BIG,
+                                                f"message larger than {limit} bytes")]
+                if ev.message_finished:
+                    parts = self._parts
+                    if parts:
+                        parts.append(payload)
+                        joined: str | bytes = (
+                            "".join(p for p in parts if isinstance(p, str))
+                            if isinstance(payload, str)
+                            else b"".join(p for p in parts if isinstance(p, bytes)))
+                        parts.clear()
+                    else:
+                        joined = payload
+                    self._size = 0
+                    events.append(Message(joined))
+                elif payload:
+                    self._parts.append(payload)
+            elif isinstance(ev, Ping):
+                if self._ws.state is ConnectionState.OPEN:
+                    self._out += self._ws.send(ev.response())
+            elif isinstance(ev, WsprotoPong):
+                events.append(Pong(bytes(ev.payload)))
+            elif isinstance(ev, CloseConnection):
+                state = self._ws.state
+                if state is ConnectionState.REMOTE_CLOSING:
+                    # The peer closes first: echo its code (RFC 6455 §5.5.1).
+                    self._out += self._ws.send(CloseConnection(ev.code, ev.reason or None))
+                    self.close_sent = True
+                elif state is not ConnectionState.CLOSED:
+                    # wsproto reports a frame it could not parse as a close it did not receive.
+                    return [*events, self._fail(ev.code, ev.reason or "")]
+                self.close_received = True
+                self.finished = True
+                events.append(Closed(int(ev.code), ev.reason or ""))
+                return events
+        return events
+
+    def _fail(self, code: int, reason: str) -> Closed:
+        """Fail the connection (RFC 6455 §7.1.7): queue our close frame unless one was sent."""
+        if not self.close_sent and self._ws.state is ConnectionState.OPEN:
+            self._out += self._ws.send(CloseConnection(code, reason[:120] or None))
+            self.close_sent = True
+        self.finished = True
+        return Closed(code, reason, failed=True)
+
+    def send_message(self, data: str | bytes) -> None:
+        """Queue a whole message. Raises :class:`RuntimeError` once a close frame was sent or
+        received (the caller reports the disconnect)."""
+        if not self.can_send:
+            raise RuntimeError("the WebSocket is closing")
+        if isinstance(data, str):
+            self._out += self._ws.send(TextMessage(data=data))
+        else:
+            self._out += self._ws.send(BytesMessage(data=data))
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Queue a ping (ignored once closing)."""
+        if self.can_send:
+            self._out += self._ws.send(Ping(payload))
+
+    def send_close(self, code: int = 1000, reason: str = "") -> None:
+        """Queue a close frame (once; later calls do nothing). ``code`` 1000-4999 except the
+        local-only ones; ``reason`` at most 123 UTF-8 bytes (longer is truncated). Raises
+        :class:`ValueError` for an invalid code."""
+        if not (code == 1000 or 1001 <= code <= 1003 or 1007 <= code <= 1014
+                or 3000 <= code <= 4999):
+            raise ValueError(f"invalid WebSocket close code {code!r} (1000-1003, 1007-1014 or "
+                             "3000-4999)")
+        if self.close_sent or self._ws.state not in (ConnectionState.OPEN,
+                                                     ConnectionState.REMOTE_CLOSING):
+            return
+        try:
+            self._out += self._ws.send(CloseConnection(code, reason or None))
+        except LocalProtocolError:  # pragma: no cover - guarded by the state check
+            return
+        self.close_sent = True
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out

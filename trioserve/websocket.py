@@ -1,0 +1,343 @@
+"""``WebSocketFeature``: one WebSocket's I/O, the same over HTTP/1.1 and HTTP/2.
+
+The transport comes from the request's own features: over HTTP/1.1 ``UpgradeFeature.upgrade``
+answers 101 and hands over the connection (with any bytes the client sent early); over HTTP/2
+(RFC 8441) the stream's request body is the incoming byte stream and its response body the
+outgoing one, under HTTP/2 flow control. Frames are :mod:`trioserve.protocols.websocket`'s.
+
+Once accepted, a reader task (in the nursery the server opened for this request) reads frames,
+answers pings, replies to the peer's close, and hands whole messages to ``receive()`` through a
+one-message queue — an app that stops reading stops the reading of the socket too (backpressure,
+as trio-websocket does). A keep-alive task pings the peer every ``ping_interval`` and drops a
+peer that does not answer within ``ping_timeout``. Each wait is a cancel scope: the idle timeout
+and the wait for the peer's close reply bound the reads; the minimum response data rate bounds
+each write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .config import MinDataRate, WebSocketConfig
+from .features import (
+    ClientDisconnected,
+    FeatureCollection,
+    FeatureStateError,
+    RequestBodyFeature,
+    RequestLifetimeFeature,
+    ResponseBodyFeature,
+    ResponseFeature,
+    UpgradeFeature,
+    WebSocketDisconnected,
+)
+from .protocols.websocket import (
+    Closed,
+    DeflateOptions,
+    Message,
+    Offer,
+    Pong,
+    WebSocketProtocol,
+    accept_headers,
+)
+
+__all__ = ["WebSocketSession"]
+
+log = logging.getLogger("trioserve.websocket")
+
+Headers = list[tuple[bytes, bytes]]
+RECEIVE_SIZE = 64 * 1024
+_TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ClientDisconnected)
+
+
+class WebSocketSession:
+    """The server's :class:`~trioserve.features.WebSocketFeature` (see that class for the
+    contract). The server creates one per WebSocket handshake request, runs the app, then
+    calls :meth:`finish`; :meth:`going_away` starts a close with 1001 on shutdown."""
+
+    def __init__(self, features: FeatureCollection, offer: Offer, config: WebSocketConfig,
+                 nursery: trio.Nursery, response_rate: MinDataRate | None) -> None:
+        self._features = features
+        self._offer = offer
+        self._config = config
+        self._nursery = nursery
+        self._rate = response_rate
+        self._state = "connecting"
+        self._proto: WebSocketProtocol | None = None
+        self._receive: Callable[[], Awaitable[bytes | bytearray]] | None = None
+        self._write: Callable[[bytes], Awaitable[None]] | None = None
+        self._send_lock = trio.StrictFIFOLock()
+        self._inbox_send, self._inbox = trio.open_memory_channel[str | bytes](1)
+        self._closed = trio.Event()  # the reader is done: nothing more will be received
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._close_deadline = float("inf")  # our close frame is out: the reply must come by
+        self._last_frame = 0.0
+        self._read_scope: trio.CancelScope | None = None
+        self._pong: trio.Event | None = None
+        self._lost = False  # the transport broke or the peer was dropped: no orderly end
+        self._app_done = False
+        self._going_away = False
+
+    # ------------------------------------------------------------------ the feature
+
+    @property
+    def subprotocols(self) -> tuple[str, ...]:
+        return self._offer.subprotocols
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return self._offer.extensions
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
+    async def accept(self, subprotocol: str | None = None,
+                     headers: Headers | None = None) -> None:
+        if self._state != "connecting":
+            raise FeatureStateError(f"accept(): the WebSocket is already {self._state}")
+        features = self._features
+        response = features[ResponseFeature]
+        if response.has_started:
+            raise FeatureStateError("accept(): a response was already sent instead")
+        config = self._config
+        fields, extensions = accept_headers(
+            self._offer, subprotocol, headers,
+            DeflateOptions(config.per_message_deflate, config.deflate_max_window_bits),
+            config.max_message_size)
+        if self._offer.http2:
+            body = features[RequestBodyFeature]
+            body.max_size = None  # the body is the WebSocket: its messages have their own limit
+            out = features[ResponseBodyFeature]
+            response.status = 200
+            response.headers = fields
+            await out.start()
+            self._receive = body.receive
+            self._write = out.send
+        else:
+            stream = await features[UpgradeFeature].upgrade(fields)
+
+            async def receive() -> bytes | bytearray:
+                return await stream.receive_some(RECEIVE_SIZE)
+
+            async def write(data: bytes) -> None:
+                rate = self._rate
+                if rate is None:
+                    await stream.send_all(data)
+                    return
+                # The minimum response data rate, as for any response: a peer that stops
+                # reading is dropped instead of blocking the app forever.
+                with trio.move_on_after(rate.grace_period + len(data) / rate.bytes_per_second):
+                    await stream.send_all(data)
+                    return
+                raise trio.BrokenResourceError("the client read the WebSocket too slowly")
+
+            self._receive = receive
+            self._write = write
+        self._proto = WebSocketProtocol(extensions, config.max_message_size)
+        self._state = "open"
+        self._last_frame = trio.current_time()
+        self._nursery.start_soon(self._read_loop)
+        if config.ping_interval is not None:
+            self._nursery.start_soon(self._keepalive, config.ping_interval)
+        if self._going_away:
+            self._nursery.start_soon(self.close, 1001, "server shutting down")
+
+    async def receive(self) -> str | bytes:
+        if self._state == "connecting":
+            raise FeatureStateError("receive(): the WebSocket was not accepted")
+        try:
+            return await self._inbox.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            await self._closed.wait()
+            raise WebSocketDisconnected(self._close_code or 1006, self._close_reason) from None
+
+    async def send(self, data: str | bytes) -> None:
+        if self._state == "connecting":
+            raise FeatureStateError("send(): the WebSocket was not accepted")
+        if type(data) is not str and type(data) is not bytes:
+            if not isinstance(data, str | bytes | bytearray | memoryview):
+                raise TypeError(f"WebSocket messages are str or bytes, got "
+                                f"{type(data).__name__}")
+            data = data if isinstance(data, str) else bytes(data)
+        proto = self._proto
+        assert proto is not None
+        if self._lost or not proto.can_send:
+            raise WebSocketDisconnected(self._close_code or 1006, self._close_reason)
+        proto.send_message(data)
+        await self._flush()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._state == "connecting":
+            raise FeatureStateError("close(): the WebSocket was not accepted; refuse it with "
+                                    "an HTTP response instead")
+        proto = self._proto
+        assert proto is not None
+        if self._lost or proto.close_sent:
+            await trio.lowlevel.checkpoint()
+            return
+        proto.send_close(code, reason)
+        self._closing()
+        try:
+            await self._flush()
+        except _TRANSPORT_ERRORS:
+            pass
+
+    # ------------------------------------------------------------------ server side
+
+    def going_away(self) -> None:
+        """The server is shutting down: close with 1001 (now, or as soon as accepted). The
+        peer's reply ends ``receive()`` with :class:`WebSocketDisconnected`."""
+        self._going_away = True
+        if self._state == "open" and not self._app_done:
+            self._nursery.start_soon(self.close, 1001, "server shutting down")
+
+    async def finish(self, failed: bool) -> None:
+        """After the app returned (``failed``: it raised): close with 1000 (1011 if it failed)
+        unless closed already, wait up to ``close_timeout`` for the peer's reply, then end the
+        transport (HTTP/2: end the stream, or reset it if the WebSocket was lost)."""
+        self._app_done = True
+        self._inbox.close()
+        if self._state == "connecting":
+            return
+        proto = self._proto
+        assert proto is not None
+        try:
+            if not self._lost and not proto.close_sent and proto.can_send:
+                proto.send_close(1011 if failed else 1000,
+                                 "internal error" if failed else "")
+                self._closing()
+                await self._flush()
+            await self._closed.wait()  # the reader stops by the close deadline at the latest
+        except _TRANSPORT_ERRORS:
+            self._lost = True
+        finally:
+            self._state = "closed"
+            if self._offer.http2:
+                out = self._features[ResponseBodyFeature]
+                if self._lost or not proto.close_received:
+                    self._features[RequestLifetimeFeature].abort()
+                elif not out.is_complete:
+                    try:
+                        await out.complete()
+                    except ClientDisconnected:
+                        pass
+
+    # ------------------------------------------------------------------ internals
+
+    def _closing(self) -> None:
+        """Our close frame is queued: the peer's reply must come within ``close_timeout``."""
+        if self._state == "open":
+            self._state = "closing"
+        self._close_deadline = trio.current_time() + self._config.close_timeout
+        scope = self._read_scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline, self._close_deadline)
+
+    async def _flush(self) -> None:
+        """Write whatever the protocol queued (in order; one writer at a time)."""
+        proto = self._proto
+        write = self._write
+        assert proto is not None and write is not None
+        async with self._send_lock:
+            data = proto.data_to_send()
+            if data:
+                await write(data)
+
+    async def _read_loop(self) -> None:
+        proto = self._proto
+        receive = self._receive
+        assert proto is not None and receive is not None
+        idle = self._config.idle_timeout
+        try:
+            while True:
+                deadline = self._close_deadline
+                if idle is not None:
+                    deadline = min(deadline, self._last_frame + idle)
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._read_scope = scope
+                    data = await receive()
+                self._read_scope = None
+                if scope.cancelled_caught:
+                    if proto.close_sent:
+                        log.info("WebSocket peer did not answer the close frame within %gs; "
+                                 "dropping it", self._config.close_timeout)
+                        self._drop("no reply to the close frame")
+                        return
+                    # Idle: close with 1001 and keep reading for the reply.
+                    proto.send_close(1001, "idle timeout")
+                    self._closing()
+                    await self._flush()
+                    continue
+                self._last_frame = trio.current_time()
+                events = proto.receive_data(bytes(data))
+                await self._flush()  # pongs, the reply to a close, a failure's close
+                for ev in events:
+                    if type(ev) is Message:
+                        if not self._app_done:
+                            try:
+                                await self._inbox_send.send(ev.data)
+                            except trio.BrokenResourceError:
+                                pass  # the app is done: the message has no reader
+                    elif type(ev) is Pong:
+                        if self._pong is not None:
+                            self._pong.set()
+                    elif type(ev) is Closed:
+                        self._close_code = ev.code
+                        self._close_reason = ev.reason
+                        if ev.failed:
+                            log.info("WebSocket closed for a protocol error (%d): %s",
+                                     ev.code, ev.reason)
+                        if ev.code == 1006:
+                            self._lost = True
+                        return
+        except _TRANSPORT_ERRORS:
+            self._drop("the connection broke")
+        finally:
+            self._read_scope = None
+            if self._state != "closed":
+                self._state = "closed"
+            self._inbox_send.close()
+            self._closed.set()
+
+    def _drop(self, reason: str) -> None:
+        self._lost = True
+        if self._close_code is None:
+            self._close_code = 1006
+            self._close_reason = reason
+
+    async def _keepalive(self, interval: float) -> None:
+        proto = self._proto
+        assert proto is not None
+        timeout = self._config.ping_timeout
+        try:
+            while True:
+                await trio.sleep(interval)
+                if not proto.can_send or self._closed.is_set():
+                    return
+                self._pong = pong = trio.Event()
+                proto.send_ping(os.urandom(4))
+                await self._flush()
+                with trio.move_on_after(timeout):
+                    await pong.wait()
+                if not pong.is_set() and not self._closed.is_set():
+                    log.info("WebSocket peer did not answer a ping within %gs; dropping it",
+                             timeout)
+                    self._drop("no reply to a ping")
+                    self._closed.set()
+                    self._inbox_send.close()
+                    return
+        except _TRANSPORT_ERRORS:
+            self._drop("the connection broke")
