@@ -25,6 +25,8 @@ How it works:
 - Errors: an exception before anything was sent gives 500 (traceback in the log); a missing
   ``start_response``, a non-bytes chunk, or more bytes than the declared Content-Length give a
   logged error and a closed connection, never a silently short response.
+- WebSockets: WSGI has no way to hold a connection open, so a WebSocket handshake is answered
+  ``400`` with a message saying so (and ``Connection: close``), without calling the app.
 
 ``environ`` follows PEP 3333: ``PATH_INFO`` is percent-decoded bytes as latin-1, ``SCRIPT_NAME``
 is the configured root path, header names containing ``_`` are dropped (so ``X_Forwarded_For``
@@ -59,6 +61,7 @@ from trioserve.features import (
     RequestFeature,
     ResponseBodyFeature,
     ResponseFeature,
+    WebSocketFeature,
 )
 
 __all__ = ["FileWrapper", "WSGIApp", "WSGIBridge"]
@@ -735,6 +738,9 @@ class WSGIBridge:
 
     async def __call__(self, ctx: RequestContext) -> None:
         features = ctx.features
+        if WebSocketFeature in features:
+            await self._refuse_websocket(ctx)
+            return
         env = self.environ(ctx)
         body = features[RequestBodyFeature]
         env["wsgi.input"] = _Input(body)
@@ -757,6 +763,18 @@ class WSGIBridge:
                     await self.pool.run(lambda _job: close(), always=True)
             return
         raise AssertionError(f"unexpected result {result!r}")  # pragma: no cover
+
+    async def _refuse_websocket(self, ctx: RequestContext) -> None:
+        path = ctx.features[RequestFeature].path
+        log.info("WebSocket request to %s refused: a WSGI application cannot accept "
+                 "WebSockets (serve an ASGI application for that)", path)
+        response = ctx.features[ResponseFeature]
+        response.status = 400
+        response.headers = [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"connection", b"close")]
+        await ctx.features[ResponseBodyFeature].complete(
+            b"WebSocket requests are not supported: this server runs a WSGI application, "
+            b"which cannot accept them.\n")
 
     def _run(self, env: dict[str, Any], cycle: _Cycle, job: _Job) -> Any:
         """Worker thread: call the application and stream its response. Returns the joined

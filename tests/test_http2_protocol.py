@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import hpack
 import pytest
+from h2.settings import SettingCodes
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -1380,12 +1381,41 @@ def test_connect_target_is_the_authority() -> None:
     assert ev.head.headers == [(b"host", b"example.com:443")]
 
 
-def test_extended_connect_is_refused() -> None:
+def test_extended_connect_is_a_request_with_upgrade() -> None:
+    """RFC 8441: CONNECT with :protocol (advertised by SETTINGS_ENABLE_CONNECT_PROTOCOL) is a
+    request whose target is :path and whose ``upgrade`` is the protocol."""
     client = Client()
+    settings = next(f for f in client.preface.of(SettingsFrame) if "ACK" not in f.flags).settings
+    assert settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] == 1
     events = client.send(client.headers(1, [(b":method", b"CONNECT"), (b":protocol", b"websocket"),
-                                            (b":scheme", b"http"), (b":path", b"/chat"),
-                                            (b":authority", b"a")], end_stream=False))
-    assert [(type(e), getattr(e, "status", None)) for e in events] == [(StreamRefused, 400)]
+                                            (b":scheme", b"http"), (b":path", b"/chat?x=1"),
+                                            (b":authority", b"a"),
+                                            (b"sec-websocket-version", b"13")], end_stream=False))
+    assert [type(e) for e in events] == [StreamRequest]
+    head = events[0].head
+    assert (head.method, head.target, head.upgrade) == (b"CONNECT", b"/chat?x=1", b"websocket")
+
+
+@pytest.mark.parametrize("fields", [
+    # :protocol on a method other than CONNECT (RFC 8441 §4)
+    [(b":method", b"GET"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+     (b":path", b"/"), (b":authority", b"a")],
+    # extended CONNECT without :path or :scheme
+    [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+     (b":authority", b"a")],
+    [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":path", b"/"),
+     (b":authority", b"a")],
+    # an empty :protocol, a repeated one
+    [(b":method", b"CONNECT"), (b":protocol", b""), (b":scheme", b"http"), (b":path", b"/"),
+     (b":authority", b"a")],
+    [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":protocol", b"websocket"),
+     (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")],
+])
+def test_malformed_extended_connect_is_reset(fields: list[tuple[bytes, bytes]]) -> None:
+    client = Client()
+    events = client.send(client.headers(1, fields, end_stream=False))
+    assert events == []
+    assert client.read().rsts() == {1: PROTOCOL_ERROR}
 
 
 def test_expect_100_continue() -> None:

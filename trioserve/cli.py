@@ -21,7 +21,17 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
-from .config import Bind, Config, ConfigError, Http2Limits, Limits, MinDataRate, Timeouts, Tls
+from .config import (
+    Bind,
+    Config,
+    ConfigError,
+    Http2Limits,
+    Limits,
+    MinDataRate,
+    Timeouts,
+    Tls,
+    WebSocketConfig,
+)
 from .features import Application, LifespanFailure
 from .listeners import ListenError
 from .logs import setup_cli_logging
@@ -69,6 +79,9 @@ _non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _seconds = _number(float, lambda v: 0 < v < math.inf, "a positive number of seconds")
 _rate = _number(float, lambda v: 0 <= v < math.inf, "bytes per second >= 0 (0 disables)")
 _port = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
+_seconds_or_off = _number(float, lambda v: 0 <= v < math.inf,
+                          "a number of seconds >= 0 (0 disables)")
+_window_bits = _number(int, lambda v: 9 <= v <= 15, "an integer 9-15")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +175,39 @@ def build_parser() -> argparse.ArgumentParser:
                    default=h2l.initial_connection_window_size, metavar="BYTES",
                    help=f"the same for all streams of a connection (default "
                         f"{h2l.initial_connection_window_size})")
+    ws = WebSocketConfig()
+    g = p.add_argument_group("WebSockets")
+    g.add_argument("--ws-max-message-size", type=_non_negative_int,
+                   default=ws.max_message_size, metavar="BYTES",
+                   help=f"largest message received, after decompression, 0 for unbounded "
+                        f"(default {ws.max_message_size}); beyond it close 1009")
+    g.add_argument("--ws-ping-interval", type=_seconds_or_off, default=ws.ping_interval,
+                   metavar="SECONDS",
+                   help=f"seconds between the server's pings, 0 sends none (default "
+                        f"{ws.ping_interval:g})")
+    g.add_argument("--ws-ping-timeout", type=_seconds, default=ws.ping_timeout,
+                   metavar="SECONDS",
+                   help=f"a peer that does not answer a ping within this is dropped (default "
+                        f"{ws.ping_timeout:g})")
+    g.add_argument("--ws-idle-timeout", type=_seconds_or_off, default=0, metavar="SECONDS",
+                   help="close a WebSocket (1001) after this long without a frame from the "
+                        "peer, 0 never (default 0)")
+    g.add_argument("--ws-close-timeout", type=_seconds, default=ws.close_timeout,
+                   metavar="SECONDS",
+                   help=f"time the peer gets to answer the server's close frame (default "
+                        f"{ws.close_timeout:g})")
+    g.add_argument("--ws-per-message-deflate", dest="ws_deflate", action="store_true",
+                   default=ws.per_message_deflate,
+                   help="accept permessage-deflate compression when offered (default on)")
+    g.add_argument("--no-ws-per-message-deflate", dest="ws_deflate", action="store_false",
+                   help="never compress WebSocket messages")
+    g.add_argument("--ws-deflate-window-bits", type=_window_bits,
+                   default=ws.deflate_max_window_bits, metavar="BITS",
+                   help=f"the server's compression window, 9-15 (default "
+                        f"{ws.deflate_max_window_bits})")
+    g.add_argument("--max-websockets", type=_positive_int, default=None, metavar="N",
+                   help="maximum open WebSockets (Kestrel's MaxConcurrentUpgradedConnections; "
+                        "default unbounded); beyond it 503")
     g = p.add_argument_group("logging and headers")
     g.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                    help="log level (default info)")
@@ -224,6 +270,7 @@ def build_config(args: argparse.Namespace) -> Config:
                               args.port if args.port is not None else 8000))
     limits = Limits(
         max_concurrent_connections=args.max_connections,
+        max_concurrent_upgraded_connections=args.max_websockets,
         max_request_body_size=args.max_body_size or None,
         max_request_line_size=args.max_request_line,
         max_request_headers_count=args.max_headers,
@@ -274,6 +321,15 @@ def build_config(args: argparse.Namespace) -> Config:
         http_parser=args.http,
         tls=tls,
         http2=args.http2,
+        websocket=WebSocketConfig(
+            max_message_size=args.ws_max_message_size or None,
+            ping_interval=args.ws_ping_interval or None,
+            ping_timeout=args.ws_ping_timeout,
+            idle_timeout=args.ws_idle_timeout or None,
+            close_timeout=args.ws_close_timeout,
+            per_message_deflate=args.ws_deflate,
+            deflate_max_window_bits=args.ws_deflate_window_bits,
+        ),
     )
 
 
