@@ -7,16 +7,20 @@ each and its ratio to the floors. Only loopback (127.0.0.1) is used.
     python benchmarks/run.py                 # 3 rounds x 10 s, 50 connections
     python benchmarks/run.py --rounds 5 --duration 15 --connections 100
     python benchmarks/run.py --h2 --only h2c  # HTTP/2 only: floor, trioserve, Hypercorn trio
+    python benchmarks/run.py --ws --only ws-echo  # WebSocket echo: trioserve, Uvicorn, Hypercorn
 
 Needs ``wrk`` and ``taskset`` (Debian: ``apt-get install wrk util-linux``); ``--h2`` needs
 ``h2load`` (``apt-get install nghttp2-client``) and, for its Hypercorn row, ``pip install
-hypercorn``.
+hypercorn``; ``--ws`` drives the servers with ``ws_echo_client.py`` (no tool to install) and
+has a row for each of Uvicorn and Hypercorn that is installed (``pip install uvicorn websockets
+wsproto hypercorn``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -104,6 +108,40 @@ def h2_servers(port: int) -> dict[str, list[str]]:
 
 
 H2_NAMES = frozenset(h2_servers(0))
+
+HAVE_UVICORN = importlib.util.find_spec("uvicorn") is not None
+WS_TRIOSERVE = "trioserve ASGI ws-echo"
+WS_WARM_UP = 2  # seconds
+
+
+def ws_servers(port: int) -> dict[str, list[str]]:
+    """WebSocket echo (``apps:ws_echo``, the same app everywhere) over HTTP/1.1: trioserve,
+    Uvicorn with each WebSocket implementation that is installed (h11 for the handshake,
+    plain asyncio loop) and Hypercorn's trio and asyncio workers (one worker, no access log
+    by default). Peers that are not installed are left out."""
+    out = {WS_TRIOSERVE: [PY, "-m", "trioserve", "apps:ws_echo", "--app-dir", str(HERE),
+                          "--port", str(port), "--http", "h11", "--no-access-log",
+                          "--log-level", "warning"]}
+    if HAVE_UVICORN:
+        impls = []
+        if importlib.util.find_spec("websockets") is not None:
+            impls += ["websockets", "websockets-sansio"]
+        if importlib.util.find_spec("wsproto") is not None:
+            impls.append("wsproto")
+        for impl in impls:
+            out[f"uvicorn ws-echo (h11, {impl})"] = [
+                PY, "-m", "uvicorn", "apps:ws_echo", "--app-dir", str(HERE), "--host",
+                "127.0.0.1", "--port", str(port), "--http", "h11", "--ws", impl, "--loop",
+                "asyncio", "--lifespan", "on", "--no-access-log", "--log-level", "warning"]
+    if HAVE_HYPERCORN:
+        for worker in ("trio", "asyncio"):
+            out[f"hypercorn {worker} ws-echo"] = [
+                PY, "-m", "hypercorn", "--worker-class", worker, "--bind", f"127.0.0.1:{port}",
+                "apps:ws_echo"]
+    return out
+
+
+WS_NAMES = frozenset(ws_servers(0))
 
 
 async def hypercorn_hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -244,6 +282,62 @@ def measure_h2(name: str, cmd: list[str], port: int,
                  "connections (see results/server.log); the round itself succeeded")
 
 
+def run_ws_client(port: int, server_pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``ws_echo_client.py`` run on CPU 1: ``--ws-connections`` connections, a
+    ``WS_WARM_UP`` phase, then the measured ``--duration``; its JSON result. Raises
+    RoundFailed for a failed handshake, a broken connection, a wrong echo or an idle
+    connection (the client's ``error``)."""
+    cmd = ["taskset", "-c", "1", PY, str(HERE / "ws_echo_client.py"), f"ws://127.0.0.1:{port}/",
+           "--connections", str(args.ws_connections), "--size", str(args.ws_size),
+           "--processes", str(args.ws_processes), "--duration", f"{args.duration:g}",
+           "--warmup", str(WS_WARM_UP), "--server-pid", str(server_pid)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=args.duration + WS_WARM_UP + 30)
+    except subprocess.TimeoutExpired as exc:
+        raise RoundFailed(f"ws_echo_client.py did not finish within {exc.timeout:g} s") from exc
+    lines = done.stdout.strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = " / ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+        raise RoundFailed(f"ws_echo_client.py exited with {done.returncode}, no result: "
+                          f"{tail}") from None
+    if "error" in result or done.returncode:
+        raise RoundFailed(f"ws_echo_client.py: {result.get('error', done.returncode)}")
+    return result
+
+
+def measure_ws(name: str, cmd: list[str], port: int,
+               args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The client's result for one WebSocket echo round and remarks: the server exiting on
+    its own, or a round that was not server-bound. Raises RoundFailed."""
+    try:
+        with running(cmd, port) as proc:
+            result = run_ws_client(port, proc.pid, args)  # taskset execs: the server's pid
+            time.sleep(0.5)  # a server that crashes when the client disconnects is gone by now
+            code = proc.poll()
+    except RuntimeError as exc:  # from wait_listening
+        raise RoundFailed(str(exc)) from exc
+    remarks = []
+    if code is not None:
+        remarks.append(f"the server exited by itself (code {code}) after the client closed "
+                       "its connections (see results/server.log); the round itself succeeded")
+    server, client = result.get("server_cpu"), result.get("client_cpu")
+    if server is not None and server < WS_SERVER_BOUND:
+        remarks.append(f"the server used only {server:.0%} of its CPU (client {client:.0%}, "
+                       f"CPU busy {fmt_busy(result)}): this round was not server-bound")
+    return result, remarks
+
+
+WS_SERVER_BOUND = 0.85  # a round whose server used less of its CPU than this gets a remark
+
+
+def fmt_busy(result: dict[str, Any]) -> str:
+    busy = result.get("cpu_busy") or {}
+    return " / ".join(f"{busy[c]:.0%}" for c in ("cpu0", "cpu1") if c in busy) or "-"
+
+
 def ratio_cells(results: dict[str, list[float | None]], med: dict[str, float | None], name: str,
                 base: str | None) -> tuple[str, str]:
     """``name`` against ``base``: the ratio of the medians and the median of the per-round
@@ -265,6 +359,51 @@ def fmt_rounds(values: list[float | None]) -> str:
     return ", ".join("failed" if x is None else f"{x:,.0f}" for x in values)
 
 
+def ws_table(results: dict[str, list[float | None]], med: dict[str, float | None],
+             ws_results: dict[str, list[dict[str, Any] | None]], args: argparse.Namespace,
+             when: str) -> list[str]:
+    """The WebSocket echo table: messages/second, latency, CPU shares, trioserve / peer."""
+
+    def median_of(name: str, pick: Any) -> float | None:
+        values = [v for r in ws_results[name] if r is not None
+                  and (v := pick(r)) is not None]
+        return statistics.median(values) if values else None
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    base = WS_TRIOSERVE if WS_TRIOSERVE in ws_results else None
+    lines = [
+        f"WebSocket echo: ws_echo_client.py, {args.ws_connections} connections x one "
+        f"{args.ws_size}-byte text message in flight, {args.ws_processes} client process(es), "
+        f"{WS_WARM_UP} s warm-up + {args.duration:g} s measured, server on CPU 0, client on CPU "
+        "1, " + when + " (failed rounds left out)",
+        "",
+        "| WebSocket echo server | msg/s (median) | rounds | latency p50 / p99 ms (median) | "
+        "server CPU | client CPU | trioserve / this (ratio of medians) | trioserve / this "
+        "(median of per-round ratios) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ws_results:
+        value = med[name]
+        # trioserve over this row's server: the peer is the base of the ratio
+        cells = ratio_cells(results, med, base, name) if base else ("-", "-")
+        p50 = median_of(name, lambda r: (r.get("latency_ms") or {}).get("p50"))
+        p99 = median_of(name, lambda r: (r.get("latency_ms") or {}).get("p99"))
+        latency = "-" if p50 is None or p99 is None else f"{p50:.2f} / {p99:.2f}"
+        shown = "all rounds failed (see below)" if value is None else f"{value:,.0f}"
+        lines.append(
+            f"| {name} | {shown} | {fmt_rounds(results[name])} | {latency} | "
+            f"{pct(median_of(name, lambda r: r.get('server_cpu')))} | "
+            f"{pct(median_of(name, lambda r: r.get('client_cpu')))} | {cells[0]} | {cells[1]} |")
+    missing = [what for what, have in (("uvicorn", HAVE_UVICORN), ("hypercorn", HAVE_HYPERCORN))
+               if not have]
+    if missing:
+        lines += ["", f"Not installed, no rows: {', '.join(missing)} (`pip install uvicorn "
+                  "websockets wsproto hypercorn`)."]
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -280,25 +419,38 @@ def main() -> int:
     ap.add_argument("--h2-clients", type=int, default=16, help="h2load -c (default 16)")
     ap.add_argument("--h2-streams", type=int, default=10,
                     help="h2load -m, concurrent streams per connection (default 10)")
+    ap.add_argument("--ws", action="store_true",
+                    help="also run the WebSocket echo (ws_echo_client.py): trioserve, Uvicorn "
+                         "and Hypercorn ('--only ws-echo' for these alone)")
+    ap.add_argument("--ws-connections", type=int, default=8,
+                    help="WebSocket connections, one message in flight each (default 8)")
+    ap.add_argument("--ws-size", type=int, default=32, help="WebSocket message bytes (default 32)")
+    ap.add_argument("--ws-processes", type=int, default=1,
+                    help="client processes sharing CPU 1 (default 1; see ws_echo_client.py)")
     args = ap.parse_args()
 
     def all_servers(port: int) -> dict[str, list[str]]:
         return {**servers(port), **(wsgi_servers(port) if args.wsgi else {}),
-                **(h2_servers(port) if args.h2 else {})}
+                **(h2_servers(port) if args.h2 else {}),
+                **(ws_servers(port) if args.ws else {})}
 
     names = [n for n in all_servers(0) if not args.only or re.search(args.only, n)]
     tools = {"taskset"}
-    tools |= {"h2load" if n in H2_NAMES else "wrk" for n in names}
+    tools |= {"h2load" if n in H2_NAMES else "wrk" for n in names if n not in WS_NAMES}
     for tool in sorted(tools):
         if shutil.which(tool) is None:
             print(f"benchmarks/run.py needs {tool!r} on PATH", file=sys.stderr)
             return 2
-    if args.h2 and not HAVE_HYPERCORN:
+    if (args.h2 or args.ws) and not HAVE_HYPERCORN:
         print("hypercorn is not installed (pip install hypercorn): no Hypercorn row",
               file=sys.stderr)
+    if args.ws and not HAVE_UVICORN:
+        print("uvicorn is not installed (pip install uvicorn websockets wsproto): no Uvicorn "
+              "rows", file=sys.stderr)
     (HERE / "results").mkdir(exist_ok=True)
     results: dict[str, list[float | None]] = {}
     remarks: list[str] = []  # failed rounds and other events, listed under the tables
+    ws_results: dict[str, list[dict[str, Any] | None]] = {}  # the client's JSON per round
 
     for r in range(args.rounds):
         for name in names:
@@ -311,10 +463,19 @@ def main() -> int:
                     rps, remark = measure_h2(name, cmd, port, args)
                 except RoundFailed as exc:
                     rps, remark = None, f"FAILED: {exc}"
+            elif name in WS_NAMES:
+                ws: dict[str, Any] | None
+                try:
+                    ws, ws_remarks = measure_ws(name, cmd, port, args)
+                    rps, remark = ws["messages_per_second"], "; ".join(ws_remarks) or None
+                except RoundFailed as exc:
+                    ws, rps, remark = None, None, f"FAILED: {exc}"
+                ws_results.setdefault(name, []).append(ws)
             else:
                 rps = measure(name, cmd, port, args)
             results.setdefault(name, []).append(rps)
-            shown = "FAILED" if rps is None else f"{rps:,.0f} req/s"
+            unit = "msg/s" if name in WS_NAMES else "req/s"
+            shown = "FAILED" if rps is None else f"{rps:,.0f} {unit}"
             print(f"round {r + 1}: {name}: {shown}", file=sys.stderr, flush=True)
             if remark:
                 remarks.append(f"round {r + 1}, {name}: {remark}")
@@ -323,7 +484,8 @@ def main() -> int:
            for name, v in results.items()}
     when = (f"median of {args.rounds} rounds; {time.strftime('%Y-%m-%d %H:%M')}, "
             f"Python {sys.version.split()[0]}")
-    h1 = {n: v for n, v in med.items() if "WSGI" not in n and n not in H2_NAMES}
+    h1 = {n: v for n, v in med.items()
+          if "WSGI" not in n and n not in H2_NAMES and n not in WS_NAMES}
     floors = {n: v for n, v in h1.items() if n.startswith("floor") and v is not None}
     wsgi = {n: v for n, v in med.items() if "WSGI" in n}
     lines: list[str] = []
@@ -375,6 +537,10 @@ def main() -> int:
         if args.h2 and not HAVE_HYPERCORN:
             lines += ["", "Hypercorn is not installed (`pip install hypercorn`): no Hypercorn "
                       "row, no ratios to it."]
+    if ws_results:
+        if lines:
+            lines.append("")
+        lines += ws_table(results, med, ws_results, args, when)
     if remarks:
         lines += ["", *(f"- {remark}" for remark in remarks)]
     table = "\n".join(lines)

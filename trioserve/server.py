@@ -192,6 +192,8 @@ class _Server:
                                            self.config.limits.min_response_data_rate)
                 ctx.features.set(WebSocketFeature, session)
                 self.drain_callbacks.add(session.going_away)
+                if self.draining:
+                    session.going_away()  # accepted during a shutdown: closed at once
                 failed = False
                 try:
                     await self.app(ctx)

@@ -127,7 +127,9 @@ class WebSocketSession:
             self._receive = body.receive
             self._write = out.send
         else:
-            stream = await features[UpgradeFeature].upgrade(fields)
+            # The protocol switched to, not the client's whole Upgrade list.
+            stream = await features[UpgradeFeature].upgrade([(b"upgrade", b"websocket"),
+                                                             *fields])
 
             async def receive() -> bytes | bytearray:
                 return await stream.receive_some(RECEIVE_SIZE)
@@ -251,6 +253,9 @@ class WebSocketSession:
         proto = self._proto
         write = self._write
         assert proto is not None and write is not None
+        if not proto.has_output:
+            await trio.lowlevel.checkpoint()
+            return
         async with self._send_lock:
             data = proto.data_to_send()
             if data:

@@ -436,6 +436,11 @@ class WebSocketProtocol:
             return
         self.close_sent = True
 
+    @property
+    def has_output(self) -> bool:
+        """Frames are queued (:meth:`data_to_send` would return bytes)."""
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
