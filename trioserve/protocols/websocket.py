@@ -33,7 +33,7 @@ from wsproto.events import (
 )
 from wsproto.events import Pong as WsprotoPong
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import LocalProtocolError
 
 from .events import RequestHead
@@ -154,7 +154,7 @@ def check_handshake(head: RequestHead) -> Offer:
         if not valid:
             raise HandshakeError("invalid Sec-WebSocket-Key (must be 16 bytes, base64-encoded)")
     subprotocols = []
-    for token in (t.strip() for v in protocols for t in v.split(b",")):
+    for token in (t.strip() for v in protocols for t in v.split(b",") if t.strip()):
         text = token.decode("latin-1")
         if not _TOKEN_RE.fullmatch(text):
             raise HandshakeError(f"invalid Sec-WebSocket-Protocol value {text[:100]!r}")
@@ -192,8 +192,21 @@ class _BoundedDeflate(PerMessageDeflate):
         self.inflated += len(out)
         return out
 
+    def frame_inbound_header(self, proto: FrameDecoder | FrameProtocol, opcode: Opcode,
+                             rsv: RsvBits, payload_length: int) -> CloseReason | RsvBits:
+        if opcode.iscontrol():
+            # A control frame may sit between a message's fragments (RFC 6455 §5.4); wsproto
+            # would take its end for the message's and stop inflating the rest.
+            if rsv.rsv1:
+                return CloseReason.PROTOCOL_ERROR
+            self._inbound_is_compressible = False
+            return RsvBits(True, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
     def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol,
                                fin: bool) -> bytes | CloseReason | None:
+        if not self._inbound_is_compressible:
+            return None  # a control frame: the message's state stays as it is
         if fin:
             self.inflated = 0
         return super().frame_inbound_complete(proto, fin)
@@ -206,8 +219,9 @@ def accept_headers(offer: Offer, subprotocol: str | None, headers: Headers | Non
     ``Upgrade``/``Connection`` — or 200 over HTTP/2), and the extensions now in force.
 
     ``subprotocol`` must be one the client offered (else :class:`ValueError`). The first
-    permessage-deflate offer the server can honour is accepted when ``deflate.enabled``;
-    offers with parameters it does not understand are declined (RFC 7692 §5). The app's
+    permessage-deflate offer the server can honour is accepted when ``deflate.enabled``, with
+    the server's window at most ``deflate.max_window_bits``; offers with parameters it does not
+    understand are declined (RFC 7692 §5). The app's
     ``headers`` are added, except the fields the handshake owns."""
     out: Headers = []
     if offer.key is not None:
@@ -223,17 +237,17 @@ def accept_headers(offer: Offer, subprotocol: str | None, headers: Headers | Non
     if deflate.enabled:
         for text in offer.extensions:
             name, _, params = text.partition(";")
-            if name.strip().lower() != "permessage-deflate" or not _known_params(params):
+            if name.strip().lower() != "permessage-deflate":
+                continue
+            normalised = _deflate_offer(params, deflate.max_window_bits)
+            if normalised is None:
                 continue
             ext = _BoundedDeflate(max_message_size, deflate.max_window_bits)
             try:
-                reply = ext.accept(text)
+                reply = ext.accept(normalised)
             except ValueError:
                 reply = None
             if reply is None or reply is False:
-                continue
-            # Never agree to a larger server window than configured.
-            if ext.server_max_window_bits > deflate.max_window_bits:
                 continue
             value = "permessage-deflate" + (f"; {reply}" if isinstance(reply, str) and reply
                                             else "")
@@ -253,10 +267,13 @@ _DEFLATE_PARAMS: Final = {"server_no_context_takeover", "client_no_context_takeo
                           "server_max_window_bits", "client_max_window_bits"}
 
 
-def _known_params(params: str) -> bool:
-    """RFC 7692 §7: only the four defined parameters, each at most once, window bits 8-15
-    (a bare ``client_max_window_bits`` allowed); anything else declines the offer."""
+def _deflate_offer(params: str, max_window_bits: int) -> str | None:
+    """A permessage-deflate offer's parameters, normalised for wsproto (quotes removed, the
+    server window lowered to ``max_window_bits`` when the client allows more), or ``None`` to
+    decline it. RFC 7692 §7: only the four defined parameters, each at most once, window
+    bits 9-15 (zlib has no raw 8-bit window; a bare ``client_max_window_bits`` is allowed)."""
     seen = set()
+    out = ["permessage-deflate"]
     for part in params.split(";"):
         part = part.strip()
         if not part:
@@ -264,18 +281,26 @@ def _known_params(params: str) -> bool:
         name, eq, value = part.partition("=")
         name = name.strip().lower()
         if name not in _DEFLATE_PARAMS or name in seen:
-            return False
+            return None
         seen.add(name)
-        value = value.strip().strip('"')
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
         if name.endswith("no_context_takeover"):
             if eq:
-                return False
+                return None
+            out.append(name)
         elif eq or name == "server_max_window_bits":
-            if not value.isdigit() or not 8 <= int(value) <= 15:
-                return False
-            if value != str(int(value)):
-                return False  # leading zeros
-    return True
+            if not (value.isascii() and value.isdigit()) or value != str(int(value)) \
+                    or not 9 <= int(value) <= 15:
+                return None
+            bits = int(value)
+            if name == "server_max_window_bits":
+                bits = min(bits, max_window_bits)
+            out.append(f"{name}={bits}")
+        else:
+            out.append(name)
+    return "; ".join(out)
 
 
 # ------------------------------------------------------------------------------- events
