@@ -419,13 +419,15 @@ class _WebSocketCycle:
             return {"type": "websocket.connect"}
         if self.disconnect is not None:
             return self.disconnect
-        if self.state == "open":
+        while self.state == "open" or self.state == "closed":
             try:
                 data = await self.ws.receive()
             except WebSocketDisconnected as exc:
                 self.disconnect = {"type": "websocket.disconnect", "code": exc.code,
                                    "reason": exc.reason}
                 return self.disconnect
+            if self.state == "closed":
+                continue  # after the app's own close: only the peer's reply matters
             if type(data) is str:
                 return {"type": "websocket.receive", "text": data}
             return {"type": "websocket.receive", "bytes": data}

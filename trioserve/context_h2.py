@@ -294,7 +294,8 @@ class H2Request:
 
     async def wait_done(self) -> None:
         s = self._s
-        if not s.body.is_complete:
+        if not s.body.is_complete and not s.tunnel:
+            # (A tunnel's body is its byte stream: the connection's reader sees a reset anyway.)
             raise FeatureStateError("wait_done() needs the request body to be fully read first")
         if s.aborted or s.response.is_complete:
             await trio.lowlevel.checkpoint()

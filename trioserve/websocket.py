@@ -81,6 +81,8 @@ class WebSocketSession:
         self._lost = False  # the transport broke or the peer was dropped: no orderly end
         self._app_done = False
         self._going_away = False
+        self._delivering = False  # the reader waits for the app to take a message
+        self._sent_code: int | None = None
 
     # ------------------------------------------------------------------ the feature
 
@@ -164,7 +166,7 @@ class WebSocketSession:
             return await self._inbox.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             await self._closed.wait()
-            raise WebSocketDisconnected(self._close_code or 1006, self._close_reason) from None
+            raise self._disconnected() from None
 
     async def send(self, data: str | bytes) -> None:
         if self._state == "connecting":
@@ -177,7 +179,7 @@ class WebSocketSession:
         proto = self._proto
         assert proto is not None
         if self._lost or not proto.can_send:
-            raise WebSocketDisconnected(self._close_code or 1006, self._close_reason)
+            raise self._disconnected()
         proto.send_message(data)
         await self._flush()
 
@@ -191,11 +193,19 @@ class WebSocketSession:
             await trio.lowlevel.checkpoint()
             return
         proto.send_close(code, reason)
+        self._sent_code = code
         self._closing()
         try:
             await self._flush()
-        except _TRANSPORT_ERRORS:
+        except WebSocketDisconnected:
             pass
+
+    def _disconnected(self) -> WebSocketDisconnected:
+        """What ``send``/``receive`` raise once the WebSocket is closed: the peer's code, or
+        while our own close awaits its reply, ours."""
+        if self._close_code is not None:
+            return WebSocketDisconnected(self._close_code, self._close_reason)
+        return WebSocketDisconnected(self._sent_code or 1006, "")
 
     # ------------------------------------------------------------------ server side
 
@@ -222,9 +232,10 @@ class WebSocketSession:
                                  "internal error" if failed else "")
                 self._closing()
                 await self._flush()
-            await self._closed.wait()  # the reader stops by the close deadline at the latest
-        except _TRANSPORT_ERRORS:
-            self._lost = True
+            if not self._lost:
+                await self._closed.wait()  # the reader stops by the close deadline at the latest
+        except WebSocketDisconnected:
+            pass
         finally:
             self._state = "closed"
             if self._offer.http2:
@@ -249,17 +260,23 @@ class WebSocketSession:
             scope.deadline = min(scope.deadline, self._close_deadline)
 
     async def _flush(self) -> None:
-        """Write whatever the protocol queued (in order; one writer at a time)."""
+        """Write whatever the protocol queued (in order; one writer at a time). A write that
+        fails (the connection broke, or the peer reads too slowly) loses the WebSocket and
+        raises :class:`WebSocketDisconnected`."""
         proto = self._proto
         write = self._write
         assert proto is not None and write is not None
-        if not proto.has_output:
-            await trio.lowlevel.checkpoint()
-            return
         async with self._send_lock:
+            if self._lost:
+                raise self._disconnected()
             data = proto.data_to_send()
             if data:
-                await write(data)
+                try:
+                    await write(data)
+                except _TRANSPORT_ERRORS:
+                    # A frame may be cut short on the wire: nothing more can be sent.
+                    self._drop("the connection broke or the peer read too slowly")
+                    raise self._disconnected() from None
 
     async def _read_loop(self) -> None:
         proto = self._proto
@@ -269,13 +286,15 @@ class WebSocketSession:
         try:
             while True:
                 deadline = self._close_deadline
-                if idle is not None:
+                if idle is not None and not proto.close_sent:
                     deadline = min(deadline, self._last_frame + idle)
                 with trio.CancelScope(deadline=deadline) as scope:
                     self._read_scope = scope
                     data = await receive()
                 self._read_scope = None
                 if scope.cancelled_caught:
+                    if self._lost:  # dropped by the keep-alive
+                        return
                     if proto.close_sent:
                         log.info("WebSocket peer did not answer the close frame within %gs; "
                                  "dropping it", self._config.close_timeout)
@@ -283,19 +302,25 @@ class WebSocketSession:
                         return
                     # Idle: close with 1001 and keep reading for the reply.
                     proto.send_close(1001, "idle timeout")
+                    self._sent_code = 1001
                     self._closing()
                     await self._flush()
                     continue
                 self._last_frame = trio.current_time()
-                events = proto.receive_data(bytes(data))
-                await self._flush()  # pongs, the reply to a close, a failure's close
-                for ev in events:
+                proto.feed(bytes(data))
+                for ev in proto.events():
                     if type(ev) is Message:
+                        if proto.has_output:
+                            await self._flush()  # pongs first: the app may take its time
                         if not self._app_done:
+                            self._delivering = True
                             try:
                                 await self._inbox_send.send(ev.data)
                             except trio.BrokenResourceError:
                                 pass  # the app is done: the message has no reader
+                            finally:
+                                self._delivering = False
+                                self._last_frame = trio.current_time()
                     elif type(ev) is Pong:
                         if self._pong is not None:
                             self._pong.set()
@@ -305,25 +330,33 @@ class WebSocketSession:
                         if ev.failed:
                             log.info("WebSocket closed for a protocol error (%d): %s",
                                      ev.code, ev.reason)
+                        if proto.has_output:
+                            await self._flush()  # the reply to the close, or ours for a failure
                         if ev.code == 1006:
                             self._lost = True
                         return
-        except _TRANSPORT_ERRORS:
+                if proto.has_output:
+                    await self._flush()
+        except (*_TRANSPORT_ERRORS, WebSocketDisconnected):
             self._drop("the connection broke")
         finally:
             self._read_scope = None
-            if self._state != "closed":
-                self._state = "closed"
+            self._state = "closed"
             self._inbox_send.close()
             self._closed.set()
 
     def _drop(self, reason: str) -> None:
+        """The WebSocket is lost (no orderly close possible): the app sees 1006."""
         self._lost = True
+        self._state = "closed"
         if self._close_code is None:
             self._close_code = 1006
             self._close_reason = reason
 
     async def _keepalive(self, interval: float) -> None:
+        """Ping every ``interval``; a peer that sends nothing (no pong, no frame) within
+        ``ping_timeout`` is dropped. Time the reader spends waiting for the app to take a
+        message does not count: the peer cannot be heard then."""
         proto = self._proto
         assert proto is not None
         timeout = self._config.ping_timeout
@@ -335,14 +368,26 @@ class WebSocketSession:
                 self._pong = pong = trio.Event()
                 proto.send_ping(os.urandom(4))
                 await self._flush()
-                with trio.move_on_after(timeout):
-                    await pong.wait()
-                if not pong.is_set() and not self._closed.is_set():
+                deadline = trio.current_time() + timeout
+                while not pong.is_set():
+                    with trio.move_on_at(deadline):
+                        await pong.wait()
+                    if pong.is_set() or self._closed.is_set():
+                        break
+                    now = trio.current_time()
+                    if self._delivering:  # not being read: the pong may be waiting unread
+                        deadline = now + timeout
+                        continue
+                    if self._last_frame + timeout > now:  # heard from lately
+                        deadline = self._last_frame + timeout
+                        continue
                     log.info("WebSocket peer did not answer a ping within %gs; dropping it",
                              timeout)
                     self._drop("no reply to a ping")
                     self._closed.set()
                     self._inbox_send.close()
+                    if self._read_scope is not None:
+                        self._read_scope.cancel()
                     return
-        except _TRANSPORT_ERRORS:
-            self._drop("the connection broke")
+        except WebSocketDisconnected:
+            pass

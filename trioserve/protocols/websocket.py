@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,7 +33,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.events import Pong as WsprotoPong
-from wsproto.extensions import PerMessageDeflate
+from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import LocalProtocolError
 
@@ -334,29 +335,67 @@ class Closed:
 WsEvent = Message | Pong | Closed
 
 
+class _SizeGuard(Extension):
+    """Not negotiated, always on: refuses (1009) an uncompressed data frame as soon as its
+    header declares more than the message may hold, instead of waiting for the bytes.
+    Compressed messages are bounded by :class:`_BoundedDeflate` as they inflate."""
+
+    name = "trioserve-size-guard"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._declared = 0
+        self._compressed = False
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool:  # never offered: servers do not offer extensions
+        return False
+
+    def frame_inbound_header(self, proto: FrameDecoder | FrameProtocol, opcode: Opcode,
+                             rsv: RsvBits, payload_length: int) -> CloseReason | RsvBits:
+        if not opcode.iscontrol():
+            if opcode is not Opcode.CONTINUATION:
+                self._declared = 0
+                self._compressed = rsv.rsv1
+            if not self._compressed:
+                self._declared += payload_length
+                if self._declared > self.limit:
+                    return CloseReason.MESSAGE_TOO_BIG
+        return RsvBits(False, False, False)
+
+
 class WebSocketProtocol:
     """One WebSocket connection's frames, server side, after the opening handshake.
 
-    :meth:`receive_data` takes bytes (``b""`` for the end of the connection) and returns events;
-    it queues pongs for pings and the close reply itself. :meth:`send_message`,
-    :meth:`send_ping` and :meth:`send_close` queue frames; :meth:`data_to_send` takes them.
+    :meth:`feed` takes bytes (``b""`` for the end of the connection); :meth:`events` then
+    yields what they hold, parsing lazily — one message at a time, so a consumer that stops
+    between events holds at most one message, whatever arrived. Pongs for pings and the reply
+    to the peer's close are queued by the protocol itself. :meth:`receive_data` is both at once.
+    :meth:`send_message`, :meth:`send_ping` and :meth:`send_close` queue frames;
+    :meth:`data_to_send` takes them.
 
     Messages larger than ``max_message_size`` (bytes, or characters' UTF-8 bytes; after
-    decompression) fail the connection with close code 1009. Errors from the peer (an unmasked
-    frame 1002, invalid UTF-8 1007 …) fail it with wsproto's code. After :class:`Closed`, no
-    more events come.
+    decompression) fail the connection with close code 1009, from the frame header when it
+    declares too much. Errors from the peer (an unmasked frame 1002, invalid UTF-8 1007 …) fail
+    it with wsproto's code. After :class:`Closed`, no more events come.
     """
 
-    __slots__ = ("_out", "_parts", "_size", "_ws", "close_received", "close_sent", "finished",
-                 "max_message_size")
+    __slots__ = ("_eof", "_out", "_parts", "_size", "_ws", "close_received", "close_sent",
+                 "finished", "max_message_size")
 
     def __init__(self, extensions: list[PerMessageDeflate], max_message_size: int | None
                  ) -> None:
-        self._ws = Connection(ConnectionType.SERVER, list(extensions))
+        exts: list[Extension] = list(extensions)
+        if max_message_size is not None:
+            exts.append(_SizeGuard(max_message_size))
+        self._ws = Connection(ConnectionType.SERVER, exts)
         self.max_message_size = max_message_size
         self._parts: list[str | bytes] = []
         self._size = 0
         self._out = bytearray()
+        self._eof = False
         self.close_sent = False
         self.close_received = False
         self.finished = False  # a Closed event was returned: nothing more is received
@@ -368,14 +407,23 @@ class WebSocketProtocol:
         return not self.close_sent and self._ws.state is ConnectionState.OPEN
 
     def receive_data(self, data: bytes) -> list[WsEvent]:
-        """Events for ``data`` from the peer (``b""``: the connection ended)."""
+        """Every event for ``data`` from the peer (``b""``: the connection ended)."""
+        self.feed(data)
+        return list(self.events())
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the peer (``b""``: the connection ended); :meth:`events` parses them."""
         if self.finished:
-            return []
+            return
         if not data:
-            self.finished = True
-            return [Closed(1006, "the connection ended without a close frame")]
-        self._ws.receive_data(data)
-        events: list[WsEvent] = []
+            self._eof = True
+        else:
+            self._ws.receive_data(data)
+
+    def events(self) -> Iterator[WsEvent]:
+        """The events of the bytes fed so far, parsed as they are taken."""
+        if self.finished:
+            return
         limit = self.max_message_size
         for ev in self._ws.events():
             if isinstance(ev, TextMessage | BytesMessage):
@@ -384,8 +432,9 @@ class WebSocketProtocol:
                 self._size += (len(payload) if isinstance(payload, bytes)
                                else len(payload.encode("utf-8")))
                 if limit is not None and self._size > limit:
-                    return [*events, self._fail(CloseReason.MESSAGE_TOO_BIG,
-                                                f"message larger than {limit} bytes")]
+                    yield self._fail(CloseReason.MESSAGE_TOO_BIG,
+                                     f"message larger than {limit} bytes")
+                    return
                 if ev.message_finished:
                     parts = self._parts
                     if parts:
@@ -398,14 +447,14 @@ class WebSocketProtocol:
                     else:
                         joined = payload
                     self._size = 0
-                    events.append(Message(joined))
+                    yield Message(joined)
                 elif payload:
                     self._parts.append(payload)
             elif isinstance(ev, Ping):
                 if self._ws.state is ConnectionState.OPEN:
                     self._out += self._ws.send(ev.response())
             elif isinstance(ev, WsprotoPong):
-                events.append(Pong(bytes(ev.payload)))
+                yield Pong(bytes(ev.payload))
             elif isinstance(ev, CloseConnection):
                 state = self._ws.state
                 if state is ConnectionState.REMOTE_CLOSING:
@@ -414,12 +463,15 @@ class WebSocketProtocol:
                     self.close_sent = True
                 elif state is not ConnectionState.CLOSED:
                     # wsproto reports a frame it could not parse as a close it did not receive.
-                    return [*events, self._fail(ev.code, ev.reason or "")]
+                    yield self._fail(ev.code, ev.reason or "")
+                    return
                 self.close_received = True
                 self.finished = True
-                events.append(Closed(int(ev.code), ev.reason or ""))
-                return events
-        return events
+                yield Closed(int(ev.code), ev.reason or "")
+                return
+        if self._eof and not self.finished:
+            self.finished = True
+            yield Closed(1006, "the connection ended without a close frame")
 
     def _fail(self, code: int, reason: str) -> Closed:
         """Fail the connection (RFC 6455 §7.1.7): queue our close frame unless one was sent."""
