@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="trioserve",
         description="Serve an ASGI 3 or WSGI application (or a trioserve features "
-                    "application) over HTTP/1.1 on Trio.",
+                    "application) over HTTP/1.1 and HTTP/2 on Trio, with WebSockets for "
+                    "ASGI and features applications.",
         epilog="Example: trioserve trioserve.demo:app --port 8000",
     )
     p.add_argument("app", metavar="APP", help="the application as 'module:attribute'")

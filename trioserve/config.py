@@ -121,15 +121,18 @@ class WebSocketConfig:
     - ``max_message_size``: bytes of one received message, after decompression; a larger one
       closes the WebSocket with 1009 (Message Too Big). ``None``: unbounded.
     - ``ping_interval``: seconds between the server's pings; ``None`` sends none.
-    - ``ping_timeout``: seconds to wait for the pong; past it the peer is taken for dead and
-      the connection is dropped (the app sees code 1006).
+    - ``ping_timeout``: seconds after a ping within which the peer must be heard from (its pong,
+      or any frame); past it the peer is taken for dead and the connection is dropped (the app
+      sees code 1006). Time the server spends waiting for the app to take a message does not
+      count.
     - ``idle_timeout``: seconds without any frame from the peer after which the server closes
       with 1001; ``None`` (default): never (pings still find dead peers).
     - ``close_timeout``: seconds to wait for the peer's reply to the server's close frame before
       dropping the connection.
     - ``per_message_deflate``: accept permessage-deflate compression (RFC 7692) when offered.
     - ``deflate_max_window_bits``: the server's compression window, 9-15 (2**bits bytes of
-      history per connection and direction).
+      history). It bounds only the server's compressor (the messages it sends); the window of
+      the messages it receives, and so of its decompressor, is the client's choice.
     """
 
     max_message_size: int | None = 16 * 1024 * 1024

@@ -74,8 +74,9 @@ class ClientDisconnected(OSError):
 
 
 class WebSocketDisconnected(ClientDisconnected):
-    """The WebSocket is closed: the peer's close ``code`` and ``reason`` (1006 when the
-    connection ended without a close frame, 1005 when the close frame had no code)."""
+    """The WebSocket is closed: the close ``code`` and ``reason`` — the peer's (1005 when its
+    close frame had no code), the server's own after a protocol failure (1002, 1007, 1009), or
+    1006 when the connection was lost without a close handshake."""
 
     def __init__(self, code: int, reason: str = "") -> None:
         super().__init__(f"the WebSocket closed with code {code}" + (f": {reason}" if reason
@@ -258,7 +259,11 @@ class WebSocketFeature(Protocol):
     (``str`` for text, ``bytes`` for binary) and ``send(data)`` sends one. ``close(code,
     reason)`` starts the closing handshake. Once the WebSocket is closed (by the peer, by
     ``close``, a protocol error, a dead peer or a server shutdown), ``receive()`` raises
-    :class:`WebSocketDisconnected` with the peer's close code, and ``send()`` raises it too.
+    :class:`WebSocketDisconnected` with the peer's close code, except after a protocol failure,
+    where the code is the server's own (1009, 1002, 1007 …), and 1006 when the connection was
+    lost or dropped. ``send()`` raises it too; after ``close()`` (or the server's own close
+    frame), until the peer's reply arrives, with the code of that frame. A failed or too-slow
+    write makes ``send()`` raise it with 1006.
     ``accept``/``send``/``receive`` in the wrong state raise :class:`FeatureStateError`.
     ``state`` is ``"connecting"``, ``"open"``, ``"closing"`` (our close sent) or ``"closed"``.
     """

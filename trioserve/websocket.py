@@ -314,13 +314,17 @@ class WebSocketSession:
                             await self._flush()  # pongs first: the app may take its time
                         if not self._app_done:
                             self._delivering = True
+                            blocked = trio.current_time()
                             try:
                                 await self._inbox_send.send(ev.data)
                             except trio.BrokenResourceError:
                                 pass  # the app is done: the message has no reader
                             finally:
                                 self._delivering = False
-                                self._last_frame = trio.current_time()
+                                now = trio.current_time()
+                                self._last_frame = now
+                                # Waiting for the app is not the peer's delay.
+                                self._close_deadline += now - blocked
                     elif type(ev) is Pong:
                         if self._pong is not None:
                             self._pong.set()
