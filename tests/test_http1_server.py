@@ -901,3 +901,30 @@ async def test_port_zero_reports_the_real_port() -> None:
                 assert resp.status_code == 200
                 assert body.decode().split("\n") == srv.addresses
     assert seen == [srv.addresses, srv.addresses]
+
+
+@pytest.mark.parametrize("http2", [True, False])
+@pytest.mark.parametrize("pipelined", [False, True])
+async def test_app_outlives_the_request_headers_timeout(http2: bool, pipelined: bool) -> None:
+    """The request-headers deadline bounds the head only: an app (or a WebSocket) taking
+    longer than it on a connection's first request — whose head the HTTP/2 preface sniffing
+    already read — or on a pipelined request finishes normally."""
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await trio.sleep(1.0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    config = make_config(timeouts={"request_headers": 0.3, "keep_alive": 0.3}, http2=http2)
+    request = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n"
+    with trio.fail_after(TIMEOUT):
+        async with run_server(slow, config, lifespan="off") as srv:
+            stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            await stream.send_all(request % 1 + (request % 2 if pipelined else b""))
+            data = b""
+            while data.count(b"HTTP/1.1 200") < (2 if pipelined else 1):
+                chunk = await stream.receive_some()
+                assert chunk, f"connection closed early: {data!r}"
+                data += chunk
+            await stream.aclose()
+            assert b"\r\n\r\n/1" in data

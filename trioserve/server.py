@@ -964,6 +964,9 @@ class _H1Connection:
         if type(ev) is ConnectionClosed:
             return None
         assert type(ev) is RequestHead
+        # A head that was already buffered (read while sniffing for the HTTP/2 preface, or
+        # pipelined) skipped the wait above: the app must not run under the head's deadline.
+        self.timer.deadline = math.inf
         return ev
 
     async def _send_error(self, status: int, message: str) -> None:
