@@ -1113,3 +1113,37 @@ def test_server_window_is_lowered_to_the_configured_bits() -> None:
     assert headers == [(b"sec-websocket-extensions",
                         b"permessage-deflate; server_max_window_bits=10")]
     assert extensions[0].server_max_window_bits == 10
+
+
+@pytest.mark.parametrize("level", [1, 9])
+def test_compression_level_is_used_and_round_trips(level: int) -> None:
+    """The configured zlib level compresses the server's messages (a smaller level gives a
+    different, larger encoding of text) and the client inflates them intact."""
+    text = " ".join(f"word{i % 97} {i * 7 % 13}" for i in range(20000))
+    _, extensions = accept_headers(Offer(None, (), ("permessage-deflate",)), None, None,
+                                   DeflateOptions(level=level), None)
+    proto = WebSocketProtocol(extensions, None)
+    proto.send_message(text)
+    wire = proto.data_to_send()
+    client = Connection(ConnectionType.CLIENT, extensions=[_client_deflate()])
+    client.receive_data(wire)
+    (ev,) = list(client.events())
+    assert ev.data == text
+    sizes = {}
+    for lv in (1, 9):
+        c = zlib.compressobj(lv, zlib.DEFLATED, -15, 8)
+        sizes[lv] = len(c.compress(text.encode()) + c.flush(zlib.Z_SYNC_FLUSH))
+    assert sizes[1] > sizes[9]
+    assert abs(len(wire) - sizes[level]) < 64
+
+
+def _client_deflate() -> PerMessageDeflate:
+    ext = PerMessageDeflate()
+    ext.finalize("permessage-deflate")
+    return ext
+
+
+def test_config_refuses_a_bad_deflate_level() -> None:
+    from trioserve import ConfigError, WebSocketConfig
+    with pytest.raises(ConfigError, match="deflate_level must be an integer 1-9, got 0"):
+        WebSocketConfig(deflate_level=0)

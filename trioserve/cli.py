@@ -82,6 +82,7 @@ _port = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
 _seconds_or_off = _number(float, lambda v: 0 <= v < math.inf,
                           "a number of seconds >= 0 (0 disables)")
 _window_bits = _number(int, lambda v: 9 <= v <= 15, "an integer 9-15")
+_deflate_level = _number(int, lambda v: 1 <= v <= 9, "an integer 1-9")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=ws.deflate_max_window_bits, metavar="BITS",
                    help=f"the server's compression window, 9-15 (default "
                         f"{ws.deflate_max_window_bits})")
+    g.add_argument("--ws-deflate-level", type=_deflate_level, default=ws.deflate_level,
+                   metavar="LEVEL",
+                   help=f"zlib compression level, 1 fastest - 9 smallest (default "
+                        f"{ws.deflate_level})")
     g.add_argument("--max-websockets", type=_positive_int, default=None, metavar="N",
                    help="maximum open WebSockets (Kestrel's MaxConcurrentUpgradedConnections; "
                         "default unbounded); beyond it 503")
@@ -330,6 +335,7 @@ def build_config(args: argparse.Namespace) -> Config:
             close_timeout=args.ws_close_timeout,
             per_message_deflate=args.ws_deflate,
             deflate_max_window_bits=args.ws_deflate_window_bits,
+            deflate_level=args.ws_deflate_level,
         ),
     )
 

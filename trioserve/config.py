@@ -133,6 +133,9 @@ class WebSocketConfig:
     - ``deflate_max_window_bits``: the server's compression window, 9-15 (2**bits bytes of
       history). It bounds only the server's compressor (the messages it sends); the window of
       the messages it receives, and so of its decompressor, is the client's choice.
+    - ``deflate_level``: zlib's compression level for the server's messages, 1 (fastest) to 9
+      (smallest); 6 is zlib's default, as the websockets library uses. Text compresses about
+      7x faster at 1, for about 20% larger messages.
     """
 
     max_message_size: int | None = 16 * 1024 * 1024
@@ -142,6 +145,7 @@ class WebSocketConfig:
     close_timeout: float = 5.0
     per_message_deflate: bool = True
     deflate_max_window_bits: int = 15
+    deflate_level: int = 6
 
     def __post_init__(self) -> None:
         _positive_int("WebSocketConfig", "max_message_size", self.max_message_size,
@@ -157,6 +161,9 @@ class WebSocketConfig:
         if isinstance(b, bool) or not isinstance(b, int) or not 9 <= b <= 15:
             raise ConfigError("WebSocketConfig.deflate_max_window_bits must be an integer 9-15, "
                               f"got {b!r}")
+        lv = self.deflate_level
+        if isinstance(lv, bool) or not isinstance(lv, int) or not 1 <= lv <= 9:
+            raise ConfigError(f"WebSocketConfig.deflate_level must be an integer 1-9, got {lv!r}")
 
 
 @dataclass(frozen=True, slots=True)

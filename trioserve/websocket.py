@@ -117,7 +117,8 @@ class WebSocketSession:
         config = self._config
         fields, extensions = accept_headers(
             self._offer, subprotocol, headers,
-            DeflateOptions(config.per_message_deflate, config.deflate_max_window_bits),
+            DeflateOptions(config.per_message_deflate, config.deflate_max_window_bits,
+                           config.deflate_level),
             config.max_message_size)
         if self._offer.http2:
             body = features[RequestBodyFeature]
