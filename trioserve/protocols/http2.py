@@ -46,9 +46,10 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import logging
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import h2.config
 import h2.connection
@@ -56,7 +57,9 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import hpack.exceptions
+import hpack.table
 import hyperframe.exceptions
 from hyperframe.frame import GoAwayFrame
 
@@ -112,6 +115,116 @@ _VALID_FIELDS: Final[set[tuple[bytes, bytes]]] = set()
 _VALID_FIELDS_MAX: Final = 4096
 _VALID_FIELD_MAX: Final = 256
 _STATUS_BYTES: Final = {s: b"%d" % s for s in range(100, 1000)}
+
+
+# ------------------------------------------------------------------------------ HPACK
+
+_hpack_log: Final = logging.getLogger("hpack.hpack")
+_HPACK_CACHE_ENTRIES: Final = 16
+_HPACK_CACHE_KEY_MAX: Final = 512  # bytes of a header block remembered (decoder)
+_PLAIN_TUPLES: Final = frozenset({tuple})
+# The coders below count the dynamic table's changes through HeaderTable.add and its maxsize
+# setter: only with an hpack built that way (4.x).
+_HPACK_CACHING: Final = isinstance(getattr(hpack.table.HeaderTable, "maxsize", None), property) \
+    and callable(getattr(hpack.table.HeaderTable, "add", None))
+
+
+class _CountingTable(hpack.table.HeaderTable):
+    """An HPACK dynamic table that counts its changes: an entry added (and any evicted) or
+    a new maximum size. A header block coded without a change codes the same way again until
+    the next one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.changes += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return hpack.table.HeaderTable.maxsize.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.changes += 1
+        hpack.table.HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+
+
+class _CachingDecoder(hpack.Decoder):
+    """hpack's decoder, remembering the fields of header blocks that decoded without changing
+    the dynamic table (all indexed or literal without indexing): the same bytes give the same
+    fields until the table, the list size limit or the table size limit changes. Not while
+    hpack's own debug log is on (it would miss lines)."""
+
+    header_table: _CountingTable
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _CountingTable()
+        self.max_allowed_table_size = self.header_table.maxsize
+        self._cache: dict[bytes, tuple[hpack.HeaderTuple, ...]] = {}
+        self._cache_state: tuple[int, int, int] = (-1, 0, 0)
+
+    def decode(self, data: bytes, raw: bool = False) -> list[hpack.HeaderTuple]:
+        if not raw or type(data) is not bytes or _hpack_log.isEnabledFor(logging.DEBUG):
+            return super().decode(data, raw)  # type: ignore[return-value]
+        table = self.header_table
+        state = (table.changes, self.max_header_list_size, self.max_allowed_table_size)
+        cache = self._cache
+        if state != self._cache_state:
+            cache.clear()
+            self._cache_state = state
+        else:
+            fields = cache.get(data)
+            if fields is not None:
+                return list(fields)
+        headers: list[hpack.HeaderTuple] = super().decode(data, True)  # type: ignore[assignment]
+        if table.changes == state[0] and len(data) <= _HPACK_CACHE_KEY_MAX:
+            if len(cache) >= _HPACK_CACHE_ENTRIES:
+                cache.clear()
+            cache[data] = tuple(headers)
+        return headers
+
+
+class _CachingEncoder(hpack.Encoder):
+    """hpack's encoder, remembering the header blocks of field lists that encoded without
+    changing the dynamic table (every field indexed): the same list encodes to the same bytes
+    until the table changes. Only lists of plain ``(name, value)`` tuples (what
+    :meth:`HTTP2Protocol.send_headers` and friends give h2): a ``NeverIndexedHeaderTuple``
+    equals the plain tuple but must not be coded like it. Not while hpack's own debug log is
+    on."""
+
+    header_table: _CountingTable
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _CountingTable()
+        self._cache: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+        self._cache_changes = -1
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        table = self.header_table
+        if not huffman or table.resized or type(headers) is not list \
+                or set(map(type, headers)) != _PLAIN_TUPLES \
+                or _hpack_log.isEnabledFor(logging.DEBUG):
+            return super().encode(headers, huffman)
+        changes = table.changes
+        cache = self._cache
+        if changes != self._cache_changes:
+            cache.clear()
+            self._cache_changes = changes
+        key = tuple(headers)
+        block = cache.get(key)
+        if block is not None:
+            return block
+        block = super().encode(headers, True)
+        if table.changes == changes:
+            if len(cache) >= _HPACK_CACHE_ENTRIES:
+                cache.clear()
+            cache[key] = block
+        return block
 
 
 # ----------------------------------------------------------------------------- events
@@ -261,6 +374,14 @@ class HTTP2Protocol:
             normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config=config)
+        if _HPACK_CACHING:
+            # HPACK that remembers whole header blocks (a client repeats its requests, an app
+            # its responses): the same bytes and fields as hpack's own coders, less work.
+            decoder = _CachingDecoder()
+            decoder.max_header_list_size = conn.decoder.max_header_list_size
+            decoder.max_allowed_table_size = conn.decoder.max_allowed_table_size
+            conn.decoder = decoder
+            conn.encoder = _CachingEncoder()
         S = h2.settings.SettingCodes
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             S.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
