@@ -1024,3 +1024,35 @@ async def test_http2_extended_connect_for_another_protocol_is_501() -> None:
                 headers, body = await _h2_exchange(stream, conn, 3)
                 assert (b":status", b"200") in headers and body == b"ok"
                 assert app.calls == ["http"]
+
+
+async def test_send_cancelled_mid_frame_loses_the_websocket() -> None:
+    """A send the app cancels (its own timeout) may leave part of a frame on the wire: the
+    WebSocket is lost — later sends raise an OSError, the connection closes — rather than
+    frames following a torn one."""
+    outcome: list[str] = []
+    done = trio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        with trio.move_on_after(0.3):
+            await send({"type": "websocket.send", "bytes": b"x" * (8 * 1024 * 1024)})
+        try:
+            await send({"type": "websocket.send", "text": "after"})
+            outcome.append("sent")
+        except OSError:
+            outcome.append("OSError")
+        done.set()
+
+    cfg = config(limits={"min_response_data_rate": None})
+    with trio.fail_after(TIMEOUT):
+        async with run_server(app, cfg, lifespan="off") as srv:
+            ws = await RawWS.connect(srv.port, rcvbuf=4096)  # reads nothing until the end
+            with trio.fail_after(10):
+                await done.wait()
+            assert outcome == ["OSError"]
+            with trio.fail_after(10):
+                while await ws.stream.receive_some(1 << 20):
+                    pass  # drained to the end: the server closed the connection
+            await ws.stream.aclose()

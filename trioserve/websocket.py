@@ -278,6 +278,11 @@ class WebSocketSession:
                     # A frame may be cut short on the wire: nothing more can be sent.
                     self._drop("the connection broke or the peer read too slowly")
                     raise self._disconnected() from None
+                except BaseException:
+                    # Cancelled mid-write (the app's own timeout, a forced shutdown): part of
+                    # a frame may be out, so the stream can no longer be trusted.
+                    self._drop("a write was interrupted")
+                    raise
 
     async def _read_loop(self) -> None:
         proto = self._proto
