@@ -282,6 +282,14 @@ def measure_h2(name: str, cmd: list[str], port: int,
                  "connections (see results/server.log); the round itself succeeded")
 
 
+WS_SERVER_BOUND = 0.85  # a round whose server used less of its CPU than this gets a remark
+
+
+def not_server_bound(result: dict[str, Any]) -> bool:
+    server = result.get("server_cpu")
+    return server is not None and server < WS_SERVER_BOUND
+
+
 def run_ws_client(port: int, server_pid: int, args: argparse.Namespace) -> dict[str, Any]:
     """One ``ws_echo_client.py`` run on CPU 1: ``--ws-connections`` connections, a
     ``WS_WARM_UP`` phase, then the measured ``--duration``; its JSON result. Raises
@@ -324,13 +332,10 @@ def measure_ws(name: str, cmd: list[str], port: int,
         remarks.append(f"the server exited by itself (code {code}) after the client closed "
                        "its connections (see results/server.log); the round itself succeeded")
     server, client = result.get("server_cpu"), result.get("client_cpu")
-    if server is not None and server < WS_SERVER_BOUND:
+    if not_server_bound(result):
         remarks.append(f"the server used only {server:.0%} of its CPU (client {client:.0%}, "
                        f"CPU busy {fmt_busy(result)}): this round was not server-bound")
     return result, remarks
-
-
-WS_SERVER_BOUND = 0.85  # a round whose server used less of its CPU than this gets a remark
 
 
 def fmt_busy(result: dict[str, Any]) -> str:
@@ -380,9 +385,9 @@ def ws_table(results: dict[str, list[float | None]], med: dict[str, float | None
         "1, " + when + " (failed rounds left out)",
         "",
         "| WebSocket echo server | msg/s (median) | rounds | latency p50 / p99 ms (median) | "
-        "server CPU | client CPU | trioserve / this (ratio of medians) | trioserve / this "
-        "(median of per-round ratios) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "server CPU | server CPU µs/msg | client CPU | trioserve / this (ratio of medians) | "
+        "trioserve / this (median of per-round ratios) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ws_results:
         value = med[name]
@@ -391,11 +396,19 @@ def ws_table(results: dict[str, list[float | None]], med: dict[str, float | None
         p50 = median_of(name, lambda r: (r.get("latency_ms") or {}).get("p50"))
         p99 = median_of(name, lambda r: (r.get("latency_ms") or {}).get("p99"))
         latency = "-" if p50 is None or p99 is None else f"{p50:.2f} / {p99:.2f}"
+        us = median_of(name, lambda r: r.get("server_cpu_us_per_message"))
+        us_per_message = "-" if us is None else f"{us:.0f}"
         shown = "all rounds failed (see below)" if value is None else f"{value:,.0f}"
+        rounds = ", ".join("failed" if r is None else f"{r['messages_per_second']:,.0f}"
+                           + ("*" if not_server_bound(r) else "") for r in ws_results[name])
         lines.append(
-            f"| {name} | {shown} | {fmt_rounds(results[name])} | {latency} | "
-            f"{pct(median_of(name, lambda r: r.get('server_cpu')))} | "
+            f"| {name} | {shown} | {rounds} | {latency} | "
+            f"{pct(median_of(name, lambda r: r.get('server_cpu')))} | {us_per_message} | "
             f"{pct(median_of(name, lambda r: r.get('client_cpu')))} | {cells[0]} | {cells[1]} |")
+    if any(r is not None and not_server_bound(r) for v in ws_results.values() for r in v):
+        lines += ["", f"\\* the server used under {WS_SERVER_BOUND:.0%} of its CPU in that "
+                  "round (see below): not server-bound, usually other work on the machine; "
+                  "such rounds still count in the medians"]
     missing = [what for what, have in (("uvicorn", HAVE_UVICORN), ("hypercorn", HAVE_HYPERCORN))
                if not have]
     if missing:
@@ -471,6 +484,9 @@ def main() -> int:
                 except RoundFailed as exc:
                     ws, rps, remark = None, None, f"FAILED: {exc}"
                 ws_results.setdefault(name, []).append(ws)
+                with open(HERE / "results" / "ws-echo.jsonl", "a") as f:  # every round in full
+                    f.write(json.dumps({"round": r + 1, "name": name, "result": ws,
+                                        "remark": remark}) + "\n")
             else:
                 rps = measure(name, cmd, port, args)
             results.setdefault(name, []).append(rps)
