@@ -237,8 +237,10 @@ class UpgradeFeature(Protocol):
     """HTTP/1.1 ``Upgrade``. ``is_upgradable_request`` is true when the request asked for a
     protocol switch (``Connection: upgrade`` and ``Upgrade: protocol``). ``upgrade(headers)``
     sends ``101 Switching Protocols`` and returns the raw stream, with bytes the client already
-    sent after the request put back in front. Raises :class:`FeatureStateError` when the request
-    is not upgradable, the body was not fully read, or the response already started."""
+    sent after the request put back in front; each write to it is bounded by the minimum
+    response data rate (a peer that stops reading breaks it: ``trio.BrokenResourceError``).
+    Raises :class:`FeatureStateError` when the request is not upgradable, the body was not
+    fully read, or the response already started."""
 
     @property
     def is_upgradable_request(self) -> bool: ...

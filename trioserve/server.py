@@ -188,8 +188,7 @@ class _Server:
         failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
-                session = WebSocketSession(ctx.features, offer, self.config.websocket, nursery,
-                                           self.config.limits.min_response_data_rate)
+                session = WebSocketSession(ctx.features, offer, self.config.websocket, nursery)
                 ctx.features.set(WebSocketFeature, session)
                 self.drain_callbacks.add(session.going_away)
                 if self.draining:
@@ -302,7 +301,7 @@ class _SocketIO(_Fairness):
     broken connection become ``trio.BrokenResourceError``.
     """
 
-    __slots__ = ("_stream", "sock")
+    __slots__ = ("sock",)
 
     can_sendfile = True
 
@@ -310,7 +309,6 @@ class _SocketIO(_Fairness):
         super().__init__()
         sock.setblocking(False)
         self.sock = sock
-        self._stream: trio.SocketStream | None = None
 
     def try_receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes | None:
         """Bytes available now (``b""`` at EOF), or ``None`` if reading would block."""
@@ -387,18 +385,9 @@ class _SocketIO(_Fairness):
         """Close (``graceful`` matters only for TLS)."""
         self.close()
 
-    def stream(self) -> trio.SocketStream:
-        """The socket as a Trio stream (for protocols that take over the connection)."""
-        if self._stream is None:
-            self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(self.sock))
-        return self._stream
-
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.socket.close()
-        else:
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
 
 
 class _TlsIO(_Fairness):
@@ -449,7 +438,13 @@ class _TlsIO(_Fairness):
             return False
 
     async def receive(self, max_bytes: int = RECEIVE_SIZE, *, known_empty: bool = False) -> bytes:
-        return bytes(await self.ssl_stream.receive_some(max_bytes))
+        try:
+            return bytes(await self.ssl_stream.receive_some(max_bytes))
+        except trio.BrokenResourceError as exc:
+            # A client that closes without close_notify: an ordinary end, as on plain TCP.
+            if isinstance(exc.__cause__, ssl.SSLEOFError) or "EOF" in str(exc.__cause__ or ""):
+                return b""
+            raise
 
     async def send_all(self, data: bytes, rate: MinDataRate | None) -> None:
         with trio.CancelScope(deadline=write_deadline(rate, len(data))) as scope:
@@ -469,9 +464,6 @@ class _TlsIO(_Fairness):
     def reset_on_close(self) -> None:
         _reset_on_close(self.sock)
 
-    def stream(self) -> trio.abc.Stream:
-        return _UpgradedTlsStream(self.ssl_stream)
-
     async def aclose(self, graceful: bool) -> None:
         """Close; ``graceful``: send ``close_notify`` first (never for a response cut short,
         which must not look complete), without waiting for the client's."""
@@ -487,34 +479,35 @@ class _TlsIO(_Fairness):
         self.sock.close()
 
 
-class _UpgradedTlsStream(trio.abc.Stream):
-    """The TLS stream handed to a protocol that takes over the connection (an upgrade): a
-    client that closes without ``close_notify`` reads as an ordinary end (``b""``), as on plain
-    TCP, instead of a broken connection."""
+class _UpgradedStream(trio.abc.Stream):
+    """The connection handed to a protocol that takes it over (an upgrade, a WebSocket), with
+    the same fast paths as the server's own I/O (no scheduler round trip for a read or write
+    that completes at once). Each write is bounded by the minimum response data rate: a peer
+    that stops reading breaks the stream (``trio.BrokenResourceError``). Over TLS, a client
+    that closes without ``close_notify`` reads as an ordinary end (``b""``)."""
 
-    def __init__(self, ssl_stream: trio.SSLStream[trio.SocketStream]) -> None:
-        self.ssl_stream = ssl_stream
+    def __init__(self, io: _SocketIO | _TlsIO, rate: MinDataRate | None) -> None:
+        self._io = io
+        self._rate = rate
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        try:
-            return bytes(await self.ssl_stream.receive_some(max_bytes))
-        except trio.BrokenResourceError as exc:
-            if isinstance(exc.__cause__, ssl.SSLEOFError) or \
-                    "EOF" in str(exc.__cause__ or ""):
-                return b""
-            raise
+        return await self._io.receive(max_bytes or RECEIVE_SIZE)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.ssl_stream.send_all(data)
+        await self._io.send_all(data if type(data) is bytes else bytes(data), self._rate)
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.ssl_stream.wait_send_all_might_not_block()
+        await trio.lowlevel.wait_writable(self._io.sock)
 
     async def send_eof(self) -> None:
-        raise trio.BrokenResourceError("TLS has no half-close")
+        if isinstance(self._io, _TlsIO):
+            raise trio.BrokenResourceError("TLS has no half-close")
+        self._io.shutdown_write()
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
-        await self.ssl_stream.aclose()
+        self._io.close()
+        await trio.lowlevel.checkpoint()
 
 
 class _H1Connection:
@@ -581,7 +574,7 @@ class _H1Connection:
 
     @property
     def stream(self) -> trio.abc.Stream:
-        return self.io.stream()
+        return _UpgradedStream(self.io, self.response_rate)
 
     # ------------------------------------------------------------------ I/O primitives
 

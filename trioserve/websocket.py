@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .config import MinDataRate, WebSocketConfig
+from .config import WebSocketConfig
 from .features import (
     ClientDisconnected,
     FeatureCollection,
@@ -53,24 +53,93 @@ RECEIVE_SIZE = 64 * 1024
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ClientDisconnected)
 
 
+class _Inbox:
+    """The one-message hand-off from the reader to the app: the reader waits while a message is
+    unread (backpressure). A memory channel of size one, without its two scheduler round trips
+    per message: a hand-off that need not wait does not yield, except every ``FAIR`` operations
+    so a busy WebSocket cannot starve the others."""
+
+    FAIR = 16
+    __slots__ = ("_full", "_item", "_ops", "_receiver", "_recv_closed", "_send_closed", "_sender")
+
+    def __init__(self) -> None:
+        self._item: str | bytes = b""
+        self._full = False
+        self._send_closed = False
+        self._recv_closed = False
+        self._sender: trio.Event | None = None  # the reader waits for room
+        self._receiver: trio.Event | None = None  # the app waits for a message
+        self._ops = 0
+
+    async def put(self, item: str | bytes) -> None:
+        """Raises ``trio.BrokenResourceError`` once the app stopped receiving."""
+        while self._full and not self._recv_closed:
+            self._sender = event = trio.Event()
+            await event.wait()
+        if self._recv_closed:
+            raise trio.BrokenResourceError("nobody receives")
+        self._item = item
+        self._full = True
+        if self._receiver is not None:
+            self._receiver.set()
+            self._receiver = None
+        await self._fair()
+
+    async def get(self) -> str | bytes:
+        """Raises ``trio.EndOfChannel`` once the reader is done and nothing is left."""
+        while not self._full:
+            if self._send_closed:
+                raise trio.EndOfChannel
+            self._receiver = event = trio.Event()
+            await event.wait()
+        item = self._item
+        self._item = b""
+        self._full = False
+        if self._sender is not None:
+            self._sender.set()
+            self._sender = None
+        await self._fair()
+        return item
+
+    async def _fair(self) -> None:
+        self._ops += 1
+        if self._ops >= self.FAIR:
+            self._ops = 0
+            await trio.lowlevel.checkpoint()
+
+    def close_sending(self) -> None:
+        self._send_closed = True
+        if self._receiver is not None:
+            self._receiver.set()
+            self._receiver = None
+
+    def close_receiving(self) -> None:
+        self._recv_closed = True
+        self._item = b""
+        self._full = False
+        if self._sender is not None:
+            self._sender.set()
+            self._sender = None
+
+
 class WebSocketSession:
     """The server's :class:`~trioserve.features.WebSocketFeature` (see that class for the
     contract). The server creates one per WebSocket handshake request, runs the app, then
     calls :meth:`finish`; :meth:`going_away` starts a close with 1001 on shutdown."""
 
     def __init__(self, features: FeatureCollection, offer: Offer, config: WebSocketConfig,
-                 nursery: trio.Nursery, response_rate: MinDataRate | None) -> None:
+                 nursery: trio.Nursery) -> None:
         self._features = features
         self._offer = offer
         self._config = config
         self._nursery = nursery
-        self._rate = response_rate
         self._state = "connecting"
         self._proto: WebSocketProtocol | None = None
         self._receive: Callable[[], Awaitable[bytes | bytearray]] | None = None
         self._write: Callable[[bytes], Awaitable[None]] | None = None
-        self._send_lock = trio.StrictFIFOLock()
-        self._inbox_send, self._inbox = trio.open_memory_channel[str | bytes](1)
+        self._writing = False  # a write is under way: other flushes wait for it
+        self._write_done: trio.Event | None = None
+        self._inbox = _Inbox()
         self._closed = trio.Event()  # the reader is done: nothing more will be received
         self._close_code: int | None = None
         self._close_reason = ""
@@ -137,20 +206,9 @@ class WebSocketSession:
             async def receive() -> bytes | bytearray:
                 return await stream.receive_some(RECEIVE_SIZE)
 
-            async def write(data: bytes) -> None:
-                rate = self._rate
-                if rate is None:
-                    await stream.send_all(data)
-                    return
-                # The minimum response data rate, as for any response: a peer that stops
-                # reading is dropped instead of blocking the app forever.
-                with trio.move_on_after(rate.grace_period + len(data) / rate.bytes_per_second):
-                    await stream.send_all(data)
-                    return
-                raise trio.BrokenResourceError("the client read the WebSocket too slowly")
-
+            # (The upgraded stream bounds each write by the minimum response data rate.)
             self._receive = receive
-            self._write = write
+            self._write = stream.send_all
         self._proto = WebSocketProtocol(extensions, config.max_message_size)
         self._state = "open"
         self._last_frame = trio.current_time()
@@ -164,7 +222,7 @@ class WebSocketSession:
         if self._state == "connecting":
             raise FeatureStateError("receive(): the WebSocket was not accepted")
         try:
-            return await self._inbox.receive()
+            return await self._inbox.get()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             await self._closed.wait()
             raise self._disconnected() from None
@@ -222,7 +280,7 @@ class WebSocketSession:
         unless closed already, wait up to ``close_timeout`` for the peer's reply, then end the
         transport (HTTP/2: end the stream, or reset it if the WebSocket was lost)."""
         self._app_done = True
-        self._inbox.close()
+        self._inbox.close_receiving()
         if self._state == "connecting":
             return
         proto = self._proto
@@ -261,28 +319,38 @@ class WebSocketSession:
             scope.deadline = min(scope.deadline, self._close_deadline)
 
     async def _flush(self) -> None:
-        """Write whatever the protocol queued (in order; one writer at a time). A write that
-        fails (the connection broke, or the peer reads too slowly) loses the WebSocket and
-        raises :class:`WebSocketDisconnected`."""
+        """Write whatever the protocol queued (in order; one writer at a time, and whoever
+        writes takes everything queued). A write that fails (the connection broke, or the peer
+        reads too slowly) loses the WebSocket and raises :class:`WebSocketDisconnected`."""
         proto = self._proto
         write = self._write
         assert proto is not None and write is not None
-        async with self._send_lock:
-            if self._lost:
-                raise self._disconnected()
-            data = proto.data_to_send()
-            if data:
-                try:
-                    await write(data)
-                except _TRANSPORT_ERRORS:
-                    # A frame may be cut short on the wire: nothing more can be sent.
-                    self._drop("the connection broke or the peer read too slowly")
-                    raise self._disconnected() from None
-                except BaseException:
-                    # Cancelled mid-write (the app's own timeout, a forced shutdown): part of
-                    # a frame may be out, so the stream can no longer be trusted.
-                    self._drop("a write was interrupted")
-                    raise
+        while self._writing:
+            if self._write_done is None:
+                self._write_done = trio.Event()
+            await self._write_done.wait()
+        if self._lost:
+            raise self._disconnected()
+        data = proto.data_to_send()
+        if not data:
+            return
+        self._writing = True
+        try:
+            await write(data)
+        except _TRANSPORT_ERRORS:
+            # A frame may be cut short on the wire: nothing more can be sent.
+            self._drop("the connection broke or the peer read too slowly")
+            raise self._disconnected() from None
+        except BaseException:
+            # Cancelled mid-write (the app's own timeout, a forced shutdown): part of a frame
+            # may be out, so the stream can no longer be trusted.
+            self._drop("a write was interrupted")
+            raise
+        finally:
+            self._writing = False
+            if self._write_done is not None:
+                self._write_done.set()
+                self._write_done = None
 
     async def _read_loop(self) -> None:
         proto = self._proto
@@ -322,7 +390,7 @@ class WebSocketSession:
                             self._delivering = True
                             blocked = trio.current_time()
                             try:
-                                await self._inbox_send.send(ev.data)
+                                await self._inbox.put(ev.data)
                             except trio.BrokenResourceError:
                                 pass  # the app is done: the message has no reader
                             finally:
@@ -352,7 +420,7 @@ class WebSocketSession:
         finally:
             self._read_scope = None
             self._state = "closed"
-            self._inbox_send.close()
+            self._inbox.close_sending()
             self._closed.set()
 
     def _drop(self, reason: str) -> None:
@@ -395,7 +463,7 @@ class WebSocketSession:
                              timeout)
                     self._drop("no reply to a ping")
                     self._closed.set()
-                    self._inbox_send.close()
+                    self._inbox.close_sending()
                     if self._read_scope is not None:
                         self._read_scope.cancel()
                     return
