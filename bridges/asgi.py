@@ -400,7 +400,7 @@ class _HTTPCycle:
 class _WebSocketCycle:
     """``receive`` and ``send`` for one WebSocket (ASGI spec 2.4)."""
 
-    __slots__ = ("connected", "disconnect", "lifetime", "out", "resp", "state", "ws")
+    __slots__ = ("answered", "connected", "disconnect", "lifetime", "out", "resp", "state", "ws")
 
     def __init__(self, ws: WebSocketFeature, resp: ResponseFeature, out: ResponseBodyFeature,
                  lifetime: RequestLifetimeFeature | None) -> None:
@@ -411,6 +411,7 @@ class _WebSocketCycle:
         # connecting → open (accepted) | response (refusing with an HTTP response) | denied
         self.state = "connecting"
         self.connected = False  # websocket.connect was received
+        self.answered: trio.Event | None = None  # set once accepted or refused
         self.disconnect: Message | None = None
 
     async def receive(self) -> Message:
@@ -431,14 +432,22 @@ class _WebSocketCycle:
             if type(data) is str:
                 return {"type": "websocket.receive", "text": data}
             return {"type": "websocket.receive", "bytes": data}
-        if self.state == "connecting" and self.lifetime is not None \
-                and not self.resp.has_started:
-            # Not accepted yet: the only thing to receive is the client going away.
-            await self.lifetime.wait_done()
+        if self.state == "connecting":
+            # Not answered yet: another task of the app will accept or refuse; then receive
+            # what follows (an accept that failed, the client being gone, ends in 1006).
+            if self.answered is None:
+                self.answered = trio.Event()
+            await self.answered.wait()
+            if self.state != "connecting":
+                return await self.receive()
         else:
             await trio.lowlevel.checkpoint()
         self.disconnect = {"type": "websocket.disconnect", "code": 1006, "reason": ""}
         return self.disconnect
+
+    def _answer(self) -> None:
+        if self.answered is not None:
+            self.answered.set()
 
     async def send(self, message: Message) -> None:
         t = message["type"]
@@ -471,8 +480,11 @@ class _WebSocketCycle:
             if subprotocol is not None and type(subprotocol) is not str:
                 raise TypeError(f"ASGI websocket.accept 'subprotocol' must be str, got "
                                 f"{subprotocol!r}")
-            await self.ws.accept(subprotocol, headers)
-            self.state = "open"
+            try:
+                await self.ws.accept(subprotocol, headers)
+                self.state = "open"
+            finally:
+                self._answer()
         elif t == "websocket.close":
             code = message.get("code", 1000)
             code = 1000 if code is None else code
@@ -480,6 +492,7 @@ class _WebSocketCycle:
             if state == "connecting":
                 # Refused before accept: HTTP 403 (ASGI spec).
                 self.state = "denied"
+                self._answer()
                 self.resp.status = 403
                 await self.out.complete()
             elif state == "open":
@@ -497,9 +510,14 @@ class _WebSocketCycle:
             status = message["status"]
             if isinstance(status, bool) or not isinstance(status, int):
                 raise TypeError(f"ASGI response status must be an int, got {status!r}")
+            if status < 300:
+                # Over HTTP/2 a 2xx to the extended CONNECT is the acceptance itself.
+                raise RuntimeError(f"ASGI 'websocket.http.response.start' must refuse the "
+                                   f"WebSocket (a status of 300 or more), got {status}")
             self.resp.status = int(status)
             self.resp.headers = _byte_pairs(message.get("headers", ()), "response header")
             self.state = "response"
+            self._answer()
         elif t == "websocket.http.response.body":
             if state != "response" or self.out.is_complete:
                 raise RuntimeError("ASGI 'websocket.http.response.body' without a started, "

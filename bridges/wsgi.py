@@ -682,6 +682,7 @@ class WSGIBridge:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         self.app = app
+        self._websocket_warned = False
         self.threads = threads
         self.pool = _WorkerPool(threads)
 
@@ -766,8 +767,12 @@ class WSGIBridge:
 
     async def _refuse_websocket(self, ctx: RequestContext) -> None:
         path = ctx.features[RequestFeature].path
-        log.info("WebSocket request to %s refused: a WSGI application cannot accept "
-                 "WebSockets (serve an ASGI application for that)", path)
+        # Once as a warning (a misconfiguration to notice), then at debug: clients decide
+        # how often this happens.
+        level = logging.DEBUG if self._websocket_warned else logging.WARNING
+        self._websocket_warned = True
+        log.log(level, "WebSocket request to %s refused: a WSGI application cannot accept "
+                "WebSockets (serve an ASGI application for that)", path)
         response = ctx.features[ResponseFeature]
         response.status = 400
         response.headers = [(b"content-type", b"text/plain; charset=utf-8"),

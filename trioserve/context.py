@@ -306,6 +306,11 @@ class H1Request:
             hdrs.append((b"upgrade", ex.head.upgrade))
         ex.response._status = 101
         data = proto.response_head(101, hdrs, switching_protocols=True)
+        # A task waiting for a disconnect reads the socket: stop it and let it leave first,
+        # so the new protocol alone reads the connection; what it read ahead is kept below.
+        ex.signal_done()
+        while ex.reading:
+            await ex.reader_changed().wait()
         leftover = proto.switch_protocol()
         ex.upgraded = True
         ex.response.mark_done()

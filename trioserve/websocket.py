@@ -144,6 +144,7 @@ class WebSocketSession:
         self._close_code: int | None = None
         self._close_reason = ""
         self._close_deadline = float("inf")  # our close frame is out: the reply must come by
+        self._proto_close_sent_at: float | None = None
         self._last_frame = 0.0
         self._read_scope: trio.CancelScope | None = None
         self._pong: trio.Event | None = None
@@ -313,7 +314,9 @@ class WebSocketSession:
         """Our close frame is queued: the peer's reply must come within ``close_timeout``."""
         if self._state == "open":
             self._state = "closing"
-        self._close_deadline = trio.current_time() + self._config.close_timeout
+        now = trio.current_time()
+        self._proto_close_sent_at = now
+        self._close_deadline = now + self._config.close_timeout
         scope = self._read_scope
         if scope is not None:
             scope.deadline = min(scope.deadline, self._close_deadline)
@@ -398,7 +401,10 @@ class WebSocketSession:
                                 now = trio.current_time()
                                 self._last_frame = now
                                 # Waiting for the app is not the peer's delay.
-                                self._close_deadline += now - blocked
+                                sent_at = self._proto_close_sent_at
+                                if sent_at is not None and not self._app_done:
+                                    # only the part of the wait after our close frame went out
+                                    self._close_deadline += now - max(blocked, sent_at)
                     elif type(ev) is Pong:
                         if self._pong is not None:
                             self._pong.set()
@@ -406,7 +412,7 @@ class WebSocketSession:
                         self._close_code = ev.code
                         self._close_reason = ev.reason
                         if ev.failed:
-                            log.info("WebSocket closed for a protocol error (%d): %s",
+                            log.debug("WebSocket closed for a protocol error (%d): %s",
                                      ev.code, ev.reason)
                         if proto.has_output:
                             await self._flush()  # the reply to the close, or ours for a failure

@@ -125,6 +125,8 @@ def check_handshake(head: RequestHead) -> Offer:
                              f"{head.method.decode('ascii', 'replace')}")
     elif head.http_version != b"1.1":
         raise HandshakeError("a WebSocket handshake needs HTTP/1.1")
+    elif head.has_body:
+        raise HandshakeError("a WebSocket handshake has no body")
     keys: list[bytes] = []
     versions: list[bytes] = []
     protocols: list[bytes] = []
@@ -358,7 +360,8 @@ class _SizeGuard(Extension):
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._declared = 0
+        self._declared = 0  # the message's finished frames
+        self._frame = 0  # the frame being read (its header may be parsed more than once)
         self._compressed = False
 
     def enabled(self) -> bool:
@@ -369,15 +372,22 @@ class _SizeGuard(Extension):
 
     def frame_inbound_header(self, proto: FrameDecoder | FrameProtocol, opcode: Opcode,
                              rsv: RsvBits, payload_length: int) -> CloseReason | RsvBits:
+        self._frame = 0
         if not opcode.iscontrol():
             if opcode is not Opcode.CONTINUATION:
                 self._declared = 0
                 self._compressed = rsv.rsv1
             if not self._compressed:
-                self._declared += payload_length
-                if self._declared > self.limit:
+                if self._declared + payload_length > self.limit:
                     return CloseReason.MESSAGE_TOO_BIG
+                self._frame = payload_length
         return RsvBits(False, False, False)
+
+    def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol,
+                               fin: bool) -> bytes | CloseReason | None:
+        self._declared += self._frame
+        self._frame = 0
+        return None
 
 
 class WebSocketProtocol:
@@ -406,7 +416,7 @@ class WebSocketProtocol:
             exts.append(_SizeGuard(max_message_size))
         self._ws = Connection(ConnectionType.SERVER, exts)
         self.max_message_size = max_message_size
-        self._parts: list[str | bytes] = []
+        self._parts: bytearray | None = None  # the message so far (text as UTF-8)
         self._size = 0
         self._out = bytearray()
         self._eof = False
@@ -450,20 +460,26 @@ class WebSocketProtocol:
                                      f"message larger than {limit} bytes")
                     return
                 if ev.message_finished:
-                    parts = self._parts
-                    if parts:
-                        parts.append(payload)
-                        joined: str | bytes = (
-                            "".join(p for p in parts if isinstance(p, str))
-                            if isinstance(payload, str)
-                            else b"".join(p for p in parts if isinstance(p, bytes)))
-                        parts.clear()
+                    buf = self._parts
+                    if buf is not None:
+                        # One buffer per message: many tiny fragments cost their bytes, not
+                        # an object each.
+                        joined: str | bytes
+                        if isinstance(payload, str):
+                            joined = buf.decode("utf-8") + payload
+                        else:
+                            buf += payload
+                            joined = bytes(buf)
+                        self._parts = None
                     else:
                         joined = payload
                     self._size = 0
                     yield Message(joined)
                 elif payload:
-                    self._parts.append(payload)
+                    if self._parts is None:
+                        self._parts = bytearray()
+                    self._parts += (payload.encode("utf-8") if isinstance(payload, str)
+                                    else payload)
             elif isinstance(ev, Ping):
                 if self._ws.state is ConnectionState.OPEN:
                     self._out += self._ws.send(ev.response())
