@@ -238,6 +238,9 @@ class WebSocketSession:
             data = data if isinstance(data, str) else bytes(data)
         proto = self._proto
         assert proto is not None
+        # Queue only once no other write is under way: a send cancelled while waiting sends
+        # nothing, and many concurrent senders cannot pile up output behind a slow peer.
+        await self._wait_writer()
         if self._lost or not proto.can_send:
             raise self._disconnected()
         proto.send_message(data)
@@ -321,6 +324,12 @@ class WebSocketSession:
         if scope is not None:
             scope.deadline = min(scope.deadline, self._close_deadline)
 
+    async def _wait_writer(self) -> None:
+        while self._writing:
+            if self._write_done is None:
+                self._write_done = trio.Event()
+            await self._write_done.wait()
+
     async def _flush(self) -> None:
         """Write whatever the protocol queued (in order; one writer at a time, and whoever
         writes takes everything queued). A write that fails (the connection broke, or the peer
@@ -328,10 +337,7 @@ class WebSocketSession:
         proto = self._proto
         write = self._write
         assert proto is not None and write is not None
-        while self._writing:
-            if self._write_done is None:
-                self._write_done = trio.Event()
-            await self._write_done.wait()
+        await self._wait_writer()
         if self._lost:
             raise self._disconnected()
         data = proto.data_to_send()
