@@ -44,6 +44,7 @@ from trioserve.features import (
     ClientDisconnected,
     ConnectionFeature,
     EarlyHintsFeature,
+    FeatureCollection,
     FeatureStateError,
     LifespanFailure,
     RequestBodyFeature,
@@ -125,29 +126,10 @@ class ASGIBridge:
         body = features[RequestBodyFeature]
         resp = features[ResponseFeature]
         out = features[ResponseBodyFeature]
-        conn = features.get(ConnectionFeature)
-        root_path = req.root_path
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": req.http_version,
-            "method": req.method,
-            "scheme": req.scheme,
-            "path": root_path + req.path if root_path else req.path,
-            "raw_path": root_path.encode() + req.raw_path if root_path else req.raw_path,
-            "query_string": req.query_string,
-            "root_path": root_path,
-            "headers": req.headers,
-            "client": conn.peer if conn is not None else None,
-            "server": conn.local if conn is not None else None,
-            "extensions": {"http.response.pathsend": {}, "http.response.trailers": {},
-                           "http.response.early_hint": {}},
-        }
-        tls = features.get(TlsFeature)
-        if tls is not None:
-            scope["extensions"]["tls"] = _tls_extension(tls)
-        if self.lifespan_supported:
-            scope["state"] = self.state.copy()
+        scope = self._scope(features, req, "http", req.scheme, {
+            "http.response.pathsend": {}, "http.response.trailers": {},
+            "http.response.early_hint": {}})
+        scope["method"] = req.method
         h = _HTTPCycle(body, resp, out, features.get(RequestLifetimeFeature),
                        features.get(EarlyHintsFeature))
         await self.app(scope, h.receive, h.send)
@@ -157,16 +139,17 @@ class ASGIBridge:
                                    "(no final 'http.response.body' with more_body=False)")
             raise RuntimeError("ASGI application returned without sending a response")
 
-    async def _websocket(self, ctx: RequestContext, ws: WebSocketFeature) -> None:
-        features = ctx.features
-        req = features[RequestFeature]
+    def _scope(self, features: FeatureCollection, req: RequestFeature, kind: str, scheme: str,
+               extensions: dict[str, Any]) -> dict[str, Any]:
+        """The scope entries HTTP and WebSocket share (spec 2.4), with the ``tls`` extension
+        on TLS connections and the lifespan ``state``."""
         conn = features.get(ConnectionFeature)
         root_path = req.root_path
         scope: dict[str, Any] = {
-            "type": "websocket",
+            "type": kind,
             "asgi": _ASGI,
             "http_version": req.http_version,
-            "scheme": "wss" if req.scheme == "https" else "ws",
+            "scheme": scheme,
             "path": root_path + req.path if root_path else req.path,
             "raw_path": root_path.encode() + req.raw_path if root_path else req.raw_path,
             "query_string": req.query_string,
@@ -174,14 +157,22 @@ class ASGIBridge:
             "headers": req.headers,
             "client": conn.peer if conn is not None else None,
             "server": conn.local if conn is not None else None,
-            "subprotocols": list(ws.subprotocols),
-            "extensions": {"websocket.http.response": {}},
+            "extensions": extensions,
         }
         tls = features.get(TlsFeature)
         if tls is not None:
-            scope["extensions"]["tls"] = _tls_extension(tls)
+            extensions["tls"] = _tls_extension(tls)
         if self.lifespan_supported:
             scope["state"] = self.state.copy()
+        return scope
+
+    async def _websocket(self, ctx: RequestContext, ws: WebSocketFeature) -> None:
+        features = ctx.features
+        req = features[RequestFeature]
+        scope = self._scope(features, req, "websocket",
+                            "wss" if req.scheme == "https" else "ws",
+                            {"websocket.http.response": {}})
+        scope["subprotocols"] = list(ws.subprotocols)
         cycle = _WebSocketCycle(ws, features[ResponseFeature], features[ResponseBodyFeature],
                                 features.get(RequestLifetimeFeature))
         await self.app(scope, cycle.receive, cycle.send)
