@@ -423,9 +423,7 @@ async def test_declared_2gib_frame_is_1009_promptly() -> None:
 
 
 async def test_declared_2gib_frame_with_more_than_the_limit_sent_is_1009() -> None:
-    """What holds today (and after the fix above): once more than max_message_size of a 2 GiB
-    declared frame came in, the server fails the connection with 1009, having buffered
-    nothing (the payload is counted as it arrives)."""
+    """A 2 GiB declared frame whose bytes keep coming: 1009, having buffered nothing."""
     app = EchoApp()
     with trio.fail_after(TIMEOUT):
         async with run_server(app, config(max_message_size=1024), lifespan="off") as srv:
@@ -626,12 +624,6 @@ async def test_peer_answering_pings_survives_an_app_that_reads_slowly() -> None:
 # ------------------------------------------------------------------------------ idle, close
 
 
-IDLE_BUG = ("BUG: after the idle timeout's close frame, WebSocketSession._read_loop keeps the "
-            "idle deadline (last frame + idle_timeout, already past) in the next read's deadline, "
-            "so the peer is dropped at once as 'did not answer the close frame within "
-            "close_timeout': the reply is never waited for and the app sees 1006")
-
-
 async def test_idle_peer_gets_1001_and_its_close_reply_ends_the_connection() -> None:
     app = EchoApp()
     # a long close timeout: the connection must end because of the reply, not the timeout
@@ -654,24 +646,6 @@ async def test_idle_peer_gets_1001_and_its_close_reply_ends_the_connection() -> 
             assert await ws.read_until_closed() == []
             assert trio.current_time() - t1 < 1
             assert await app.wait_disconnects(1) == [1001]
-
-
-async def test_idle_peer_gets_1001_and_the_connection_ends() -> None:
-    """What holds today: the silent peer gets the 1001 close frame and the connection ends
-    promptly (the TCP close does not wait for the full close timeout)."""
-    app = EchoApp()
-    with trio.fail_after(TIMEOUT):
-        async with run_server(app, config(idle_timeout=0.3, close_timeout=5),
-                              lifespan="off") as srv:
-            ws = await RawWS.connect(srv.port)
-            t0 = trio.current_time()
-            event = await ws.next_event()
-            assert isinstance(event, CloseConnection)
-            assert (event.code, event.reason) == (1001, "idle timeout")
-            await ws.send(close_frame(1001))
-            assert await ws.read_until_closed() == []
-            assert 0.25 < trio.current_time() - t0 < 3
-            assert len(await app.wait_disconnects(1)) == 1
             await assert_still_serving(srv.port)
 
 
@@ -762,39 +736,12 @@ async def test_client_that_never_reads_makes_send_raise() -> None:
             assert sent[0] > 0
             [exc] = failures
             assert isinstance(exc, OSError), repr(exc)
-            await ws.stream.aclose()
-
-
-async def test_client_that_never_reads_is_disconnected() -> None:
-    """What holds today: the app's send does raise (it does not block forever), and the
-    connection is then closed."""
-    failures: list[BaseException] = []
-    done = trio.Event()
-
-    async def app(scope: Scope, receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "websocket.accept"})
-        chunk = os.urandom(KiB)
-        try:
-            while True:
-                await send({"type": "websocket.send", "bytes": chunk})
-        except Exception as exc:
-            failures.append(exc)
-        finally:
-            done.set()
-
-    cfg = config(limits={"min_response_data_rate": MinDataRate(bytes_per_second=1000,
-                                                                grace_period=0.5)})
-    with trio.fail_after(TIMEOUT):
-        async with run_server(app, cfg, lifespan="off") as srv:
-            ws = await RawWS.connect(srv.port, rcvbuf=4096)
-            with trio.fail_after(10):
-                await done.wait()
-            assert len(failures) == 1
+            # the connection is then closed: what was queued drains, then EOF
             with trio.fail_after(5):
-                events = await ws.read_until_closed()  # drains what was queued, then EOF
+                events = await ws.read_until_closed()
             assert ws.eof
             assert len(events) > 0
+            await ws.stream.aclose()
 
 
 async def test_client_that_never_reads_is_not_an_application_error(

@@ -52,8 +52,8 @@ class _Errors(logging.Handler):
 
 @pytest.fixture
 def errors() -> Iterator[list[logging.LogRecord]]:
-    """ERROR records of the ``trioserve`` loggers (checked inside each test, so that an xfail
-    test fails in its body rather than in a fixture's teardown)."""
+    """ERROR records of the ``trioserve`` loggers (checked inside each test, so that a failure
+    shows in the test's body rather than in a fixture's teardown)."""
     handler = _Errors()
     logger = logging.getLogger("trioserve")
     logger.addHandler(handler)
