@@ -31,6 +31,7 @@ from test_websocket_limits import (
     EchoApp,
     PeakMemory,
     RawWS,
+    _Collect,
     close_codes,
     config,
     frame,
@@ -41,20 +42,11 @@ KiB = 1024
 Scope = dict[str, Any]
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def errors() -> Iterator[list[logging.LogRecord]]:
     """ERROR records of the ``trioserve`` loggers (checked inside each test, so that a failure
     shows in the test's body rather than in a fixture's teardown)."""
-    handler = _Errors()
+    handler = _Collect()
     logger = logging.getLogger("trioserve")
     logger.addHandler(handler)
     try:
