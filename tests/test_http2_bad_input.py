@@ -972,10 +972,11 @@ async def test_rapid_reset() -> None:
 
 
 async def test_rapid_reset_of_running_streams_ends_the_connection() -> None:
-    """Streams reset while their apps run, faster than the reset budget (twice the stream limit
-    at once, refilled at the limit per second): GOAWAY ENHANCE_YOUR_CALM; other connections go
+    """Streams reset while their apps run, faster than the reset budget (``max_resets_per_second``
+    refilled each second, twice that at once): GOAWAY ENHANCE_YOUR_CALM; other connections go
     on."""
-    async with serve({"limits": {"http2": Http2Limits(max_streams_per_connection=10)}}) as (
+    async with serve({"limits": {"http2": Http2Limits(max_streams_per_connection=10,
+                                                      max_resets_per_second=10)}}) as (
             port, _):
         with trio.fail_after(TIMEOUT):
             async with h2_client(port) as c:

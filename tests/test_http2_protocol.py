@@ -410,7 +410,9 @@ def test_frame_larger_than_max_frame_size_is_frame_size_error(kind: str) -> None
 
 
 def test_larger_max_frame_size_accepts_larger_frames() -> None:
-    client = Client(max_frame_size=32768)
+    """A 20,000-byte field in one HEADERS frame and a 32 KiB DATA frame, with both the frame
+    size and the field size limits raised."""
+    client = Client(max_frame_size=32768, max_header_field_size=32768)
     blk = client.encoder.encode(post((b"x-big", b"v" * 20000)), huffman=False)
     assert 16384 < len(blk) <= 32768
     events = client.send(HeadersFrame(1, blk, flags=["END_HEADERS"]),

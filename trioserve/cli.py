@@ -177,6 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
                    default=h2l.initial_connection_window_size, metavar="BYTES",
                    help=f"the same for all streams of a connection (default "
                         f"{h2l.initial_connection_window_size})")
+    g.add_argument("--h2-max-header-field-size", type=_positive_int,
+                   default=h2l.max_header_field_size, metavar="BYTES",
+                   help=f"largest request field, name + value (default "
+                        f"{h2l.max_header_field_size}); beyond it 431")
+    g.add_argument("--h2-max-resets", type=_positive_int, default=h2l.max_resets_per_second,
+                   metavar="PER_SECOND",
+                   help=f"streams a client may reset while their apps run, per second, bursts "
+                        f"of twice that (default {h2l.max_resets_per_second}); beyond it GOAWAY "
+                        "ENHANCE_YOUR_CALM")
+    g.add_argument("--h2-max-control-frames", type=_positive_int,
+                   default=h2l.max_control_frames_per_second, metavar="PER_SECOND",
+                   help=f"PING, SETTINGS, PRIORITY, WINDOW_UPDATE, empty DATA ... frames a "
+                        f"client may send per second, bursts of twice that (default "
+                        f"{h2l.max_control_frames_per_second}); beyond it GOAWAY "
+                        "ENHANCE_YOUR_CALM")
     ws = WebSocketConfig()
     g = p.add_argument_group("WebSockets")
     g.add_argument("--ws-max-message-size", type=_non_negative_int,
@@ -228,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("limits (Kestrel's defaults)")
     g.add_argument("--max-connections", type=_positive_int, default=None,
                    help="maximum concurrent connections (default unbounded)")
+    g.add_argument("--limit-concurrency", type=_non_negative_int, default=0, metavar="N",
+                   help="maximum requests (HTTP/1.1 requests, HTTP/2 streams, WebSockets) in "
+                        "the app at once, 0 for unbounded (default 0); beyond it 503 with "
+                        "Retry-After")
     g.add_argument("--max-body-size", type=_non_negative_int, default=lim.max_request_body_size,
                    help=f"maximum request body bytes, 0 for unbounded (default "
                         f"{lim.max_request_body_size}); beyond it 413")
@@ -277,6 +296,7 @@ def build_config(args: argparse.Namespace) -> Config:
     limits = Limits(
         max_concurrent_connections=args.max_connections,
         max_concurrent_upgraded_connections=args.max_websockets,
+        max_concurrent_requests=args.limit_concurrency or None,
         max_request_body_size=args.max_body_size or None,
         max_request_line_size=args.max_request_line,
         max_request_headers_count=args.max_headers,
@@ -291,6 +311,9 @@ def build_config(args: argparse.Namespace) -> Config:
             max_frame_size=args.h2_max_frame_size,
             initial_stream_window_size=args.h2_stream_window,
             initial_connection_window_size=args.h2_connection_window,
+            max_header_field_size=args.h2_max_header_field_size,
+            max_resets_per_second=args.h2_max_resets,
+            max_control_frames_per_second=args.h2_max_control_frames,
         ),
     )
     tls: Tls | None = None

@@ -81,6 +81,18 @@ class Http2Limits:
     - ``initial_connection_window_size``: the same across all the streams of a connection
       (raised from the protocol's 65535 right after the preface).
 
+    - ``max_header_field_size``: bytes of one decoded request field (name + value; Kestrel's
+      ``MaxRequestHeaderFieldSize``); a larger one gets 431 on its stream.
+    - ``max_resets_per_second``: streams the client may reset (RST_STREAM) while their apps
+      run, per second on average, in bursts of twice that (rapid reset, CVE-2023-44487);
+      beyond it the connection ends with GOAWAY ``ENHANCE_YOUR_CALM``.
+    - ``max_control_frames_per_second``: frames that carry no request (PING, SETTINGS,
+      PRIORITY, WINDOW_UPDATE, RST_STREAM for a stream with no app running, empty DATA
+      without END_STREAM, unknown types) the client may send per second on average, in bursts
+      of twice that; each DATA frame the server sends allows one more (WINDOW_UPDATEs that
+      acknowledge a download never count against a client). Beyond it: GOAWAY
+      ``ENHANCE_YOUR_CALM`` (the floods of CVE-2019-9512, -9515, -9518 and friends).
+
     The header list limit is ``Limits.max_request_headers_total_size`` (advertised as
     ``SETTINGS_MAX_HEADER_LIST_SIZE``); the header count limit is
     ``Limits.max_request_headers_count``. Over either, the request gets 431 on its stream.
@@ -91,10 +103,14 @@ class Http2Limits:
     max_frame_size: int = 16384
     initial_stream_window_size: int = 768 * 1024
     initial_connection_window_size: int = 1024 * 1024
+    max_header_field_size: int = 16 * 1024
+    max_resets_per_second: int = 100
+    max_control_frames_per_second: int = 1000
 
     def __post_init__(self) -> None:
-        _positive_int("Http2Limits", "max_streams_per_connection",
-                      self.max_streams_per_connection)
+        for name in ("max_streams_per_connection", "max_header_field_size",
+                     "max_resets_per_second", "max_control_frames_per_second"):
+            _positive_int("Http2Limits", name, getattr(self, name))
         h = self.header_table_size
         if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= 2**31 - 1:
             raise ConfigError(f"Http2Limits.header_table_size must be an integer 0-2147483647, "
@@ -175,6 +191,10 @@ class Limits:
     - ``max_concurrent_upgraded_connections``: open WebSockets per server (Kestrel's
       ``MaxConcurrentUpgradedConnections``); a WebSocket handshake beyond it gets 503 with
       ``Retry-After``. ``None``: unbounded.
+    - ``max_concurrent_requests``: application calls in progress per server (HTTP/1.1
+      requests, HTTP/2 streams and WebSocket sessions together); a request beyond it is not
+      given to the app but answered 503 with ``Retry-After: 1`` (over HTTP/1.1 with
+      ``Connection: close``). ``None``: unbounded.
     - ``max_request_body_size``: bytes; beyond it 413. Per request an app may change it through
       :class:`~trioserve.features.RequestBodyFeature` before reading. ``None``: unbounded.
     - ``max_request_line_size``: bytes of the request line (method, target, version); beyond it 414.
@@ -189,6 +209,7 @@ class Limits:
 
     max_concurrent_connections: int | None = None
     max_concurrent_upgraded_connections: int | None = None
+    max_concurrent_requests: int | None = None
     max_request_body_size: int | None = 30_000_000
     max_request_line_size: int = 8 * 1024
     max_request_headers_count: int = 100
@@ -202,6 +223,8 @@ class Limits:
                       allow_none=True)
         _positive_int("Limits", "max_concurrent_upgraded_connections",
                       self.max_concurrent_upgraded_connections, allow_none=True)
+        _positive_int("Limits", "max_concurrent_requests", self.max_concurrent_requests,
+                      allow_none=True)
         _positive_int("Limits", "max_request_body_size", self.max_request_body_size,
                       allow_none=True)
         _positive_int("Limits", "max_request_line_size", self.max_request_line_size)

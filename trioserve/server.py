@@ -101,6 +101,8 @@ MAX_LINGER_BYTES = 16 * 1024 * 1024
 DRAIN_TIMEOUT = 2.0  # bound on reading an unread request body to keep the connection alive
 MAX_PIPELINE_BUFFER = 64 * 1024  # bytes read ahead while waiting for a disconnect
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_BACKOFF_MIN = 0.01  # seconds: the first retry of an accept out of descriptors
+ACCEPT_BACKOFF_MAX = 1.0
 _ids = itertools.count(1)
 
 
@@ -153,6 +155,9 @@ class _Server:
         # Decided once the server starts, after the logging configuration is in place.
         self.fast_access = fast_access_handler() if config.access_log else None
         self.websockets = 0  # open WebSocket requests (Limits.max_concurrent_upgraded_connections)
+        self.requests = 0  # requests whose app call is in progress (both protocols)
+        self.request_limit = config.limits.max_concurrent_requests
+        self._busy_logged = -math.inf
 
     async def run_upgrade(self, ctx: RequestContext, head: RequestHead) -> None:
         """Run the app for a request that asks to switch protocols (``head.upgrade``: the
@@ -216,6 +221,23 @@ class _Server:
             self.websockets -= 1
         if failure is not None:
             raise failure
+
+    def busy(self) -> bool:
+        """Whether ``max_concurrent_requests`` app calls are in progress: the request at hand
+        must be refused (:meth:`refuse_busy`) rather than given to the app."""
+        limit = self.request_limit
+        return limit is not None and self.requests >= limit
+
+    async def refuse_busy(self, ctx: RequestContext) -> None:
+        """Answer 503 with ``Retry-After`` (and end an HTTP/1.1 connection) for a request
+        over ``max_concurrent_requests``; logged at WARNING at most once a second."""
+        now = trio.current_time()
+        if now - self._busy_logged >= 1.0:
+            self._busy_logged = now
+            log.warning("request refused with 503: %d requests in progress, the limit "
+                        "(--limit-concurrency)", self.requests)
+        await _plain_response(ctx, 503, f"server busy: {self.requests} requests in progress; "
+                              "retry later", [(b"retry-after", b"1")])
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -979,14 +1001,22 @@ class _H1Connection:
             proto.next_event()  # the (empty) body's end
         response = ex.response
         try:
-            if head.upgrade is None:
-                await server.app(ex.context)
-            else:
-                settings = self._h2c_settings(head) if self.sniff else None
+            if head.upgrade is not None and self.sniff:
+                settings = self._h2c_settings(head)
                 if settings is not None:
                     await self._h2c_upgrade(ex, settings)
                     return
-                await server.run_upgrade(ex.context, head)
+            if server.request_limit is not None and server.busy():
+                await server.refuse_busy(ex.context)
+            else:
+                server.requests += 1
+                try:
+                    if head.upgrade is None:
+                        await server.app(ex.context)
+                    else:
+                        await server.run_upgrade(ex.context, head)
+                finally:
+                    server.requests -= 1
         except (ClientDisconnected, RequestBodyTooLarge):
             if not response.is_complete:
                 ex.mark_aborted()
@@ -1071,6 +1101,32 @@ class _H1Connection:
 READ_PAUSE = 4 * HIGH_WATER  # queued output past which an HTTP/2 connection stops reading
 
 
+class _Budget:
+    """A token bucket: ``rate`` tokens a second, holding at most twice that (the burst)."""
+
+    __slots__ = ("_time", "capacity", "rate", "tokens")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.capacity = self.tokens = 2.0 * rate
+        self._time = trio.current_time()
+
+    def take(self, n: float) -> bool:
+        """Spend ``n`` tokens; False (and nothing spent) when fewer are left."""
+        now = trio.current_time()
+        self.tokens = min(self.capacity, self.tokens + (now - self._time) * self.rate)
+        self._time = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
+
+    def give(self, n: float) -> None:
+        """Add ``n`` tokens, up to the capacity."""
+        if n:
+            self.tokens = min(self.capacity, self.tokens + n)
+
+
 class _H2Handover:
     """How a connection became HTTP/2 after starting as HTTP/1.1: the bytes already read
     (the preface, or what followed an upgrade request) and, for ``Upgrade: h2c``, the
@@ -1116,6 +1172,7 @@ class _H2Connection:
             max_request_headers_count=limits.max_request_headers_count,
             max_request_headers_total_size=limits.max_request_headers_total_size,
             server_header=server.server_header,
+            max_header_field_size=h2l.max_header_field_size,
         )
         self.max_body_size = limits.max_request_body_size
         self.response_rate = limits.min_response_data_rate
@@ -1131,11 +1188,12 @@ class _H2Connection:
         self.opened = 0  # streams opened so far
         self.failed = False  # a connection error (GOAWAY queued): close without waiting
         self.peer_eof = False  # the client closed its side
-        # Rapid reset (CVE-2023-44487): streams the client resets while their apps run cost a
-        # token; the bucket holds twice the stream limit and refills at the limit per second.
-        self._reset_tokens = self._reset_capacity = 2.0 * h2l.max_streams_per_connection
-        self._reset_refill = float(h2l.max_streams_per_connection)
-        self._reset_time = trio.current_time()
+        # Rapid reset (CVE-2023-44487): streams the client resets while their apps run.
+        self.resets = _Budget(h2l.max_resets_per_second)
+        # Control-frame floods (PING, SETTINGS, empty DATA …): each DATA frame sent pays one.
+        self.control = _Budget(h2l.max_control_frames_per_second)
+        self._control_seen = 0
+        self._data_seen = 0
         self.closed = False
         self._writer_exited = trio.Event()
         self._wake = trio.Event()
@@ -1351,6 +1409,17 @@ class _H2Connection:
         if proto.malformed != malformed:
             log.debug("malformed HTTP/2 request(s) from %s: stream reset (PROTOCOL_ERROR)",
                       self.peer_text)
+        control = proto.control_frames
+        if control != self._control_seen:
+            sent = proto.data_frames_sent
+            self.control.give(sent - self._data_seen)
+            self._data_seen = sent
+            taken = control - self._control_seen
+            self._control_seen = control
+            if not self.control.take(taken):
+                log.warning("HTTP/2 client %s sends too many control frames (flood): closing "
+                            "the connection", self.peer_text)
+                return self._calm_down("too many control frames")
         streams = self.streams
         for ev in events:
             if isinstance(ev, StreamData):
@@ -1379,13 +1448,10 @@ class _H2Connection:
                     stream.closed = True
                     stream.abort()
                     if ev.remote and not stream.response.is_complete \
-                            and not self._take_reset_token():
+                            and not self.resets.take(1):
                         log.warning("HTTP/2 client %s resets streams too fast (rapid reset): "
                                     "closing the connection", self.peer_text)
-                        proto.goaway(ENHANCE_YOUR_CALM, "too many stream resets")
-                        self.failed = True
-                        self.kick()
-                        return False
+                        return self._calm_down("too many stream resets")
             elif isinstance(ev, StreamRefused):
                 self._refuse(ev)
             elif isinstance(ev, ConnectionEnded):
@@ -1398,15 +1464,13 @@ class _H2Connection:
         self.kick()
         return True
 
-    def _take_reset_token(self) -> bool:
-        now = trio.current_time()
-        self._reset_tokens = min(self._reset_capacity, self._reset_tokens
-                                 + (now - self._reset_time) * self._reset_refill)
-        self._reset_time = now
-        if self._reset_tokens < 1.0:
-            return False
-        self._reset_tokens -= 1.0
-        return True
+    def _calm_down(self, reason: str) -> bool:
+        """End the connection with GOAWAY ``ENHANCE_YOUR_CALM`` (a flood); returns False for
+        :meth:`_feed` to pass on."""
+        self.proto.goaway(ENHANCE_YOUR_CALM, reason)
+        self.failed = True
+        self.kick()
+        return False
 
     def _open(self, stream_id: int, head: RequestHead, end_stream: bool) -> H2Stream:
         stream = H2Stream(self, stream_id, head, end_stream, self.max_body_size)
@@ -1442,11 +1506,18 @@ class _H2Connection:
         response = stream.response
         try:
             try:
-                if stream.head.upgrade is None:
-                    await server.app(stream.context)
+                if server.request_limit is not None and server.busy():
+                    await server.refuse_busy(stream.context)
                 else:
-                    stream.tunnel = True
-                    await server.run_upgrade(stream.context, stream.head)
+                    server.requests += 1
+                    try:
+                        if stream.head.upgrade is None:
+                            await server.app(stream.context)
+                        else:
+                            stream.tunnel = True
+                            await server.run_upgrade(stream.context, stream.head)
+                    finally:
+                        server.requests -= 1
             except (ClientDisconnected, RequestBodyTooLarge):
                 if not response.is_complete:
                     stream.request.abort()
@@ -1528,8 +1599,15 @@ async def _linger(io: _SocketIO | _TlsIO) -> None:
 
 
 async def _accept_loop(server: _Server, bound: BoundListener, nursery: trio.Nursery) -> None:
+    """Accept connections on ``bound`` and start a task for each under ``nursery``.
+
+    Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the loop logs one ERROR,
+    retries with exponential backoff (10 ms to 1 s; the clients wait in the kernel backlog)
+    and logs one WARNING when accept works again. Other errors propagate."""
     listener = bound.listener
     slots = server.connection_slots
+    failures = 0
+    first_failure = 0.0
     while True:
         if slots is not None:
             await slots.acquire()
@@ -1538,16 +1616,23 @@ async def _accept_loop(server: _Server, bound: BoundListener, nursery: trio.Nurs
         except OSError as exc:
             if slots is not None:
                 slots.release()
-            if exc.errno in _RESOURCE_ERRNOS:
-                log.error("accept on %s failed: %s; retrying in 100 ms", bound.url,
-                          os.strerror(exc.errno or 0))
-                await trio.sleep(0.1)
-                continue
-            raise
+            if exc.errno not in _RESOURCE_ERRNOS:
+                raise
+            if not failures:
+                first_failure = trio.current_time()
+                log.error("accept on %s failed: %s; backing off until descriptors are free",
+                          bound.url, os.strerror(exc.errno or 0))
+            await trio.sleep(min(ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN * 2 ** min(failures, 16)))
+            failures += 1
+            continue
         except BaseException:
             if slots is not None:
                 slots.release()
             raise
+        if failures:
+            log.warning("accept on %s works again after %d failed attempts over %.1f s",
+                        bound.url, failures, trio.current_time() - first_failure)
+            failures = 0
         nursery.start_soon(_connection_task, server, stream)
 
 

@@ -61,7 +61,14 @@ import hpack
 import hpack.exceptions
 import hpack.table
 import hyperframe.exceptions
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PushPromiseFrame,
+)
 
 from .events import Headers, ProtocolError, RequestHead, ResponseError
 from .http1 import check_response_field, date_header_value
@@ -315,6 +322,28 @@ class _Out:
 # --------------------------------------------------------------------------- protocol
 
 
+# Frames that carry a request (HEADERS, CONTINUATION: bounded by the header limits) or end
+# the connection; every other frame a client sends is a control frame.
+_NOT_CONTROL: Final = frozenset({HeadersFrame, ContinuationFrame, GoAwayFrame, PushPromiseFrame})
+
+
+class _CountingConnection(h2.connection.H2Connection):
+    """h2's connection, counting the control frames received (see
+    :attr:`HTTP2Protocol.control_frames`): PING, SETTINGS, PRIORITY, WINDOW_UPDATE,
+    RST_STREAM, unknown types, and DATA without payload or END_STREAM."""
+
+    control_frames = 0
+
+    def _receive_frame(self, frame: Frame) -> Any:
+        cls = frame.__class__
+        if cls is DataFrame:
+            if not getattr(frame, "data", b"") and "END_STREAM" not in frame.flags:
+                self.control_frames += 1
+        elif cls not in _NOT_CONTROL:
+            self.control_frames += 1
+        return super()._receive_frame(frame)
+
+
 class HTTP2Protocol:
     """One HTTP/2 server connection's protocol state.
 
@@ -336,6 +365,7 @@ class HTTP2Protocol:
         "_draining",
         "_goaway_sent",
         "_last_stream_id",
+        "_max_field_size",
         "_max_headers_count",
         "_max_headers_size",
         "_max_streams",
@@ -345,6 +375,7 @@ class HTTP2Protocol:
         "_server_header",
         "_streams",
         "closed",
+        "data_frames_sent",
         "malformed",
         "refused",
     )
@@ -360,6 +391,7 @@ class HTTP2Protocol:
         max_request_headers_count: int = 100,
         max_request_headers_total_size: int = 32768,
         server_header: bytes | None = b"trioserve",
+        max_header_field_size: int = 16384,
     ) -> None:
         config = h2.config.H2Configuration(
             client_side=False,
@@ -373,7 +405,7 @@ class HTTP2Protocol:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        conn = h2.connection.H2Connection(config=config)
+        conn = _CountingConnection(config=config)
         if _HPACK_CACHING:
             # HPACK that remembers whole header blocks (a client repeats its requests, an app
             # its responses): the same bytes and fields as hpack's own coders, less work.
@@ -403,6 +435,8 @@ class HTTP2Protocol:
         self._max_headers_count = max_request_headers_count
         self._max_streams = max_concurrent_streams
         self._max_headers_size = max_request_headers_total_size
+        self._max_field_size = max_header_field_size
+        self.data_frames_sent = 0  # DATA frames queued (they pay for control frames)
         self._server_header = server_header
         self._out = bytearray()
         self._outs: dict[int, _Out] = {}
@@ -593,8 +627,13 @@ class HTTP2Protocol:
         malformed: str | None = None  # RFC 9113 §8.1.1: a stream error, PROTOCOL_ERROR
         bad: str | None = None  # answered with 400 on the stream
         valid = _VALID_FIELDS
+        max_field = self._max_field_size
+        big_field: bytes | None = None
         for name, value in ev.headers:
-            size += len(name) + len(value) + 32  # RFC 7541 §4.1's entry size
+            entry = len(name) + len(value)
+            size += entry + 32  # RFC 7541 §4.1's entry size
+            if entry > max_field:
+                big_field = name
             if name[:1] == b":":
                 if fields or cookies:
                     malformed = f"pseudo-header field {name!r} after a regular field"
@@ -676,6 +715,9 @@ class HTTP2Protocol:
         elif size > self._max_headers_size:
             status, bad = 431, (f"request header fields larger than {self._max_headers_size} "
                                 "bytes")
+        elif big_field is not None:
+            status, bad = 431, (f"request header field {big_field[:100]!r} larger than "
+                                f"{max_field} bytes")
         elif bad is None:
             if method == b"CONNECT" and protocol is None:
                 target = authority
@@ -877,6 +919,7 @@ class HTTP2Protocol:
             if last:
                 self._check_complete(out, out.sent + n)
             self._h2(conn.send_data, stream_id, view[taken:taken + n], last)
+            self.data_frames_sent += 1
             taken += n
             out.sent += n
         if taken == total and end_stream:
@@ -991,6 +1034,13 @@ class HTTP2Protocol:
         out = bytes(self._out)
         self._out.clear()
         return out
+
+    @property
+    def control_frames(self) -> int:
+        """Control frames received so far (PING, SETTINGS, PRIORITY, WINDOW_UPDATE,
+        RST_STREAM, unknown types, DATA without payload or END_STREAM): the caller holds them
+        to a rate, with :attr:`data_frames_sent` paying for WINDOW_UPDATEs."""
+        return int(self._conn.control_frames)
 
     @property
     def pending_output(self) -> int:
