@@ -521,6 +521,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["dev-cert"]:
         return dev_cert_main(args_list[1:])
+    if args_list[:1] == ["fuzz"]:  # imported here: serving never imports hypothesis
+        return int(importlib.import_module("trioserve.fuzz.cli").main(args_list[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_cli_logging(args.log_level)

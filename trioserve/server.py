@@ -1102,7 +1102,8 @@ READ_PAUSE = 4 * HIGH_WATER  # queued output past which an HTTP/2 connection sto
 
 
 class _Budget:
-    """A token bucket: ``rate`` tokens a second, holding at most twice that (the burst)."""
+    """A token bucket: ``rate`` tokens a second, holding at most twice that (the burst); tokens
+    given for work done (:meth:`give`) may go beyond it."""
 
     __slots__ = ("_time", "capacity", "rate", "tokens")
 
@@ -1114,7 +1115,9 @@ class _Budget:
     def take(self, n: float) -> bool:
         """Spend ``n`` tokens; False (and nothing spent) when fewer are left."""
         now = trio.current_time()
-        self.tokens = min(self.capacity, self.tokens + (now - self._time) * self.rate)
+        tokens = self.tokens
+        if tokens < self.capacity:
+            self.tokens = tokens = min(self.capacity, tokens + (now - self._time) * self.rate)
         self._time = now
         if self.tokens < n:
             return False
@@ -1122,9 +1125,9 @@ class _Budget:
         return True
 
     def give(self, n: float) -> None:
-        """Add ``n`` tokens, up to the capacity."""
-        if n:
-            self.tokens = min(self.capacity, self.tokens + n)
+        """Add ``n`` tokens, up to the capacity plus ``n`` (what is given is never lost to a
+        full bucket, and cannot be hoarded beyond the latest gift)."""
+        self.tokens = min(self.tokens + n, self.capacity + n)
 
 
 class _H2Handover:
@@ -1412,7 +1415,8 @@ class _H2Connection:
         control = proto.control_frames
         if control != self._control_seen:
             sent = proto.data_frames_sent
-            self.control.give(sent - self._data_seen)
+            # A client may acknowledge each DATA frame twice (stream and connection window).
+            self.control.give(2 * (sent - self._data_seen))
             self._data_seen = sent
             taken = control - self._control_seen
             self._control_seen = control

@@ -519,6 +519,8 @@ class HTTP2Protocol:
         try:
             h2_events = self._conn.receive_data(data)
             self._check_partial_frame()
+            if self._conn.incoming_buffer._headers_buffer:
+                self._check_header_block()
         except h2.exceptions.ProtocolError as exc:
             self.closed = True
             self._pull()
@@ -785,6 +787,19 @@ class HTTP2Protocol:
                 raise h2.exceptions.FrameTooLargeError(
                     f"frame of {length} bytes announced, the limit is "
                     f"{self._conn.max_inbound_frame_size}")
+
+    def _check_header_block(self) -> None:
+        """Refuse a header block still incomplete (HEADERS, then CONTINUATION frames without
+        END_HEADERS) once its fragments hold more than four times the header list limit: no
+        such block could decode within the limit, even Huffman-coded at its worst (30 bits a
+        byte). h2 alone stops only at 64 CONTINUATION frames, up to 1 GiB with large frames.
+        Queues GOAWAY ENHANCE_YOUR_CALM and raises h2's ``ProtocolError``."""
+        held = sum(len(f.data) for f in self._conn.incoming_buffer._headers_buffer)
+        if held > 4 * self._max_headers_size:
+            self._conn.close_connection(ENHANCE_YOUR_CALM)
+            raise h2.exceptions.ProtocolError(
+                f"header block of more than {held} bytes across CONTINUATION frames; the limit "
+                f"is {4 * self._max_headers_size}")
 
     def _set_goaway_code(self, code: int) -> int:
         """Change the error code of the GOAWAY h2 just queued (the last frame out)."""
