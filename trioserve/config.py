@@ -89,7 +89,7 @@ class Http2Limits:
     - ``max_control_frames_per_second``: frames that carry no request (PING, SETTINGS,
       PRIORITY, WINDOW_UPDATE, RST_STREAM for a stream with no app running, empty DATA
       without END_STREAM, unknown types) the client may send per second on average, in bursts
-      of twice that; each DATA frame the server sends allows one more (WINDOW_UPDATEs that
+      of twice that; each DATA frame the server sends allows two more (WINDOW_UPDATEs that
       acknowledge a download never count against a client). Beyond it: GOAWAY
       ``ENHANCE_YOUR_CALM`` (the floods of CVE-2019-9512, -9515, -9518 and friends).
 
