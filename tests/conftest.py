@@ -112,6 +112,10 @@ def parse_responses(data: bytes, methods: list[bytes] | None = None) -> list[
                 break
             elif ev is h11.NEED_DATA or isinstance(ev, h11.ConnectionClosed):
                 return out
+            elif ev is h11.PAUSED:  # a 2xx to CONNECT: what follows is a tunnel's
+                if resp is not None:
+                    out.append((resp, body))
+                return out
         assert resp is not None
         out.append((resp, body))
         i += 1

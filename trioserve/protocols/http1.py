@@ -73,7 +73,14 @@ _BAD_VALUE_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEAD_BAD_RE: Final = re.compile(
     rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n|\n[ \t]"
 )
-_CHUNK_SIZE_RE: Final = re.compile(rb"[0-9A-Fa-f]{1,20}")
+# A chunk-size line (RFC 9112 §7.1, §7.1.1): the size, then extensions that are tokens with
+# optional token or quoted-string values; whitespace around ";" and "=" is BWS (h11 refuses it
+# before the first ";", which then decides), trailing whitespace is accepted as h11 does.
+_QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_CHUNK_LINE_RE: Final = re.compile(
+    rb"([0-9A-Fa-f]{1,20})[ \t]*(?:;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN
+    + rb"|" + _QUOTED + rb"))?[ \t]*)*\r\n")
 # a CR not followed by LF (once the next byte is there), or an LF not preceded by CR
 _BARE_CR_LF_RE: Final = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
 _CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]{1,18}")
@@ -82,7 +89,8 @@ _HOST_RE: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9\-._~]+)?\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
 )
 # absolute-form with a non-empty authority (RFC 9110 §4.2.1: an empty host is invalid)
-_ABSOLUTE_FORM_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]+(?:[/?].*)?", re.S)
+# and no userinfo (RFC 9110 §4.2.4: a recipient ought to treat it as an error)
+_ABSOLUTE_FORM_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@]+(?:[/?].*)?", re.S)
 _VERSION_RE: Final = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _CL_LIST_RE: Final = re.compile(rb"\r\ncontent-length:[^\r]*,", re.I)
 _MAX_LEADING_EMPTY_LINES: Final = 8
@@ -496,7 +504,11 @@ class HTTP1Protocol:
                 raise ProtocolError("asterisk-form target is only allowed for OPTIONS")
         elif _ABSOLUTE_FORM_RE.fullmatch(target) is None:
             raise ProtocolError("invalid request-target")
-        if version == b"1.1":
+        if method == b"CONNECT":
+            # After a 2xx the client's bytes belong to a tunnel (RFC 9110 §9.3.6), which
+            # trioserve does not run: never read them as requests.
+            keep_alive = False
+        elif version == b"1.1":
             keep_alive = b"close" not in connection_tokens
         else:
             keep_alive = b"keep-alive" in connection_tokens and b"close" not in connection_tokens
@@ -876,13 +888,15 @@ class _ChunkedGuard:
     problem found is kept in :attr:`error` and raised by the next ``next_event``. Memory is bounded:
     at most one line of ``max_line`` bytes is held."""
 
-    __slots__ = ("_line", "_max_line", "_remaining", "_state", "_trailer_size", "error")
+    __slots__ = ("_ext_size", "_line", "_max_line", "_remaining", "_state", "_trailer_size",
+                 "error")
 
     def __init__(self, max_line: int) -> None:
         self._state = 0  # 0: chunk-size line, 1: chunk data and its CRLF, 2: trailer, 3: done
         self._line = bytearray()
         self._remaining = 0
         self._trailer_size = 0
+        self._ext_size = 0  # bytes of chunk extensions so far, bounded like a trailer section
         self._max_line = max_line
         self.error: ProtocolError | None = None
 
@@ -912,11 +926,19 @@ class _ChunkedGuard:
                 self.error = ProtocolError("bare CR or LF, or a control byte, in chunked framing")
                 return
             if self._state == 0:
-                m = _CHUNK_SIZE_RE.match(line)
+                m = _CHUNK_LINE_RE.fullmatch(line)
                 if m is None:
                     self.error = ProtocolError("invalid chunk-size line")
                     return
-                chunk_size = int(m.group(), 16)
+                ext = len(line) - m.end(1) - 2
+                if ext:
+                    # Extensions carry nothing the app sees: a body sent as tiny chunks with
+                    # long extensions must not stream them without bound (RFC 9112 §7.1.1).
+                    self._ext_size += ext
+                    if self._ext_size > self._max_line:
+                        self.error = ProtocolError("chunk extensions too large")
+                        return
+                chunk_size = int(m.group(1), 16)
                 if chunk_size > _MAX_CHUNK_SIZE:
                     # RFC 9112 §7.1: guard against overflow in whoever parses this next.
                     self.error = ProtocolError("chunk size too large")
