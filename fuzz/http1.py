@@ -8,7 +8,15 @@ Two kinds of input:
   comes with what the server must see: :class:`GeneratedRequest`.
 - :func:`mutated_requests` damages valid ones (byte flips, insertions of CR, LF, NUL, SP, HTAB,
   colons or commas, deletions, truncation, duplicated or conflicting framing fields, obs-fold,
-  whitespace before a colon ...). They may or may not still be valid.
+  whitespace before a colon, CL/TE permutations, chunk-size spellings, line endings ...). They
+  may or may not still be valid.
+
+Each strategy has a ``*_cases`` form giving an :class:`Http1Case`: the bytes of one connection
+plus what the generator knows of them, above all how many requests they were built from (a
+server that hands its application more has been smuggled a request) and whether RFC 9112
+requires refusing them. :func:`valid_cases` (pipelined valid requests), :func:`mutated_cases`
+and :func:`framing_cases` (request-smuggling attacks, each with the outcome RFC 9112 allows) feed
+both the in-process campaigns (:func:`check_case`) and the live ones (``trioserve.fuzz.target``).
 
 Invariants, checked by :func:`check_parse` on any bytes:
 
@@ -27,22 +35,25 @@ arrive whole, one at a time, or split at random points. :func:`check_same_whole_
 that splitting never changes whether the input is accepted, nor the requests completed before an
 error.
 
-Hypothesis is a test extra; this module needs it.
+Hypothesis is in the ``fuzz`` and ``test`` extras; this module needs it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
-from typing import NoReturn, TypedDict, Unpack
+from typing import Any, NoReturn, TypedDict, Unpack
 
 try:
     from hypothesis import strategies as st
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "trioserve.fuzz.http1 needs hypothesis; install the test extra: "
-        "pip install 'trioserve[test]'"
+        "trioserve.fuzz.http1 needs hypothesis; install the fuzz extra: "
+        "pip install 'trioserve[fuzz]'"
     ) from exc
 
 from trioserve.protocols.events import (
@@ -57,19 +68,26 @@ from trioserve.protocols.events import (
 from trioserve.protocols.http1 import HTTP1Protocol, resolve_parser
 
 __all__ = [
+    "SMUGGLED_REQUEST",
     "GeneratedRequest",
+    "Http1Case",
     "InvariantViolation",
     "ParseOutcome",
     "ParsedRequest",
     "ProtocolLimits",
     "available_parsers",
+    "check_case",
     "check_parse",
     "check_same_parsers",
     "check_same_whole_and_split",
     "check_valid",
     "feed_splits",
+    "framing_cases",
+    "mutated_cases",
     "mutated_requests",
+    "outcome_label",
     "split_points",
+    "valid_cases",
     "valid_requests",
 ]
 
@@ -209,7 +227,9 @@ class GeneratedRequest:
 
     @property
     def keep_alive(self) -> bool:
-        return self.http_version == b"1.1"  # no Connection field is generated
+        """Whether a next request may follow on the connection: HTTP/1.1 (no Connection field
+        is generated), and not CONNECT, after which the connection is a tunnel or closes."""
+        return self.http_version == b"1.1" and self.method != b"CONNECT"
 
 
 @st.composite
@@ -300,6 +320,133 @@ def valid_requests(draw: st.DrawFn) -> GeneratedRequest:
     )
 
 
+_any_valid_request = valid_requests()
+_valid_no_connect = _any_valid_request.filter(lambda r: r.method != b"CONNECT")
+
+
+@dataclass(frozen=True)
+class Http1Case:
+    """The bytes of one connection and what the generator knows about them.
+
+    - ``requests``: the most requests a conforming server may hand its application for these
+      bytes (``None``: unknown, as for arbitrary bytes). More is the request-smuggling signal:
+      the server framed the bytes in a way they do not say.
+    - ``methods``: the methods of the requests the bytes were built from, in order (a reader of
+      the responses needs them: the response to HEAD has no body).
+    - ``expected``: when the bytes are exactly valid requests, what the application must see,
+      in order, up to the first one that closes the connection.
+    - ``must_reject``: RFC 9112 / RFC 9110 require refusing the bytes (400, or 501 for an
+      unknown transfer coding): nothing of them may reach the application.
+    - ``label``: how the bytes were made, ``family/variant`` or ``family: details``.
+    """
+
+    raw: bytes
+    requests: int | None
+    methods: tuple[bytes, ...] = ()
+    expected: tuple[GeneratedRequest, ...] = ()
+    must_reject: bool = False
+    label: str = ""
+
+    @property
+    def family(self) -> str:
+        """The first word of the label (``valid``, ``mutated``, ``cl-te`` ...)."""
+        return self.label.split(":", 1)[0].split("/", 1)[0] or "bytes"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready description (bytes as latin-1 text or base64) for reports."""
+        return {
+            "raw_base64": _b64(self.raw), "requests": self.requests,
+            "methods": [m.decode("latin-1") for m in self.methods],
+            "expected": [_request_to_json(r) for r in self.expected],
+            "must_reject": self.must_reject, "label": self.label,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Http1Case:
+        """The case :meth:`to_json` described. Raises :class:`ValueError` when ``doc`` is not
+        such a description."""
+        try:
+            requests = doc["requests"]
+            if requests is not None and not isinstance(requests, int):
+                raise TypeError("requests")
+            return cls(
+                raw=_unb64(doc["raw_base64"]), requests=requests,
+                methods=tuple(str(m).encode("latin-1") for m in doc.get("methods", ())),
+                expected=tuple(_request_from_json(r) for r in doc.get("expected", ())),
+                must_reject=bool(doc.get("must_reject", False)), label=str(doc.get("label", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+            raise ValueError(f"not an HTTP/1.1 case description: {exc!r}") from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError("base64 text expected")
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _headers_to_json(headers: Sequence[Header]) -> list[list[str]]:
+    return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
+
+
+def _headers_from_json(items: Any) -> tuple[Header, ...]:
+    return tuple((str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in items)
+
+
+def _request_to_json(req: GeneratedRequest) -> dict[str, Any]:
+    return {
+        "raw_base64": _b64(req.raw), "method": req.method.decode("latin-1"),
+        "target": req.target.decode("latin-1"), "http_version": req.http_version.decode(),
+        "headers": _headers_to_json(req.headers), "body_base64": _b64(req.body),
+        "trailers": _headers_to_json(req.trailers), "chunked": req.chunked,
+    }
+
+
+def _request_from_json(doc: Any) -> GeneratedRequest:
+    return GeneratedRequest(
+        raw=_unb64(doc["raw_base64"]), method=str(doc["method"]).encode("latin-1"),
+        target=str(doc["target"]).encode("latin-1"),
+        http_version=str(doc["http_version"]).encode("latin-1"),
+        headers=_headers_from_json(doc["headers"]), body=_unb64(doc["body_base64"]),
+        trailers=_headers_from_json(doc.get("trailers", ())), chunked=bool(doc["chunked"]),
+    )
+
+
+_request_counts = {n: st.integers(1, n) for n in range(1, 9)}
+
+
+@st.composite
+def valid_cases(draw: st.DrawFn, max_requests: int = 3, connect: bool = True,
+                max_leading_crlf: int = 2) -> Http1Case:
+    """One to ``max_requests`` (at most 8) pipelined :func:`valid_requests`; without
+    ``connect``, no CONNECT request (a 2xx answer to one opens a tunnel, so what follows could
+    not be read as HTTP); at most ``max_leading_crlf`` empty lines before each request line
+    (RFC 9112 §2.2: a server SHOULD ignore at least one). ``expected`` holds the requests up to
+    the first HTTP/1.0 one (which closes the connection); ``requests`` counts them all."""
+    one = _any_valid_request if connect else _valid_no_connect
+    reqs = [draw(one) for _ in range(draw(_request_counts[max_requests]))]
+    extra = b"\r\n" * (max_leading_crlf + 1)
+    reqs = [replace(r, raw=r.raw[2:]) if r.raw.startswith(extra) else r for r in reqs]
+    answered: list[GeneratedRequest] = []
+    for r in reqs:
+        answered.append(r)
+        if not r.keep_alive:
+            break
+    return Http1Case(raw=b"".join(r.raw for r in reqs), requests=len(reqs),
+                     methods=tuple(r.method for r in reqs), expected=tuple(answered),
+                     label="valid")
+
+
+@functools.cache
+def _valid_cases(max_requests: int, connect: bool,
+                 max_leading_crlf: int = 2) -> st.SearchStrategy[Http1Case]:
+    return valid_cases(max_requests, connect, max_leading_crlf)
+
+
 _INSERTIONS: Sequence[bytes] = (
     b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b",", b"\x7f", b"\x0b", b"\x80", b";",
     b"\r\n ", b"\r\n\r\n", b"0", b"f", b"-", b'"', b"\xff",
@@ -317,52 +464,348 @@ _FRAMING_LINES: Sequence[bytes] = (
 
 
 _mutation_count = st.integers(1, 3)
-_mutation_kind = st.sampled_from(["flip", "insert", "delete", "truncate", "framing",
-                                  "duplicate-line", "replace-crlf", "append"])
+_MUTATION_KINDS: Sequence[str] = (
+    "flip", "insert", "delete", "truncate", "framing", "duplicate-line", "replace-crlf",
+    "append", "header-case", "header-ws", "line-endings", "cl-te", "chunk-size",
+)
+_mutation_kind = st.sampled_from(_MUTATION_KINDS)
 _position = st.integers(0, 1 << 16)
 _bit = st.integers(0, 7)
 _delete_len = st.integers(1, 3)
 _insertion = st.sampled_from(_INSERTIONS)
 _framing_line = st.sampled_from(_FRAMING_LINES)
 _crlf_replacement = st.sampled_from([b"\n", b"\r", b"\n\r", b"\r\r\n", b""])
-_appendix = st.sampled_from([b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"\r\n", b"0\r\n\r\n",
-                             b"garbage", b"\x00" * 3])
+_APPENDED_REQUEST = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+_appendix = st.sampled_from([_APPENDED_REQUEST, b"\r\n", b"0\r\n\r\n", b"garbage", b"\x00" * 3])
 _cut_positions = st.lists(st.integers(1, 1 << 16), max_size=12)
+# whitespace a header line may gain: legal OWS, and the look-alikes a lax parser strips
+_header_ws = st.sampled_from([b" ", b"\t", b"  ", b" \t", b"\x0b", b"\x0c", b"\xa0"])
+_header_ws_place = st.sampled_from(["before-colon", "after-colon", "end", "start"])
+_line_ending_mode = st.sampled_from(["all-head-lf", "all-lf", "one"])
+_line_ending = st.sampled_from([b"\n", b"\r", b"\n\r", b"\r\r\n", b"\r \n"])
+# Content-Length / Transfer-Encoding lines, valid and not, placed anywhere in the head
+_CL_TE_LINES: Sequence[bytes] = (
+    b"Content-Length: 0", b"Content-Length: 3", b"content-length: 0", b"Content-Length: 1, 1",
+    b"Content-Length: +3", b"Content-Length: 0x3", b"Content-Length: 3 3",
+    b"Transfer-Encoding: chunked", b"transfer-encoding: CHUNKED", b"Transfer-Encoding: xchunked",
+    b"Transfer-Encoding: chunked, chunked", b"Transfer-Encoding: , chunked",
+    b"Transfer-Encoding: identity", b"Transfer-Encoding: gzip, chunked",
+    b"Transfer-Encoding: \"chunked\"", b"Transfer-Encoding: chunked\x0b",
+    b"Transfer-Encoding\t: chunked", b"Transfer_Encoding: chunked", b"Transfer-Encoding:",
+)
+_cl_te_line = st.sampled_from(_CL_TE_LINES)
+# spellings of a chunk size (``%d``/``%x`` is the real size), valid and not
+_CHUNK_SIZE_SPELLINGS: Sequence[bytes] = (
+    b"%x", b"%X", b"000%x", b"0x%x", b"+%x", b"-%x", b" %x", b"%x ", b"%x\t", b"%x;", b"%x;a",
+    b"%x ;a=b", b'%x;a="b', b"%x_", b"1%016x", b"ffffffffffffffffff", b"%d%d", b"g",
+)
+_chunk_size_spelling = st.sampled_from(_CHUNK_SIZE_SPELLINGS)
+
+
+def _head_lines(data: bytes | bytearray) -> tuple[int, list[tuple[int, int]]]:
+    """End of the first head in ``data`` and the (start, end) of each field line in it, CRLF
+    excluded; the head ends at the first empty line (or the end of the data)."""
+    end = data.find(b"\r\n\r\n")
+    head_end = len(data) if end < 0 else end + 2
+    first = data.find(b"\r\n")
+    spans: list[tuple[int, int]] = []
+    pos = first + 2 if 0 <= first < head_end else head_end
+    while pos < head_end:
+        nxt = data.find(b"\r\n", pos, head_end)
+        if nxt < 0:
+            break
+        if nxt > pos:
+            spans.append((pos, nxt))
+        pos = nxt + 2
+    return head_end, spans
+
+
+@st.composite
+def _mutate_once(draw: st.DrawFn, data: bytes) -> tuple[bytes, str, int]:
+    """One mutation of ``data``: (new bytes, kind, requests appended whole)."""
+    buf = bytearray(data)
+    kind = draw(_mutation_kind)
+    pos = draw(_position) % (len(buf) + 1)
+    added = 0
+    if kind == "flip" and buf:
+        i = min(pos, len(buf) - 1)
+        buf[i] ^= 1 << draw(_bit)
+    elif kind == "insert":
+        buf[pos:pos] = draw(_insertion)
+    elif kind == "delete" and buf:
+        del buf[pos:pos + draw(_delete_len)]
+    elif kind == "truncate":
+        del buf[pos:]
+    elif kind == "framing":
+        line_end = buf.find(b"\r\n")
+        if line_end >= 0:
+            buf[line_end + 2:line_end + 2] = draw(_framing_line) + b"\r\n"
+    elif kind == "duplicate-line":
+        lines = bytes(buf).split(b"\r\n")
+        if len(lines) > 2:
+            i = 1 + pos % (len(lines) - 2)
+            lines.insert(i, lines[i])
+            buf = bytearray(b"\r\n".join(lines))
+    elif kind == "replace-crlf":
+        i = buf.find(b"\r\n", pos)
+        if i >= 0:
+            buf[i:i + 2] = draw(_crlf_replacement)
+    elif kind == "append":
+        appendix = draw(_appendix)
+        buf += appendix
+        added = int(appendix == _APPENDED_REQUEST)
+    elif kind == "header-case":
+        _, spans = _head_lines(buf)
+        if spans:
+            a, b = spans[pos % len(spans)]
+            colon = buf.find(b":", a, b)
+            name = bytes(buf[a:colon if colon >= 0 else b])
+            buf[a:a + len(name)] = _random_case(name, draw(_case_mask))
+    elif kind == "header-ws":
+        _, spans = _head_lines(buf)
+        if spans:
+            a, b = spans[pos % len(spans)]
+            colon = buf.find(b":", a, b)
+            place = draw(_header_ws_place)
+            at = {"before-colon": colon, "after-colon": colon + 1, "end": b, "start": a}[place]
+            if at >= a:
+                buf[at:at] = draw(_header_ws)
+    elif kind == "line-endings":
+        mode = draw(_line_ending_mode)
+        head_end, _ = _head_lines(buf)
+        if mode == "all-head-lf":
+            buf[:head_end + 2] = bytes(buf[:head_end + 2]).replace(b"\r\n", b"\n")
+        elif mode == "all-lf":
+            buf = bytearray(bytes(buf).replace(b"\r\n", b"\n"))
+        else:
+            i = buf.find(b"\r\n", pos)
+            if i >= 0:
+                buf[i:i + 2] = draw(_line_ending)
+    elif kind == "cl-te":
+        _, spans = _head_lines(buf)
+        at = spans[pos % len(spans)][0] if spans else buf.find(b"\r\n") + 2
+        if at >= 2:
+            buf[at:at] = draw(_cl_te_line) + b"\r\n"
+    elif kind == "chunk-size":
+        head_end, _ = _head_lines(buf)
+        body = head_end + 2
+        line_end = buf.find(b"\r\n", body)
+        if b"chunked" in bytes(buf[:head_end]).lower() and line_end > body:
+            line = bytes(buf[body:line_end])
+            size_text = line.split(b";", 1)[0]
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                size = 0
+            spelling = draw(_chunk_size_spelling)
+            new = spelling % ((size,) * spelling.count(b"%")) if b"%" in spelling else spelling
+            buf[body:body + len(size_text)] = new
+    return bytes(buf), kind, added
+
+
+@st.composite
+def mutated_cases(draw: st.DrawFn, max_requests: int = 1, connect: bool = True) -> Http1Case:
+    """One to ``max_requests`` pipelined valid requests (:func:`valid_cases`) damaged one to
+    three times: bit flips, insertions of CR, LF, NUL, SP, HTAB, colons or commas, deletions,
+    truncation, added or conflicting framing fields (CL/TE permutations, obfuscated
+    Transfer-Encoding), chunk-size spellings (``0x``, signs, whitespace, ``_``, overflow),
+    header-name case and whitespace (before the colon, obs-fold, VT/FF/NBSP look-alikes), line
+    endings (LF alone, CR alone, LF CR) and appended requests or garbage.
+
+    The case's ``requests`` is the number of requests the bytes were built from (every source
+    request, plus each request appended whole): random damage never turns body bytes into a
+    request, so a server that passes more to its application has framed the bytes in a way
+    they do not say. The result may or may not still be valid, so ``must_reject`` is False.
+    Without ``connect`` (live targets) the sources have no CONNECT request and at most one
+    empty line before each request line (see :func:`valid_cases`)."""
+    source = draw(_valid_cases(max_requests, connect, 2 if connect else 1))
+    data = source.raw
+    kinds: list[str] = []
+    added = 0
+    for _ in range(draw(_mutation_count)):
+        data, kind, n = draw(_mutate_once(data))
+        kinds.append(kind)
+        added += n
+    methods = source.methods + (b"GET",) * added
+    return Http1Case(raw=data, requests=len(source.methods) + added, methods=methods,
+                     label="mutated: " + ", ".join(kinds))
 
 
 @st.composite
 def mutated_requests(draw: st.DrawFn) -> bytes:
-    """Valid requests damaged one to three times; the result may or may not be valid."""
-    data = bytearray(draw(valid_requests()).raw)
-    for _ in range(draw(_mutation_count)):
-        kind = draw(_mutation_kind)
-        pos = draw(_position) % (len(data) + 1)
-        if kind == "flip" and data:
-            i = min(pos, len(data) - 1)
-            data[i] ^= 1 << draw(_bit)
-        elif kind == "insert":
-            data[pos:pos] = draw(_insertion)
-        elif kind == "delete" and data:
-            del data[pos:pos + draw(_delete_len)]
-        elif kind == "truncate":
-            del data[pos:]
-        elif kind == "framing":
-            line_end = data.find(b"\r\n")
-            if line_end >= 0:
-                data[line_end + 2:line_end + 2] = draw(_framing_line) + b"\r\n"
-        elif kind == "duplicate-line":
-            lines = bytes(data).split(b"\r\n")
-            if len(lines) > 2:
-                i = 1 + pos % (len(lines) - 2)
-                lines.insert(i, lines[i])
-                data = bytearray(b"\r\n".join(lines))
-        elif kind == "replace-crlf":
-            i = data.find(b"\r\n", pos)
-            if i >= 0:
-                data[i:i + 2] = draw(_crlf_replacement)
-        elif kind == "append":
-            data += draw(_appendix)
-    return bytes(data)
+    """Valid requests damaged one to three times (see :func:`mutated_cases`); the result may or
+    may not be valid."""
+    return draw(_mutated_single).raw
+
+
+_mutated_single = mutated_cases()
+
+
+# ------------------------------------------------------------------- framing attacks (RFC 9112)
+
+SMUGGLED_REQUEST: bytes = b"GET /smuggled HTTP/1.1\r\nHost: smuggled.example\r\n\r\n"
+"""The request hidden in the bodies of :func:`framing_cases`: it reaches an application only
+when a server frames the carrying request differently from what RFC 9112 says."""
+
+_FRAMING_FAMILIES: Sequence[str] = (
+    "cl-te", "cl-te-hidden", "te-invalid", "cl-invalid", "chunk-size", "host",
+    "space-before-colon", "te-only", "cl-only",
+)
+_framing_family = st.sampled_from(_FRAMING_FAMILIES)
+_cl_te_layout = st.sampled_from(["cl-short", "cl-long", "te-long"])
+_te_name = st.sampled_from([b"Transfer-Encoding", b"transfer-encoding", b"TRANSFER-ENCODING",
+                            b"Transfer-encoding"])
+# values RFC 9112 reads as "chunked": any case, OWS, empty list elements (RFC 9110 §5.6.1)
+_te_chunked = st.sampled_from([b"chunked", b"Chunked", b"CHUNKED", b" chunked", b"chunked ",
+                               b"\tchunked", b", chunked", b"chunked,"])
+# a Transfer-Encoding line RFC 9112 says is not one: it must not frame the body
+_te_hidden = st.sampled_from([
+    b"X-Fuzz: a\rTransfer-Encoding: chunked",  # bare CR: invalid, or read as SP (§2.2)
+    b"X-Fuzz: a\r\n Transfer-Encoding: chunked",  # obs-fold: rejected, or read as SP (§5.2)
+    b"X-Fuzz: a\r\n\tTransfer-Encoding: chunked",
+    b"X-Fuzz: a\x00Transfer-Encoding: chunked",  # NUL: rejected, or read as SP (RFC 9110 §5.5)
+    b"X-Fuzz: a\nTransfer-Encoding: chunked",  # a bare LF may end a line: then CL+TE, close
+    b" Transfer-Encoding: chunked",  # whitespace before the first field: ignored or rejected
+])
+# Transfer-Encoding values whose final coding is not "chunked": 400 (§6.3 rule 4) or 501
+_te_invalid_value = st.sampled_from([
+    b"xchunked", b"chunkedx", b"chunked, identity", b"identity", b"chunked, gzip", b"gzip",
+    b'"chunked"', b"chunk", b"chunked\x0b", b"\x0bchunked", b"\x0cchunked", b"chunked\x0c",
+    b"ch unked", b"chunked\xa0", b"\xa0chunked",
+])
+# whitespace between a field name and its colon: 400 (§5.1)
+_bad_colon = st.sampled_from([b" :", b"\t:", b"  :"])
+# Content-Length values that are not 1*DIGIT (or two different values): 400 (§6.3 rule 5). The
+# body holds "hello" then the smuggled request: a lax reading as 5 lets it through.
+_cl_invalid = st.sampled_from([
+    (b"+5",), (b"-5",), (b"5 5",), (b"0x5",), (b"5.0",), (b"5e0",), (b"",), (b"5, 6",),
+    (b"6, 5",), (b"0_5",), ("\u0665".encode(),), ("\uff15".encode(),),
+    (b"18446744073709551621",), (b"5\x0b",), (b"\x0b5",), (b"5\xa0",), (b"5", b"6"),
+    (b"6", b"5"), (b"5", b""),
+])
+# chunk sizes that are not 1*HEXDIG (or overflow 64 bits) for a 5-byte chunk (RFC 9112 §7.1)
+_chunk_size_invalid = st.sampled_from([
+    b"0x5", b"+5", b"-5", b" 5", b"5_", b"0_5", b"g", b"10000000000000005",
+    b"fffffffffffffffffffffff5", b"5\x00", b"5\x0b", "\u0665".encode(), b"5\xa0",
+])
+_chunk_data = st.sampled_from([b"hello", b"helloXX"])  # the second overruns its size
+_host_fault = st.sampled_from(["missing", "duplicate", "same-twice", "a b", "a@b", "a/b",
+                               "[::1", "a:b"])
+_bad_colon_field = st.sampled_from([b"Host", b"X-Fuzz", b"Content-Length"])
+_extra_fields = st.lists(st.tuples(field_names, field_values), max_size=2)
+
+
+def _request(method: bytes, fields: Sequence[bytes], body: bytes) -> bytes:
+    return (method + b" /framing HTTP/1.1\r\n" + b"".join(f + b"\r\n" for f in fields)
+            + b"\r\n" + body)
+
+
+@st.composite
+def framing_cases(draw: st.DrawFn) -> Http1Case:
+    """Request-smuggling and malformed-framing attacks, each with the outcome RFC 9112 allows.
+
+    Families (the case's label starts with one):
+
+    - ``cl-te``: Content-Length and a Transfer-Encoding RFC 9112 reads as chunked (any case,
+      OWS, empty list elements), in either order, with three body layouts around
+      :data:`SMUGGLED_REQUEST`. A server may refuse, or frame by Transfer-Encoding and then
+      close (§6.1): at most one request reaches the application.
+    - ``cl-te-hidden``: Content-Length covering the whole body, plus a Transfer-Encoding line
+      hidden behind a bare CR, obs-fold, NUL, bare LF or leading whitespace: at most one request.
+    - ``te-invalid``: a Transfer-Encoding whose final coding is not chunked, or whitespace
+      before its colon, with or without Content-Length: must be refused (§6.3, §5.1).
+    - ``cl-invalid``: a Content-Length that is not one decimal number (signs, hex, spaces,
+      lists of different values, non-ASCII digits, VT or NBSP around it, 64-bit overflow, two
+      different fields): must be refused (§6.3).
+    - ``chunk-size``: a chunk size that is not hex digits (``0x``, signs, ``_``, spaces,
+      NUL, non-ASCII digits, 64-bit overflow) or chunk data longer than its size: must be
+      refused (§7.1).
+    - ``host``: HTTP/1.1 without Host, two Host fields, an invalid Host: must be refused
+      (§3.2).
+    - ``space-before-colon``: whitespace between a field name and its colon: must be refused
+      (§5.1).
+    - ``te-only`` and ``cl-only``: controls: valid framing followed by the smuggled request,
+      which is then a second, legitimate request (two may reach the application).
+    """
+    family = draw(_framing_family)
+    extra = [n + b": " + v for n, v in draw(_extra_fields)]
+    host = [b"Host: fuzz.example"]
+    smuggled = SMUGGLED_REQUEST
+    cl = b"Content-Length: "
+    if family == "cl-te":
+        layout = draw(_cl_te_layout)
+        te = draw(_te_name) + b":" + draw(_te_chunked)
+        if layout == "te-long":
+            size_line = b"%x\r\n" % len(smuggled)
+            body = size_line + smuggled + b"\r\n0\r\n\r\n"
+            length = len(size_line)
+        else:
+            body = b"0\r\n\r\n" + smuggled
+            length = 5 if layout == "cl-short" else len(body)
+        framing = [cl + b"%d" % length, te]
+        fields = host + extra + (framing if draw(_booleans) else framing[::-1])
+        return Http1Case(_request(b"POST", fields, body), 1, (b"POST",),
+                         label=f"cl-te/{layout}: {te!r}")
+    if family == "cl-te-hidden":
+        hidden = draw(_te_hidden)
+        body = b"0\r\n\r\n" + smuggled
+        cl_line = cl + b"%d" % len(body)
+        if hidden.startswith(b" "):  # it must be the first field line
+            fields = [hidden, *host, *extra, cl_line]
+        else:
+            pair = [cl_line, hidden] if draw(_booleans) else [hidden, cl_line]
+            fields = [*host, *extra, *pair]
+        return Http1Case(_request(b"POST", fields, body), 1, (b"POST",),
+                         label=f"cl-te-hidden: {hidden!r}")
+    if family == "te-invalid":
+        if draw(_booleans):
+            te = draw(_te_name) + b":" + draw(_te_invalid_value)
+        else:
+            te = b"Transfer-Encoding" + draw(_bad_colon) + b" chunked"
+        body = b"0\r\n\r\n" + smuggled
+        framing = [te, cl + b"5"] if draw(_booleans) else [te]
+        return Http1Case(_request(b"POST", host + extra + framing, body), 0, (b"POST",),
+                         must_reject=True, label=f"te-invalid: {te!r}")
+    if family == "cl-invalid":
+        values = draw(_cl_invalid)
+        fields = host + extra + [cl.rstrip() + (b" " + v if v else b"") for v in values]
+        return Http1Case(_request(b"POST", fields, b"hello" + smuggled), 0, (b"POST",),
+                         must_reject=True, label=f"cl-invalid: {values!r}")
+    if family == "chunk-size":
+        if draw(_booleans):
+            size, data = draw(_chunk_size_invalid), b"hello"
+        else:
+            size, data = b"5", b"helloXX"
+        body = size + b"\r\n" + data + b"\r\n0\r\n\r\n" + smuggled
+        fields = [*host, *extra, b"Transfer-Encoding: chunked"]
+        return Http1Case(_request(b"POST", fields, body), 0, (b"POST",), must_reject=True,
+                         label=f"chunk-size: {size + b'/' + data!r}")
+    if family == "host":
+        fault = draw(_host_fault)
+        if fault == "missing":
+            hosts_ = []
+        elif fault == "duplicate":
+            hosts_ = [b"Host: a.example", b"Host: b.example"]
+        elif fault == "same-twice":
+            hosts_ = [b"Host: a.example", b"Host: a.example"]
+        else:
+            hosts_ = [b"Host: " + fault.encode()]
+        fields = extra[:1] + hosts_ + extra[1:]
+        return Http1Case(_request(b"GET", fields, b""), 0, (b"GET",), must_reject=True,
+                         label=f"host/{fault}")
+    if family == "space-before-colon":
+        name = draw(_bad_colon_field)
+        bad = name + draw(_bad_colon) + (b" 5" if name == b"Content-Length" else b" a")
+        fields = ([bad, *extra] if name == b"Host" else [*host, *extra, bad])
+        body = b"hello" + smuggled if name == b"Content-Length" else b""
+        return Http1Case(_request(b"POST", fields, body), 0, (b"POST",), must_reject=True,
+                         label=f"space-before-colon: {bad!r}")
+    if family == "te-only":
+        te = draw(_te_name) + b":" + draw(_te_chunked)
+        return Http1Case(_request(b"POST", [*host, *extra, te], b"0\r\n\r\n" + smuggled), 2,
+                         (b"POST", b"GET"), label=f"te-only: {te!r}")
+    return Http1Case(_request(b"POST", [*host, *extra, cl + b"5"], b"hello" + smuggled), 2,
+                     (b"POST", b"GET"), label="cl-only")
 
 
 @st.composite
@@ -589,3 +1032,59 @@ def check_valid(req: GeneratedRequest, cuts: Sequence[int] = (), parser: str = "
         diff = {k: (want[k], got[k]) for k in want if want[k] != got[k]}
         if diff:
             _fail(f"parsed ({how}) differs from generated, (want, got): {diff!r}")
+
+
+_STANDARD_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT",
+                               b"OPTIONS", b"TRACE", b"PATCH"})
+
+
+def outcome_label(outcome: ParseOutcome) -> str:
+    """``accepted``, ``refused 4xx`` or ``refused 5xx``: a summary for campaign statistics."""
+    if outcome.error is None:
+        return "accepted"
+    return f"refused {outcome.error.status_hint // 100}xx"
+
+
+def check_case(case: Http1Case, cuts: Sequence[int] = (),
+               **limits: Unpack[ProtocolLimits]) -> str:
+    """Every property this module knows for ``case``, with every installed parser:
+
+    - :func:`check_same_parsers` (whole, byte by byte, at ``cuts``; the parsers agree);
+    - a one-request valid case parses exactly (:func:`check_valid`), pipelined valid requests
+      parse to what was generated, in order;
+    - ``must_reject``: a :class:`ProtocolError` and no complete request;
+    - never more complete requests than ``case.requests``.
+
+    Returns :func:`outcome_label` of the h11 parse. Raises :class:`InvariantViolation` (first
+    line: what broke and the case's family; details on the following lines)."""
+    parsers = [p for p in available_parsers() if limits.get("parser") in (None, p)]
+    single = len(case.expected) == 1 and case.expected[0].raw == case.raw
+    if single:
+        for parser in parsers:
+            check_valid(case.expected[0], cuts, parser)
+    check_same_parsers(case.raw, cuts, **limits)
+    first = ""
+    for parser in parsers:
+        run_limits: ProtocolLimits = {**limits, "parser": parser}
+        out = check_parse(case.raw, **run_limits)
+        first = first or outcome_label(out)
+        done = out.completed
+        if case.must_reject and (out.error is None or done):
+            _fail(f"bytes RFC 9112 requires refusing were accepted ({case.family})\n"
+                  f"parser {parser}, case {case.label}: error {out.error!r}, "
+                  f"{len(done)} complete request(s)")
+        if case.requests is not None and len(done) > case.requests:
+            _fail(f"more requests parsed than the bytes were built from ({case.family})\n"
+                  f"parser {parser}, case {case.label}: {len(done)} > {case.requests}: "
+                  f"{[(r.head.method, r.head.target) for r in done]!r}")
+        if case.expected and not single:
+            if out.error is not None:
+                _fail(f"valid pipelined requests refused\nparser {parser}: {out.error!r}")
+            got = [(r.head.method, r.head.target, r.head.http_version, r.head.headers, r.body,
+                    r.trailers) for r in done]
+            want = [(r.method, r.target, r.http_version, list(r.headers), r.body,
+                     list(r.trailers)) for r in case.expected]
+            if got != want:
+                _fail(f"pipelined requests parsed differently from what was generated\n"
+                      f"parser {parser}: want {want!r}\ngot {got!r}")
+    return first
