@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import logging
 import re
 from dataclasses import dataclass
@@ -327,6 +326,25 @@ class _Out:
 _NOT_CONTROL: Final = frozenset({HeadersFrame, ContinuationFrame, GoAwayFrame, PushPromiseFrame})
 
 
+class _SettingValues(list[int]):
+    """The values of one setting, current first (what h2 keeps in a ``deque``): the same
+    operations in 64 bytes instead of a deque's 760, times 2 x 8 settings per connection."""
+
+    __slots__ = ()
+
+    def popleft(self) -> int:
+        return self.pop(0)
+
+
+def _compact_settings(settings: h2.settings.Settings) -> None:
+    """Swap h2's per-setting deques for :class:`_SettingValues` (h2 adds a deque for each
+    setting code it had not seen)."""
+    values: dict[Any, Any] = settings._settings  # h2 types them as deques
+    for code, queue in values.items():
+        if type(queue) is not _SettingValues:
+            values[code] = _SettingValues(queue)
+
+
 class _CountingConnection(h2.connection.H2Connection):
     """h2's connection, counting the control frames received (see
     :attr:`HTTP2Protocol.control_frames`): PING, SETTINGS, PRIORITY, WINDOW_UPDATE,
@@ -491,15 +509,18 @@ class HTTP2Protocol:
         ours a flow-control violator)."""
         S = h2.settings.SettingCodes
         settings = self._conn.local_settings
+        values: dict[Any, Any] = settings._settings
         window = settings.initial_window_size
         if window < 65535:
-            settings._settings[S.INITIAL_WINDOW_SIZE] = collections.deque([65535, window])
+            values[S.INITIAL_WINDOW_SIZE] = _SettingValues([65535, window])
         # Advertised: max_streams; h2's own (connection-ending) check only at twice that, so
         # that the stream over the limit gets REFUSED_STREAM here instead.
-        settings._settings[S.MAX_CONCURRENT_STREAMS] = collections.deque([2 * self._max_streams])
+        values[S.MAX_CONCURRENT_STREAMS] = _SettingValues([2 * self._max_streams])
         table = settings.header_table_size
         if table < 4096:  # the same for a smaller HPACK table (h2 shrinks the decoder's on ACK)
-            settings._settings[S.HEADER_TABLE_SIZE] = collections.deque([4096, table])
+            values[S.HEADER_TABLE_SIZE] = _SettingValues([4096, table])
+        _compact_settings(settings)
+        _compact_settings(self._conn.remote_settings)
         delta = self._connection_window - 65535
         if delta > 0:
             self._conn.increment_flow_control_window(delta)
@@ -570,6 +591,7 @@ class HTTP2Protocol:
             elif isinstance(ev, h2.events.WindowUpdated):
                 events.append(WindowOpened(ev.stream_id or 0))
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                _compact_settings(self._conn.remote_settings)
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     events.append(WindowOpened(0))
             elif isinstance(ev, h2.events.ConnectionTerminated):
