@@ -15,7 +15,7 @@ N when none was dropped. Only loopback; every connection and server is closed at
     python benchmarks/idle_connections.py --protocol h2         # HTTP/2 with prior knowledge
 
 Peers: ``pip install uvicorn hypercorn`` (rows of servers that are not installed are left out).
-Uvicorn has no HTTP/2 row (it needs its ``zttp`` protocol for that).
+Uvicorn has no HTTP/2 row: it does not serve HTTP/2.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def available(name: str, protocol: str) -> str | None:
         if not HAVE_UVICORN:
             return "not installed (pip install uvicorn)"
         if protocol == "h2":
-            return "no HTTP/2 without its zttp protocol"
+            return "it does not serve HTTP/2"
     if name.startswith("hypercorn") and not HAVE_HYPERCORN:
         return "not installed (pip install hypercorn)"
     return None
