@@ -556,3 +556,127 @@ async def test_zero_window_on_many_streams(chunk: int) -> None:
             assert state.outcomes == ["ClientDisconnected"] * 100
             assert peak < 12 * 1024 * 1024, peak  # the bodies would be 100 MiB
         await assert_serving(port)
+
+
+# ========================================================== regressions from review
+
+
+class _GoInflow:
+    """Go's ``inflow.add`` (x/net/http2): flow-control credit is returned once at least 4 KiB
+    is unsent (``inflowMinRefresh``) or the window is nearly empty."""
+
+    def __init__(self, avail: int) -> None:
+        self.avail, self.unsent = avail, 0
+
+    def take(self, n: int) -> None:
+        self.avail -= n
+
+    def add(self, n: int) -> int:
+        unsent = self.unsent + n
+        if unsent < 4096 and unsent < self.avail:
+            self.unsent = unsent
+            return 0
+        self.avail += unsent
+        self.unsent = 0
+        return unsent
+
+
+async def test_go_client_acknowledging_every_4kib_downloads_in_full() -> None:
+    """A client returning window the way Go's net/http does while its app reads the body 4 KiB
+    at a time (a connection and a stream WINDOW_UPDATE per 4 KiB: eight per 16 KiB DATA frame)
+    downloads 20 MiB without being taken for a WINDOW_UPDATE flood (it once was, after
+    6.5 MB: the server paid back only two tokens per DATA frame)."""
+    total, stream_window, conn_window = 20 << 20, 4 << 20, 1 << 30
+    async with serve() as (port, _):
+        with trio.fail_after(60):
+            async with h2_client(port, {INITIAL_WINDOW_SIZE: stream_window}) as c:
+                await c.send(WindowUpdateFrame(0, window_increment=conn_window - 65535))
+                conn, stream = _GoInflow(conn_window), _GoInflow(stream_window)
+                await c.send(c.get(1, f"/big?{total},{64 << 10}"))
+                received = updates = 0
+                while c.goaway is None:
+                    f = await c.read_frame()
+                    if f is None:
+                        break
+                    if not (isinstance(f, DataFrame) and f.stream_id == 1):
+                        continue
+                    n = len(f.data)
+                    conn.take(n)
+                    stream.take(n)
+                    received += n
+                    out: list[WindowUpdateFrame] = []
+                    while n:
+                        step = min(4096, n)
+                        n -= step
+                        a, b = conn.add(step), stream.add(step)
+                        if a:
+                            out.append(WindowUpdateFrame(0, window_increment=a))
+                        if b:
+                            out.append(WindowUpdateFrame(1, window_increment=b))
+                    updates += len(out)
+                    if out and not await c.try_send(*out):
+                        break
+                    if "END_STREAM" in f.flags:
+                        break
+                assert c.goaway is None, c.goaway
+                assert received == total
+                assert updates > 8000  # the test really sent a WINDOW_UPDATE per 4 KiB
+
+
+@pytest.mark.parametrize("kind", ["empty-data-end-stream", "one-byte-data", "headers"])
+async def test_frames_on_a_reset_stream_are_a_flood(kind: str) -> None:
+    """DATA or HEADERS frames on a stream the client itself reset: h2 answers each with
+    RST_STREAM, work for nothing, so they count as control frames: GOAWAY ENHANCE_YOUR_CALM
+    (they were once not counted at all: 20,000 such frames, 20,000 RST_STREAMs back)."""
+    async with serve() as (port, _):
+        with trio.fail_after(TIMEOUT * 3):
+            async with h2_client(port) as c:
+                await c.send(c.get(1, "/block", end_stream=False))
+                await trio.sleep(0.05)
+                await c.send(raw_frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL)))
+                await trio.sleep(0.05)
+                block = c.encoder.encode(c.request_headers("/"))
+                frame = {"empty-data-end-stream": raw_frame(DATA, 0x1, 1),
+                         "one-byte-data": raw_frame(DATA, 0, 1, b"x"),
+                         "headers": raw_frame(0x1, 0x1 | 0x4, 1, block)}[kind]
+                sent = await run_flood(c, [frame], FLOOD, settle=2.0)
+                assert sent < FLOOD, "the whole flood went out: nothing stopped it"
+                assert_flood_refused(c, 1)
+        await assert_serving(port)
+
+
+async def test_unknown_settings_identifiers_do_not_stall_the_server() -> None:
+    """65,280 distinct unknown SETTINGS identifiers (24 frames), then 1,500 small SETTINGS frames
+    (inside the control-frame burst): unknown identifiers are ignored (RFC 9113 §6.5.2), not
+    stored, so later SETTINGS stay cheap. h2 alone keeps one entry per identifier and walks
+    them all on every SETTINGS frame: the server's event loop once stalled for 10 s here."""
+
+    def settings(ids: list[int]) -> bytes:
+        return raw_frame(SETTINGS, 0, 0, b"".join(struct.pack(">HI", i, 1) for i in ids))
+
+    async with serve() as (port, _):
+        with trio.fail_after(60):
+            async with h2_client(port) as c:
+                ids = list(range(0x100, 0x10000))
+                await c.send(*[settings(ids[i:i + 2730]) for i in range(0, len(ids), 2730)])
+                await c.read_until(lambda: c.settings_acks >= 25 or c.goaway is not None)
+                gaps: list[float] = []
+
+                async def ticker() -> None:
+                    last = trio.current_time()
+                    while True:
+                        await trio.sleep(0.01)
+                        now = trio.current_time()
+                        gaps.append(now - last)
+                        last = now
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ticker)
+                    await trio.sleep(0.05)
+                    await c.send(*[settings([0x100])] * 1500)
+                    await c.read_until(lambda: c.settings_acks >= 1525 or c.goaway is not None)
+                    await trio.sleep(0.05)
+                    nursery.cancel_scope.cancel()
+                assert c.goaway is None
+                assert max(gaps) < 1.0, f"the event loop stalled {max(gaps):.2f} s"
+        await assert_serving(port)

@@ -87,10 +87,11 @@ class Http2Limits:
       run, per second on average, in bursts of twice that (rapid reset, CVE-2023-44487);
       beyond it the connection ends with GOAWAY ``ENHANCE_YOUR_CALM``.
     - ``max_control_frames_per_second``: frames that carry no request (PING, SETTINGS,
-      PRIORITY, WINDOW_UPDATE, RST_STREAM for a stream with no app running, empty DATA
-      without END_STREAM, unknown types) the client may send per second on average, in bursts
-      of twice that; each DATA frame the server sends allows two more (WINDOW_UPDATEs that
-      acknowledge a download never count against a client). Beyond it: GOAWAY
+      PRIORITY, WINDOW_UPDATE, RST_STREAM, empty DATA without END_STREAM, unknown types, DATA
+      or HEADERS on a stream the client already reset) the client may send per second on
+      average, in bursts of twice that; each DATA frame the server sends allows two more, and
+      each 4 KiB of it one more (WINDOW_UPDATEs that acknowledge a download do not count
+      against a client). Beyond it: GOAWAY
       ``ENHANCE_YOUR_CALM`` (the floods of CVE-2019-9512, -9515, -9518 and friends).
 
     The header list limit is ``Limits.max_request_headers_total_size`` (advertised as

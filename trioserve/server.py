@@ -1112,13 +1112,15 @@ class _Budget:
         self.capacity = self.tokens = 2.0 * rate
         self._time = trio.current_time()
 
+    def _refill(self) -> None:
+        now = trio.current_time()
+        if self.tokens < self.capacity:
+            self.tokens = min(self.capacity, self.tokens + (now - self._time) * self.rate)
+        self._time = now
+
     def take(self, n: float) -> bool:
         """Spend ``n`` tokens; False (and nothing spent) when fewer are left."""
-        now = trio.current_time()
-        tokens = self.tokens
-        if tokens < self.capacity:
-            self.tokens = tokens = min(self.capacity, tokens + (now - self._time) * self.rate)
-        self._time = now
+        self._refill()
         if self.tokens < n:
             return False
         self.tokens -= n
@@ -1127,7 +1129,9 @@ class _Budget:
     def give(self, n: float) -> None:
         """Add ``n`` tokens, up to the capacity plus ``n`` (what is given is never lost to a
         full bucket, and cannot be hoarded beyond the latest gift)."""
-        self.tokens = min(self.tokens + n, self.capacity + n)
+        if n:
+            self._refill()
+            self.tokens = min(self.tokens + n, self.capacity + n)
 
 
 class _H2Handover:
@@ -1196,7 +1200,7 @@ class _H2Connection:
         # Control-frame floods (PING, SETTINGS, empty DATA …): each DATA frame sent pays one.
         self.control = _Budget(h2l.max_control_frames_per_second)
         self._control_seen = 0
-        self._data_seen = 0
+        self._data_seen = (0, 0)  # DATA frames and bytes sent, as last credited
         self.closed = False
         self._writer_exited = trio.Event()
         self._wake = trio.Event()
@@ -1414,10 +1418,12 @@ class _H2Connection:
                       self.peer_text)
         control = proto.control_frames
         if control != self._control_seen:
-            sent = proto.data_frames_sent
-            # A client may acknowledge each DATA frame twice (stream and connection window).
-            self.control.give(2 * (sent - self._data_seen))
-            self._data_seen = sent
+            frames, nbytes = proto.data_frames_sent, proto.data_bytes_sent
+            seen_frames, seen_bytes = self._data_seen
+            # The client's WINDOW_UPDATEs acknowledging the data: a stream and a connection
+            # one per DATA frame, and per 4 KiB its app reads (Go's client does that).
+            self.control.give(2 * (frames - seen_frames) + (nbytes - seen_bytes) / 2048)
+            self._data_seen = (frames, nbytes)
             taken = control - self._control_seen
             self._control_seen = control
             if not self.control.take(taken):

@@ -345,21 +345,39 @@ def _compact_settings(settings: h2.settings.Settings) -> None:
             values[code] = _SettingValues(queue)
 
 
+_KNOWN_SETTINGS: Final = frozenset(int(code) for code in h2.settings.SettingCodes)
+
+
 class _CountingConnection(h2.connection.H2Connection):
     """h2's connection, counting the control frames received (see
     :attr:`HTTP2Protocol.control_frames`): PING, SETTINGS, PRIORITY, WINDOW_UPDATE,
-    RST_STREAM, unknown types, and DATA without payload or END_STREAM."""
+    RST_STREAM, unknown types, DATA without payload or END_STREAM, and DATA or HEADERS that h2
+    only answers (with RST_STREAM: a frame on a stream the client already reset). Settings
+    unknown to h2 are dropped (RFC 9113 §6.5.2: ignored), not stored: h2 would keep one entry
+    per identifier and walk them all on every later SETTINGS frame."""
 
     control_frames = 0
 
     def _receive_frame(self, frame: Frame) -> Any:
         cls = frame.__class__
-        if cls is DataFrame:
-            if not getattr(frame, "data", b"") and "END_STREAM" not in frame.flags:
+        if cls is DataFrame or cls is HeadersFrame:
+            before = len(self._data_to_send)
+            events = super()._receive_frame(frame)
+            if len(self._data_to_send) != before or (
+                    cls is DataFrame and not getattr(frame, "data", b"")
+                    and "END_STREAM" not in frame.flags):
                 self.control_frames += 1
-        elif cls not in _NOT_CONTROL:
+            return events
+        if cls not in _NOT_CONTROL:
             self.control_frames += 1
         return super()._receive_frame(frame)
+
+    def _receive_settings_frame(self, frame: Any) -> Any:
+        settings = frame.settings
+        if any(code not in _KNOWN_SETTINGS for code in settings):
+            frame.settings = {code: value for code, value in settings.items()
+                              if code in _KNOWN_SETTINGS}
+        return super()._receive_settings_frame(frame)
 
 
 class HTTP2Protocol:
@@ -393,6 +411,7 @@ class HTTP2Protocol:
         "_server_header",
         "_streams",
         "closed",
+        "data_bytes_sent",
         "data_frames_sent",
         "malformed",
         "refused",
@@ -454,7 +473,8 @@ class HTTP2Protocol:
         self._max_streams = max_concurrent_streams
         self._max_headers_size = max_request_headers_total_size
         self._max_field_size = max_header_field_size
-        self.data_frames_sent = 0  # DATA frames queued (they pay for control frames)
+        self.data_frames_sent = 0  # DATA frames queued and their payload bytes: they pay for
+        self.data_bytes_sent = 0  # the client's WINDOW_UPDATEs (see control_frames)
         self._server_header = server_header
         self._out = bytearray()
         self._outs: dict[int, _Out] = {}
@@ -957,6 +977,7 @@ class HTTP2Protocol:
                 self._check_complete(out, out.sent + n)
             self._h2(conn.send_data, stream_id, view[taken:taken + n], last)
             self.data_frames_sent += 1
+            self.data_bytes_sent += n
             taken += n
             out.sent += n
         if taken == total and end_stream:
