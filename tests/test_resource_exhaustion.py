@@ -227,7 +227,8 @@ SHORT_KEEP_ALIVE = 2.0
 async def test_idle_keep_alive_connections_closed_at_short_keep_alive_timeout() -> None:
     """With ``--keep-alive-timeout 2``, each of 2,000 connections that made one request and
     then stays idle is closed by the server (the client sees EOF, never closing first) between
-    2 s and 2 s + 4 s after its response arrived, and the server's socket count returns to
+    2 s (less the time the client took to read its response) and 2 s + 4 s after its response
+    arrived, and the server's socket count returns to
     where it was."""
     with descriptors(IDLE_CONNECTIONS + 500):
         cmd = module_command("trioserve.demo:app", "--port", "0", "--keep-alive-timeout",
@@ -255,7 +256,10 @@ async def test_idle_keep_alive_connections_closed_at_short_keep_alive_timeout() 
                     for _ in range(IDLE_CONNECTIONS):
                         nursery.start_soon(one)
             assert len(idle_for) == IDLE_CONNECTIONS
-            early = [t for t in idle_for if t < SHORT_KEEP_ALIVE - 0.1]
+            # The client's clock starts when it has read the response, which on a loaded
+            # machine can be well after the server wrote it (and started its keep-alive
+            # deadline): 1 s of slack on the early side.
+            early = [t for t in idle_for if t < SHORT_KEEP_ALIVE - 1.0]
             late = [t for t in idle_for if t > SHORT_KEEP_ALIVE + 4]
             assert not early and not late, (
                 f"closed after {min(idle_for):.2f}-{max(idle_for):.2f} s: {len(early)} early, "

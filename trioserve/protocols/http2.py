@@ -357,6 +357,26 @@ class _CountingConnection(h2.connection.H2Connection):
     per identifier and walk them all on every later SETTINGS frame."""
 
     control_frames = 0
+    # Set by a graceful GOAWAY: every later GOAWAY names this stream, never a higher one
+    # (RFC 9113 §6.8: the client may have retried the streams above it elsewhere).
+    goaway_last_stream_id: int | None = None
+
+    def close_connection(self, error_code: int = 0, additional_data: bytes | None = None,
+                         last_stream_id: int | None = None) -> None:
+        if last_stream_id is None:
+            last_stream_id = self.goaway_last_stream_id
+        super().close_connection(error_code, additional_data, last_stream_id)
+
+    def _terminate_connection(self, error_code: Any) -> None:
+        # h2's GOAWAY for a connection error it detects, naming its highest stream.
+        if self.goaway_last_stream_id is None:
+            super()._terminate_connection(error_code)
+            return
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.goaway_last_stream_id
+        frame.error_code = error_code
+        self.state_machine.process_input(h2.connection.ConnectionInputs.SEND_GOAWAY)
+        self._prepare_for_sending([frame])
 
     def _receive_frame(self, frame: Frame) -> Any:
         cls = frame.__class__
@@ -401,6 +421,7 @@ class HTTP2Protocol:
         "_draining",
         "_goaway_sent",
         "_last_stream_id",
+        "_lengths",
         "_max_field_size",
         "_max_headers_count",
         "_max_headers_size",
@@ -479,6 +500,7 @@ class HTTP2Protocol:
         self._out = bytearray()
         self._outs: dict[int, _Out] = {}
         self._draining: dict[int, int] = {}  # answered streams: body bytes still accepted
+        self._lengths: dict[int, int] = {}  # open streams with a content-length: bytes to come
         # Streams whose events go to the caller (a request delivered, not reset or finished),
         # and every stream the caller still has (a request or refusal not yet finished, reset
         # or not): the concurrency limit counts these, with the answered ones still draining.
@@ -577,11 +599,16 @@ class HTTP2Protocol:
                 code = self._set_goaway_code(FRAME_SIZE_ERROR)
             raise ProtocolError(f"HTTP/2 connection error {_code_name(code)}: {exc}") from None
         events: list[H2Event] = []
+        trailed: set[int] | None = None  # streams ended by their trailers (reported already)
         for ev in h2_events:
             if isinstance(ev, h2.events.RequestReceived):
                 self._request(ev, events)
             elif isinstance(ev, h2.events.DataReceived):
                 if ev.stream_id in self._streams:
+                    if self._lengths:
+                        left = self._lengths.get(ev.stream_id)
+                        if left is not None:
+                            self._lengths[ev.stream_id] = left - len(ev.data)
                     events.append(StreamData(ev.stream_id, ev.data, ev.flow_controlled_length))
                 else:
                     # A refused, reset or answered stream's data: give the window straight back.
@@ -598,10 +625,16 @@ class HTTP2Protocol:
                             self._reset(ev.stream_id, NO_ERROR)
             elif isinstance(ev, h2.events.StreamEnded):
                 self._draining.pop(ev.stream_id, None)
-                if ev.stream_id in self._streams:
+                if self._lengths:
+                    self._lengths.pop(ev.stream_id, None)
+                if ev.stream_id in self._streams and (trailed is None
+                                                      or ev.stream_id not in trailed):
                     events.append(StreamEnded(ev.stream_id, []))
             elif isinstance(ev, h2.events.TrailersReceived):
                 if ev.stream_id in self._streams:
+                    if trailed is None:
+                        trailed = set()
+                    trailed.add(ev.stream_id)
                     self._trailers(ev, events)
             elif isinstance(ev, h2.events.StreamReset):
                 self._draining.pop(ev.stream_id, None)
@@ -629,17 +662,6 @@ class HTTP2Protocol:
                     self.closed = True
                 events.append(ConnectionEnded(code, int(ev.last_stream_id or 0)))
             # PING, SETTINGS acks, PRIORITY, unknown frames: h2 has answered what needs it.
-        # A StreamEnded for a stream whose trailers were reported is a duplicate.
-        if any(type(e) is StreamEnded and e.trailers for e in events):
-            seen: set[int] = set()
-            kept: list[H2Event] = []
-            for e in events:
-                if type(e) is StreamEnded:
-                    if e.stream_id in seen:
-                        continue
-                    seen.add(e.stream_id)
-                kept.append(e)
-            events = kept
         self._pull()
         return events
 
@@ -661,6 +683,7 @@ class HTTP2Protocol:
             # may retry. (h2 itself stops the connection only at twice the limit.)
             self._reset(stream_id, REFUSED_STREAM)
             self.refused += 1
+            self._conn.control_frames += 1  # work without a request: held to the same rate
             return
         method = target = authority = scheme = protocol = None
         fields: Headers = []
@@ -747,6 +770,7 @@ class HTTP2Protocol:
         if malformed is not None:
             self._reset(stream_id, PROTOCOL_ERROR)
             self.malformed += 1
+            self._conn.control_frames += 1
             return
         assert method is not None
         if cookies:
@@ -782,19 +806,27 @@ class HTTP2Protocol:
                            content_length=content_length, chunked=False, upgrade=protocol)
         self._streams.add(stream_id)
         self._active.add(stream_id)
+        if content_length and not end:
+            self._lengths[stream_id] = content_length  # for trailers (see _trailers)
         events.append(StreamRequest(stream_id, head, end))
 
     def _trailers(self, ev: h2.events.TrailersReceived, events: list[H2Event]) -> None:
+        fault: str | None = None
+        if self._lengths.pop(ev.stream_id, 0):
+            # RFC 9113 §8.1.1: malformed (h2 checks the length only on a DATA END_STREAM).
+            fault = "trailers ending a body shorter than its content-length"
         fields: Headers = []
         for name, value in ev.headers:
+            if fault is not None:
+                break
             fault = ("a pseudo-header field in trailers" if name[:1] == b":"
                      else _field_fault(name, value))
-            if fault is not None:
-                self.reset(ev.stream_id, PROTOCOL_ERROR)
-                self.malformed += 1
-                events.append(StreamReset(ev.stream_id, PROTOCOL_ERROR, False))
-                return
             fields.append((name, value))
+        if fault is not None:
+            self.reset(ev.stream_id, PROTOCOL_ERROR)
+            self.malformed += 1
+            events.append(StreamReset(ev.stream_id, PROTOCOL_ERROR, False))
+            return
         # StreamEnded follows (trailers always end the stream); keep the fields.
         events.append(StreamEnded(ev.stream_id, fields))
 
@@ -1066,6 +1098,7 @@ class HTTP2Protocol:
         self._goaway_sent = True
         last = int(self._conn.highest_inbound_stream_id)
         self._last_stream_id = last
+        self._conn.goaway_last_stream_id = last
         # Written directly: h2's close_connection() would stop it processing the streams that
         # are still open.
         frame = GoAwayFrame(0)
@@ -1124,6 +1157,8 @@ class HTTP2Protocol:
 
     def _forget(self, stream_id: int) -> bool:
         self._outs.pop(stream_id, None)
+        if self._lengths:
+            self._lengths.pop(stream_id, None)
         if stream_id in self._streams:
             self._streams.discard(stream_id)
             return True
