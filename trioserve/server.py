@@ -1197,7 +1197,7 @@ class _H2Connection:
         self.peer_eof = False  # the client closed its side
         # Rapid reset (CVE-2023-44487): streams the client resets while their apps run.
         self.resets = _Budget(h2l.max_resets_per_second)
-        # Control-frame floods (PING, SETTINGS, empty DATA …): each DATA frame sent pays one.
+        # Control-frame floods (PING, SETTINGS, empty DATA …); DATA sent pays for WINDOW_UPDATEs.
         self.control = _Budget(h2l.max_control_frames_per_second)
         self._control_seen = 0
         self._data_seen = (0, 0)  # DATA frames and bytes sent, as last credited
