@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import importlib
-import re
 import sys
 import time
 from collections import Counter
@@ -29,12 +28,17 @@ from typing import Any, TextIO
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
-from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+from hypothesis.database import (
+    DirectoryBasedExampleDatabase,
+    ExampleDatabase,
+    InMemoryExampleDatabase,
+)
 
 from .http1 import (
     Http1Case,
     InvariantViolation,
     check_case,
+    elide_bytes,
     framing_cases,
     mutated_cases,
     split_points,
@@ -61,7 +65,9 @@ __all__ = [
     "RunOptions",
     "RunResult",
     "Runner",
+    "UnsupportedHypothesis",
     "build_campaign",
+    "check_hypothesis_support",
     "http2_support",
 ]
 
@@ -241,6 +247,80 @@ def build_campaign(mode: str, name: str, targets: Sequence[Target] = (), *,
 # --------------------------------------------------------------------------------- runner
 
 
+class UnsupportedHypothesis(Exception):
+    """The installed hypothesis does not honour the private attributes the runner sets on a
+    test (``_hypothesis_internal_use_seed``, ``_hypothesis_internal_database_key``): ``--seed``
+    or the example database would be silently ignored."""
+
+
+_SEED_ATTR = "_hypothesis_internal_use_seed"
+_KEY_ATTR = "_hypothesis_internal_database_key"
+_support: str | None = None
+_support_checked = False
+
+
+def _set_seed_and_key(test: Callable[[], None], seed: int, key: bytes) -> None:
+    """Give a ``@given`` test its seed and database key through the attributes hypothesis
+    itself reads: ``hypothesis.seed`` sets the first (and also ``database=None`` in the test's
+    settings, which the runner does not want), and ``run_engine`` uses the second instead of
+    a digest of the test function (which would change with this module's source)."""
+    if not hasattr(test, _SEED_ATTR):
+        raise UnsupportedHypothesis(f"@given no longer sets {_SEED_ATTR}")
+    setattr(test, _KEY_ATTR, key)
+    setattr(test, _SEED_ATTR, seed)
+
+
+class _Probe(Exception):
+    pass
+
+
+def check_hypothesis_support() -> None:
+    """Check, once per process, that the installed hypothesis honours the seed and database
+    key the runner sets: the same seed draws the same values twice, and a failure is saved
+    under the given key. Raises :class:`UnsupportedHypothesis`."""
+    global _support, _support_checked
+    if not _support_checked:
+        _support_checked = True
+        try:
+            _check_support()
+        except UnsupportedHypothesis as exc:
+            _support = str(exc)
+    if _support is not None:
+        import hypothesis
+
+        raise UnsupportedHypothesis(f"this hypothesis version ({hypothesis.__version__}) is "
+                                    f"not supported: {_support}")
+
+
+def _prober(drawn: list[int]) -> Callable[[int], None]:
+    def probe(x: int) -> None:
+        drawn.append(x)
+        if len(drawn) >= 4:
+            raise _Probe
+    return probe
+
+
+def _check_support() -> None:
+    db = InMemoryExampleDatabase()
+    key = b"trioserve-fuzz/self-check"
+    runs: list[list[int]] = []
+    for _ in range(2):
+        drawn: list[int] = []
+        test = settings(max_examples=10, database=db, phases=[Phase.generate], deadline=None,
+                        suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet,
+                        print_blob=False)(given(st.integers(0, 2**64))(_prober(drawn)))
+        _set_seed_and_key(test, 20260, key)
+        try:
+            test()
+        except _Probe:
+            pass
+        runs.append(drawn[:4])
+    if len(runs[0]) < 4 or runs[0] != runs[1]:
+        raise UnsupportedHypothesis(f"{_SEED_ATTR} is ignored (--seed would be)")
+    if not list(db.fetch(key)):
+        raise UnsupportedHypothesis(f"{_KEY_ATTR} is ignored (the example database would be)")
+
+
 @dataclass
 class FindingRecord:
     """The smallest failing input seen for one (campaign, kind, first message line)."""
@@ -379,13 +459,11 @@ def _kind(exc: BaseException) -> str:
     return f"error:{type(exc).__name__}"
 
 
-_BYTES_REPR_RE = re.compile(r"""(?:bytearray\()?b(['"])(?:\\.|(?!\1).)*\1\)?""")
-
-
 def stable_line(line: str) -> str:
-    """A message line with the variable parts of one fault elided: bytes reprs become ``…``,
-    the contents of ``[...]`` and ``{...}`` become ``…``; at most 200 characters."""
-    line = _BYTES_REPR_RE.sub("…", line)
+    """A message line with the variable parts of one fault elided: bytes reprs become ``…``
+    (:func:`~trioserve.fuzz.http1.elide_bytes`, on the first 200 characters), the contents of
+    ``[...]`` and ``{...}`` become ``…``; at most 200 characters."""
+    line = elide_bytes(line)
     out: list[str] = []
     depth = 0
     for ch in line:
@@ -453,7 +531,9 @@ class Runner:
     # running
 
     def run(self) -> RunResult:
-        """Run every campaign; Ctrl-C stops the run and keeps what was found."""
+        """Run every campaign; Ctrl-C stops the run and keeps what was found. Raises
+        :class:`UnsupportedHypothesis` (before running anything)."""
+        check_hypothesis_support()
         interrupted = False
         runnable = [c for c in self.campaigns if c.skipped is None]
         for c in self.campaigns:
@@ -552,11 +632,8 @@ class Runner:
                 phases=phases, suppress_health_check=list(HealthCheck),
                 verbosity=Verbosity.quiet, report_multiple_bugs=True, print_blob=False,
             )(given(campaign.strategy)(self._make_test(campaign, stats, rnd)))
-            # Hypothesis' @seed turns the database off, and the default database key changes
-            # with this module's source: set both by the attributes @seed and @given read.
-            key = f"trioserve-fuzz/{self.mode}/{campaign.name}".encode()
-            wrapped._hypothesis_internal_database_key = key  # type: ignore[attr-defined]
-            wrapped._hypothesis_internal_use_seed = opts.seed + stats.rounds  # type: ignore
+            _set_seed_and_key(wrapped, opts.seed + stats.rounds,
+                              f"trioserve-fuzz/{self.mode}/{campaign.name}".encode())
             round_start = time.monotonic()
             before = stats.examples
             try:

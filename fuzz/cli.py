@@ -21,9 +21,12 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -39,8 +42,7 @@ DEFAULT_DATABASE = ".trioserve-fuzz/db"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n(run '{self.prog} --help' for the "
-                     "options)\n")
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool],
@@ -95,15 +97,16 @@ def _common(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 
-def _live(p: argparse.ArgumentParser) -> None:
+def _live(p: argparse.ArgumentParser, replay: bool = False) -> None:
+    default = "the report's, else " if replay else ""
     p.add_argument("--timeout", type=_seconds, default=None, metavar="S",
                    help="seconds a target gets, after the fuzzer's half-close, to answer and "
-                        "close (default 35: above trioserve's 30 s request-header timeout; "
-                        "keep it above the target's)")
+                        f"close (default {default}35: above trioserve's 30 s request-header "
+                        "timeout; keep it above the target's)")
     p.add_argument("--linger", type=_linger, default=None, metavar="S",
-                   help="once every response an input calls for has arrived, seconds to wait "
-                        "for more before ending the exchange (default 0.25; 0 always waits for "
-                        "the server to close)")
+                   help="once every response an input calls for has arrived, seconds to read "
+                        f"more before ending the exchange (default {default}0.25; 0 always "
+                        "waits for the server to close)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow targets that are not on loopback (127.0.0.0/8, ::1); only fuzz "
                         "servers you are allowed to attack")
@@ -148,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--target", action="append", metavar="URL",
                     help="[NAME=]http://HOST:PORT to replay against instead of the report's "
                          "targets (repeat for diff)")
-    _live(rp)
+    _live(rp, replay=True)
     return p
 
 
@@ -158,7 +161,8 @@ def _err(message: str) -> int:
 
 
 def _campaign_names(values: Sequence[str] | None, mode: str) -> list[str]:
-    from .campaign import DEFAULT_CAMPAIGNS
+    """The campaigns asked for. Raises :class:`ValueError` for an unknown one."""
+    from .campaign import CAMPAIGNS, DEFAULT_CAMPAIGNS
 
     if not values:
         return list(DEFAULT_CAMPAIGNS[mode])
@@ -167,6 +171,12 @@ def _campaign_names(values: Sequence[str] | None, mode: str) -> list[str]:
         for name in value.split(","):
             if name.strip() and name.strip() not in names:
                 names.append(name.strip())
+    for name in names:
+        if name not in CAMPAIGNS[mode]:
+            raise ValueError(f"unknown campaign {name!r} for 'fuzz {mode}'; choose from "
+                             f"{', '.join(CAMPAIGNS[mode])}")
+    if not names:
+        raise ValueError("--campaign names no campaign")
     return names
 
 
@@ -177,30 +187,54 @@ def _targets(specs: Sequence[str], allow_remote: bool) -> list[Target]:
     return [parse_target(s, allow_remote=allow_remote) for s in specs]
 
 
-def _preflight(targets: Sequence[Target], mode: str, timeout: float) -> str | None:
-    """Check each target answers a plain GET; an error message, or ``None``. A target that
-    gives no usable answer is still fuzzed by ``target`` (the campaign will say how it fails);
-    ``diff`` needs the echo app on every target."""
+def _preflight(targets: Sequence[Target], mode: str,
+               timeout: float) -> tuple[str | None, list[Target]]:
+    """Check each target answers a plain GET: (an error message or ``None``, the targets with
+    ``echo`` set from the answer). A target that gives no usable answer is still fuzzed by
+    ``target`` (the campaign will say how it fails); ``diff`` needs the echo app on every
+    target."""
+    from dataclasses import replace
+
     from .target import TargetError, Unreachable, probe_echo
 
+    probed: list[Target] = []
     for t in targets:
+        probed.append(t)
         try:
             api = probe_echo(t, timeout=min(timeout, 10.0))
         except Unreachable as exc:
-            return f"{exc} (is the server running?)"
+            return f"{exc} (is the server running?)", probed
         except TargetError as exc:
             if mode == "diff":
-                return str(exc)
+                return str(exc), probed
             print(f"trioserve fuzz: note: {exc}; fuzzing it anyway", file=sys.stderr)
             continue
         if api is None:
             if mode == "diff":
                 return (f"{t.url} does not run the echo app (no x-trioserve-echo header); "
-                        "'fuzz diff' compares what the app saw: serve trioserve.fuzz.echo:app")
+                        "'fuzz diff' compares what the app saw: serve trioserve.fuzz.echo:app"
+                        ), probed
             print(f"trioserve fuzz: note: {t.url} does not run trioserve.fuzz.echo:app; the "
-                  "request-exactness property is not checked, and requests reaching the app "
-                  "are counted from non-refusal statuses", file=sys.stderr)
-    return None
+                  "request-exactness property is not checked, requests reaching the app are "
+                  "counted from non-refusal statuses, and only protocol refusals (400, 411, "
+                  "413, 414, 431, 505) of valid requests are findings", file=sys.stderr)
+        probed[-1] = replace(t, echo=api)
+    return None, probed
+
+
+@contextmanager
+def _hypothesis_home(database: str | None) -> Iterator[None]:
+    """Point hypothesis' own storage (its cache of constants from local modules, written
+    whatever the database setting) at ``DATABASE/.hypothesis``, or at a temporary directory
+    without a database, instead of ``.hypothesis`` in the current directory."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    with tempfile.TemporaryDirectory(prefix="trioserve-fuzz-") as tmp:
+        set_hypothesis_home_dir(tmp if database is None else os.path.join(database, ".hypothesis"))
+        try:
+            yield
+        finally:
+            set_hypothesis_home_dir(None)
 
 
 def _print_findings(doc: dict[str, Any]) -> None:
@@ -217,6 +251,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         Progress,
         Runner,
         RunOptions,
+        UnsupportedHypothesis,
         build_campaign,
         new_seed,
         report_document,
@@ -229,21 +264,25 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if mode == "diff" and len(specs) < 2:
         return _err("'fuzz diff' needs at least two URLs")
     try:
+        names = _campaign_names(args.campaign, mode)
+    except ValueError as exc:
+        return _err(str(exc))
+    try:
         targets = _targets(specs, getattr(args, "allow_remote", False))
     except TargetError as exc:
         return _err(str(exc))
     timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
     linger = DEFAULT_LINGER if getattr(args, "linger", None) is None else args.linger
-    names = _campaign_names(args.campaign, mode)
     if mode != "parser":
-        problem = _preflight(targets, mode, timeout)
+        problem, targets = _preflight(targets, mode, timeout)
         if problem:
             return _err(problem)
     database = None if args.database.lower() == "none" else args.database
     options = RunOptions(duration=args.duration, max_examples=args.max_examples,
                          seed=args.seed if args.seed is not None else new_seed(),
                          database=database, shrink_time=args.shrink_time)
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+    with _hypothesis_home(database), \
+            ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
         try:
             campaigns = [build_campaign(mode, n, targets, timeout=timeout, linger=linger,
                                         pool=pool) for n in names]
@@ -259,7 +298,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             where = ", ".join(t.url for t in targets) or "in-process"
             progress.line(f"trioserve fuzz {mode} ({where}): seed {options.seed}, "
                           f"{args.duration:g}s, campaigns {', '.join(names)}")
-        result = Runner(mode, campaigns, options, progress).run()
+        try:
+            result = Runner(mode, campaigns, options, progress).run()
+        except UnsupportedHypothesis as exc:
+            return _err(str(exc))
     doc = report_document(mode=mode, argv=argv, targets=targets, options=options,
                           result=result, report_path=args.report, campaigns=campaigns,
                           timeout=timeout if targets else None,
@@ -282,6 +324,51 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 130 if result.interrupted else 0
 
 
+def _report_problem(doc: Any) -> str | None:
+    """What makes ``doc`` unusable as a report for replay, or ``None``."""
+    from .campaign import CAMPAIGNS
+
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    mode = doc.get("command")
+    if mode not in CAMPAIGNS:
+        return f"'command' is {mode!r}, not one of {', '.join(CAMPAIGNS)}"
+    if not isinstance(doc.get("findings"), list):
+        return "'findings' is not a list"
+    targets = doc.get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        return "'targets' is not a list of URLs"
+    for name, low in (("timeout", 0.0), ("linger", -1.0)):
+        value = doc.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not low < value < math.inf):
+            return f"{name!r} is {value!r}, not a number of seconds"
+    for i, f in enumerate(doc["findings"]):
+        if not isinstance(f, dict):
+            return f"finding {i} is not a JSON object"
+        for key in ("campaign", "kind", "message"):
+            if not isinstance(f.get(key), str):
+                return f"finding {i} has no {key!r} string"
+        if f["campaign"] not in CAMPAIGNS[mode]:
+            return f"finding {i}: unknown campaign {f['campaign']!r} for 'fuzz {mode}'"
+    return None
+
+
+def _probed(targets: Sequence[Target], timeout: float) -> list[Target]:
+    """``targets`` with ``echo`` set when a plain GET finds the echo app (else unchanged)."""
+    from dataclasses import replace
+
+    from .target import TargetError, Unreachable, probe_echo
+
+    out = []
+    for t in targets:
+        try:
+            out.append(replace(t, echo=probe_echo(t, timeout=min(timeout, 10.0))))
+        except (TargetError, Unreachable):
+            out.append(t)  # the replay itself says how it fails
+    return out
+
+
 def _replay(args: argparse.Namespace) -> int:
     from .campaign import FuzzInput, build_campaign
     from .target import DEFAULT_LINGER, DEFAULT_TIMEOUT, TargetError
@@ -289,14 +376,15 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         with open(args.report, encoding="utf-8") as f:
             doc = json.load(f)
-        mode = doc["command"]
-        findings = doc["findings"]
-        if not isinstance(findings, list):
-            raise TypeError("findings is not a list")
     except OSError as exc:
         return _err(f"cannot read {args.report!r}: {exc}")
-    except (ValueError, KeyError, TypeError) as exc:
-        return _err(f"{args.report!r} is not a trioserve fuzz report: {exc!r}")
+    except ValueError as exc:
+        return _err(f"{args.report!r} is not a trioserve fuzz report: {exc}")
+    problem = _report_problem(doc)
+    if problem:
+        return _err(f"{args.report!r} is not a trioserve fuzz report: {problem}")
+    mode = doc["command"]
+    findings = doc["findings"]
     if args.index is not None and args.index >= len(findings):
         return _err(f"{args.report} has {len(findings)} finding(s); no index {args.index}")
     specs = args.target or ([] if mode == "parser" else list(doc.get("targets", ())))
@@ -311,19 +399,21 @@ def _replay(args: argparse.Namespace) -> int:
     if not chosen:
         print(f"{args.report}: no findings to replay")
         return 0
+    targets = _probed(targets, timeout)
     still = 0
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-        for f in chosen:
+        for i, f in enumerate(chosen):
+            index = args.index if args.index is not None else i
             try:
                 campaign = build_campaign(mode, f["campaign"], targets, timeout=timeout,
                                           linger=linger, pool=pool)
                 inp = FuzzInput.from_json(f)
             except (ValueError, KeyError, TypeError) as exc:
-                return _err(f"finding {f.get('index')}: {exc}")
+                return _err(f"finding {index}: {exc}")
             if campaign.skipped:
-                return _err(f"finding {f.get('index')}: campaign {campaign.name} cannot run: "
+                return _err(f"finding {index}: campaign {campaign.name} cannot run: "
                             f"{campaign.skipped}")
-            head = f"[{f.get('index')}] {f['campaign']} {f['kind']}: {f['message']}"
+            head = f"[{index}] {f['campaign']} {f['kind']}: {f['message']}"
             try:
                 outcome = campaign.check(inp)
             except Exception as exc:

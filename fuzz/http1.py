@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
@@ -81,6 +82,7 @@ __all__ = [
     "check_same_parsers",
     "check_same_whole_and_split",
     "check_valid",
+    "elide_bytes",
     "feed_splits",
     "framing_cases",
     "mutated_cases",
@@ -520,9 +522,13 @@ def _head_lines(data: bytes | bytearray) -> tuple[int, list[tuple[int, int]]]:
     return head_end, spans
 
 
+_REQUEST_LINE = re.compile(rb"[!-~]+ [!-~]+ HTTP/[0-9.]+")
+
+
 @st.composite
 def _mutate_once(draw: st.DrawFn, data: bytes) -> tuple[bytes, str, int]:
-    """One mutation of ``data``: (new bytes, kind, requests appended whole)."""
+    """One mutation of ``data``: (new bytes, kind, requests added: appended whole, or a
+    request line duplicated)."""
     buf = bytearray(data)
     kind = draw(_mutation_kind)
     pos = draw(_position) % (len(buf) + 1)
@@ -546,6 +552,9 @@ def _mutate_once(draw: st.DrawFn, data: bytes) -> tuple[bytes, str, int]:
             i = 1 + pos % (len(lines) - 2)
             lines.insert(i, lines[i])
             buf = bytearray(b"\r\n".join(lines))
+            # a copy of a request line starts a real request once an empty line comes
+            # before it (another mutation may insert one): count it
+            added = int(_REQUEST_LINE.fullmatch(lines[i]) is not None)
     elif kind == "replace-crlf":
         i = buf.find(b"\r\n", pos)
         if i >= 0:
@@ -613,7 +622,8 @@ def mutated_cases(draw: st.DrawFn, max_requests: int = 1, connect: bool = True) 
     endings (LF alone, CR alone, LF CR) and appended requests or garbage.
 
     The case's ``requests`` is the number of requests the bytes were built from (every source
-    request, plus each request appended whole): random damage never turns body bytes into a
+    request, plus each request appended whole or request line duplicated, which another
+    mutation may turn into a request of its own): random damage never turns body bytes into a
     request, so a server that passes more to its application has framed the bytes in a way
     they do not say. The result may or may not still be valid, so ``must_reject`` is False.
     Without ``connect`` (live targets) the sources have no CONNECT request and at most one
@@ -856,6 +866,25 @@ def _fail(message: str) -> NoReturn:
     raise InvariantViolation(message)
 
 
+# A bytes literal as repr() writes it: each character is either an escape (backslash and one
+# more) or anything but a backslash and the closing quote, so the pattern can match a given
+# text in one way only (linear time); a literal cut short by a length limit runs to the end.
+_BYTES_REPR_RE = re.compile(
+    r"(?<!\w)(bytearray\()?b(['\"])"  # an opening: b' or b" (in bytearray( ... ))
+    r"(?:\\.|(?!\2)[^\\])*"  # escapes, or characters other than a backslash and the quote
+    r"(?:\2(?(1)\))|\\?\Z)")  # the closing quote (and parenthesis), or the end of a cut text
+STABLE_LIMIT = 200
+"""Characters of a message that :func:`elide_bytes` keeps (before eliding)."""
+
+
+def elide_bytes(text: str, replacement: str = "…", limit: int = STABLE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, with every bytes or bytearray repr in it (also
+    one the cut left open) replaced by ``replacement``: what campaigns key findings by, so
+    that messages of one fault read alike whatever bytes they quote. The one helper for the
+    HTTP/1.1 and HTTP/2 checks, the live-target reader and the campaign runner."""
+    return _BYTES_REPR_RE.sub(replacement, text[:limit])
+
+
 def check_parse(data: bytes, *, byte_by_byte: bool = False,
                 pieces: Sequence[bytes] | None = None,
                 **limits: Unpack[ProtocolLimits]) -> ParseOutcome:
@@ -1032,10 +1061,6 @@ def check_valid(req: GeneratedRequest, cuts: Sequence[int] = (), parser: str = "
         diff = {k: (want[k], got[k]) for k in want if want[k] != got[k]}
         if diff:
             _fail(f"parsed ({how}) differs from generated, (want, got): {diff!r}")
-
-
-_STANDARD_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT",
-                               b"OPTIONS", b"TRACE", b"PATCH"})
 
 
 def outcome_label(outcome: ParseOutcome) -> str:

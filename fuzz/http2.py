@@ -117,7 +117,7 @@ from trioserve.protocols.http2 import (
     WindowOpened,
 )
 
-from .http1 import InvariantViolation, feed_splits
+from .http1 import InvariantViolation, elide_bytes, feed_splits
 
 __all__ = [
     "AMPLIFICATION",
@@ -168,7 +168,6 @@ _MAX_BODY = 300
 _BYTE_BY_BYTE_MAX = 1024  # inputs up to this size are also fed one byte at a time
 
 
-_BYTES_REPR: Final = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
 _NUMBER: Final = re.compile(r"(?<!RFC )(?<![§.\d])\b\d+\b")
 
 
@@ -176,7 +175,7 @@ def _fail(message: str) -> NoReturn:
     """Raise :class:`InvariantViolation`. Its first line is ``message`` with numbers and byte
     strings blanked out (what a campaign groups findings by: one bug, one line, whatever the
     stream ids), the second the message itself."""
-    summary = _NUMBER.sub("N", _BYTES_REPR.sub("b'…'", message))
+    summary = _NUMBER.sub("N", elide_bytes(message, "b'…'"))
     raise InvariantViolation(summary if summary == message else f"{summary}\n{message}")
 
 

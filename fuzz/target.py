@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import h11
 
 from .echo import ECHO_HEADER, ECHO_REQUEST_HEADER
-from .http1 import GeneratedRequest, Http1Case, InvariantViolation
+from .http1 import GeneratedRequest, Http1Case, InvariantViolation, elide_bytes
 
 __all__ = [
     "DEFAULT_LINGER",
@@ -43,6 +43,7 @@ __all__ = [
     "Finding",
     "Observation",
     "Response",
+    "ResponseCounter",
     "ResponseStream",
     "Target",
     "TargetError",
@@ -67,6 +68,13 @@ REFUSAL_STATUSES = frozenset({400, 408, 411, 413, 414, 431, 501, 505})
 """Statuses a server sends on its own to refuse a request at the protocol level. For a target
 that does not run the echo app, every other final response counts as a request that reached the
 application."""
+VALID_REFUSED_STATUSES = frozenset({400, 411, 413, 414, 431, 505})
+"""For a target that does not run the echo app, the answers to a valid request that are a
+``valid-refused`` finding: protocol-level refusals. Anything else may be the application's
+answer (404, 405, and 501 for a method it does not implement, ``OPTIONS *`` included)."""
+_BODY_FAULT_FAMILIES = frozenset({"chunk-size"})
+"""Framing families whose fault is in the body: the head is valid, so a server may hand the
+request to an application that answers without reading the body before it reaches the fault."""
 _ALLOWED_5XX = frozenset({501, 505})
 _STANDARD_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT",
                                b"OPTIONS", b"TRACE", b"PATCH"})
@@ -80,9 +88,9 @@ class TargetError(Exception):
 class Finding(InvariantViolation):
     """A property of a live target does not hold. ``kind`` names the property (``hang``,
     ``bad-response``, ``server-error``, ``smuggling``, ``accepted-invalid``,
-    ``valid-refused``, ``echo-mismatch``; for ``diff``: ``connection``, ``echo-count``,
-    ``echo-differs``, ``status-class``); the message's first line is stable across inputs of
-    the same fault, details follow on the next lines."""
+    ``valid-refused``, ``echo-mismatch``; for ``diff``: ``connection``, ``server-error``,
+    ``echo-count``, ``echo-differs``, ``status-class``); the message's first line is stable
+    across inputs of the same fault, details follow on the next lines."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -107,6 +115,9 @@ class Target:
     port: int
     family: int
     sockaddr: tuple[Any, ...]
+    echo: str | None = None
+    """The echo app's interface (``asgi``/``wsgi``) when :func:`probe_echo` found it on the
+    target, else ``None`` (not probed, or not the echo app)."""
 
 
 def _is_loopback(address: str) -> bool:
@@ -128,9 +139,11 @@ def parse_target(spec: str, *, allow_remote: bool = False) -> Target:
         raise TargetError(f"{url!r}: only http:// URLs can be fuzzed (cleartext HTTP/1.1, or "
                           "HTTP/2 with prior knowledge)")
     try:
-        port = parts.port or 80
+        port = 80 if parts.port is None else parts.port
     except ValueError as exc:
         raise TargetError(f"{url!r}: {exc}") from None
+    if port == 0:
+        raise TargetError(f"{url!r}: port 0 is not a port a server listens on")
     host = parts.hostname
     if not host:
         raise TargetError(f"{url!r}: no host")
@@ -168,15 +181,17 @@ class Exchange:
 
 
 def exchange(target: Target, data: bytes, *, timeout: float = DEFAULT_TIMEOUT,
-             half_close: bool = True, done: Callable[[bytes], bool] | None = None,
+             half_close: bool = True, done: Callable[[bytearray], bool] | None = None,
              linger: float = DEFAULT_LINGER) -> Exchange:
     """Connect, send ``data``, half-close, read until the server closes or ``timeout``.
 
     With ``done``: once ``done(received so far)`` is true (every response the input calls for
-    has arrived), wait at most ``linger`` seconds for more bytes, then end the exchange
-    (``end`` is ``idle``), so a server that keeps a half-closed connection open until its
-    keep-alive timeout does not slow the campaign down; an extra response (the smuggling
-    signal) arrives well within that on loopback.
+    has arrived), read for at most ``linger`` seconds more, then end the exchange (``end`` is
+    ``idle``), so a server that keeps a half-closed connection open until its keep-alive
+    timeout does not slow the campaign down; an extra response (the smuggling signal) arrives
+    well within that on loopback. ``done`` is called after each received piece until it is
+    true, never after (a server that keeps sending is cut off ``linger`` seconds after the
+    answers arrived); make it cheap (:class:`ResponseCounter`).
 
     Raises :class:`Unreachable` when the connection cannot be made (within 5 s)."""
     sock = socket.socket(target.family, socket.SOCK_STREAM)
@@ -197,8 +212,7 @@ def exchange(target: Target, data: bytes, *, timeout: float = DEFAULT_TIMEOUT,
         start = time.monotonic()
         deadline = start + timeout
         idle_deadline = math.inf
-        chunks: list[bytes] = []
-        size = 0
+        received = bytearray()
         end = "closed"
         while True:
             now = time.monotonic()
@@ -216,14 +230,14 @@ def exchange(target: Target, data: bytes, *, timeout: float = DEFAULT_TIMEOUT,
                 break
             if not chunk:
                 break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
+            received += chunk
+            if len(received) > MAX_RESPONSE_BYTES:
                 end = "overflow"
                 break
-            if done is not None and linger > 0 and done(b"".join(chunks)):
+            if done is not None and linger > 0 and idle_deadline == math.inf \
+                    and done(received):
                 idle_deadline = time.monotonic() + linger
-        return Exchange(b"".join(chunks), end, time.monotonic() - start, send_error)
+        return Exchange(bytes(received), end, time.monotonic() - start, send_error)
     finally:
         sock.close()
 
@@ -290,15 +304,6 @@ class ResponseStream:
     error_index: int = -1
 
 
-_REPR_RE = re.compile(r"(bytearray\()?b(['\"]).*?\2\)?")
-
-
-def _stable(message: str) -> str:
-    """An error message with the quoted bytes in it replaced by ``…`` (so messages of one
-    fault read alike)."""
-    return _REPR_RE.sub("…", message)
-
-
 def _parse_once(data: bytes, methods: Sequence[bytes]) -> ResponseStream:
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_BYTES)
     conn.receive_data(data)
@@ -320,7 +325,12 @@ def _parse_once(data: bytes, methods: Sequence[bytes]) -> ResponseStream:
                 text = str(exc)
                 if i == 0 and not data:
                     return out
-                out.error = _stable(text)
+                if i == 0 and not out.informational and not b"HTTP/".startswith(data[:5]):
+                    # garbage: one message, whatever h11 makes of the bytes
+                    out.error = "the answer does not begin with a status line (HTTP/...)"
+                    out.error_index = 0
+                    return out
+                out.error = elide_bytes(text)
                 out.truncated = "closed" in text
                 out.error_index = i
                 return out
@@ -396,6 +406,70 @@ def read_responses(data: bytes, methods: Sequence[bytes], *,
     return best
 
 
+class ResponseCounter:
+    """``done`` for :func:`exchange`: whether ``wanted`` final responses to requests with
+    ``methods`` have arrived. Reads each new piece of the bytes once (h11, client side), where
+    re-reading everything on each piece would take quadratic time on a server that sends many
+    small pieces. Once h11 cannot go on (bytes that are not a response as expected: a body to
+    a HEAD refusal, a connection meant to close), it falls back to :func:`read_responses` on
+    the whole, only when the bytes have grown by a quarter since its last try."""
+
+    def __init__(self, methods: Sequence[bytes], wanted: int, *,
+                 methods_certain: bool = True) -> None:
+        self.methods = list(methods)
+        self.wanted = wanted
+        self.certain = methods_certain
+        self.count = 0
+        self._conn: h11.Connection | None = h11.Connection(
+            h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_BYTES)
+        self._fed = 0
+        self._tried = 0
+        self._ask()
+
+    def _ask(self) -> None:
+        assert self._conn is not None
+        method = self.methods[self.count] if self.count < len(self.methods) else b"GET"
+        self._conn.send(h11.Request(method=method, target="/", headers=[("Host", "fuzz")]))
+        self._conn.send(h11.EndOfMessage())
+
+    def _read(self, received: bytearray) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.receive_data(bytes(received[self._fed:]))
+        self._fed = len(received)
+        while self.count < self.wanted:
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError:
+                self._conn = None
+                return
+            if ev is h11.NEED_DATA:
+                return
+            if isinstance(ev, h11.EndOfMessage):
+                self.count += 1
+                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+                    self._ask()
+                else:
+                    self._conn = None  # closing, or a tunnel: the whole read decides
+                    return
+            elif ev is h11.PAUSED or isinstance(ev, h11.ConnectionClosed):
+                self._conn = None
+                return
+
+    def __call__(self, received: bytearray) -> bool:
+        if self._conn is not None:
+            self._read(received)
+        if self.count >= self.wanted:
+            return True
+        if self._conn is None and len(received) * 4 >= self._tried * 5 + 1:
+            self._tried = len(received)
+            stream = read_responses(bytes(received), self.methods,
+                                    methods_certain=self.certain)
+            self.count = max(self.count, len(stream.responses))
+        return self.count >= self.wanted
+
+
 # --------------------------------------------------------------------------- observations
 
 
@@ -415,11 +489,21 @@ class Observation:
         return [r.status for r in self.stream.responses]
 
     @property
+    def echo_app(self) -> bool:
+        """Whether the target runs the echo app (the probe said so, or it echoed here)."""
+        return self.target.echo is not None or any(e is not None for e in self.echoes)
+
+    @property
+    def echo_count(self) -> int:
+        """The echo app's answers."""
+        return sum(e is not None for e in self.echoes)
+
+    @property
     def app_requests(self) -> int:
         """Requests that reached the application: echo responses when the target runs the
         echo app, else final responses other than :data:`REFUSAL_STATUSES`."""
-        if any(e is not None for e in self.echoes):
-            return sum(e is not None for e in self.echoes)
+        if self.echo_app:
+            return self.echo_count
         return sum(r.status not in REFUSAL_STATUSES for r in self.stream.responses)
 
     def summary(self) -> str:
@@ -439,12 +523,7 @@ def observe(target: Target, case: Http1Case, *, timeout: float,
     responses the case calls for (``max(1, case.requests)``) have arrived, if the server has
     not closed by then. Raises :class:`Unreachable`."""
     certain = case.family not in ("mutated", "bytes")
-    wanted = max(1, case.requests or 0)
-
-    def done(received: bytes) -> bool:
-        return len(read_responses(received, case.methods, methods_certain=certain)
-                   .responses) >= wanted
-
+    done = ResponseCounter(case.methods, max(1, case.requests or 0), methods_certain=certain)
     ex = exchange(target, case.raw, timeout=timeout, done=done, linger=linger)
     stream = read_responses(ex.received, case.methods, methods_certain=certain)
     echoes: list[dict[str, Any] | None] = []
@@ -515,16 +594,31 @@ def check_http1_target(target: Target, case: Http1Case, *, timeout: float = DEFA
       the echo app's answers are intact;
     - ``server-error``: no 5xx other than 501 and 505;
     - ``smuggling``: never more requests reach the application than the bytes were built from;
-    - ``accepted-invalid``: nothing of bytes RFC 9112 requires refusing reaches the application;
+    - ``accepted-invalid``: nothing of bytes RFC 9112 requires refusing reaches the application
+      (for a fault in a chunked body and a target without the echo app, which may answer from
+      the head alone: at most the carrying request);
     - ``valid-refused`` / ``echo-mismatch``: a valid request is answered by the application
-      (a non-standard method may get 501) and, when the target runs the echo app, the app saw
-      exactly the method, target, version, headers (names case-insensitive, order kept) and
-      body that were sent.
+      and, when the target runs the echo app, the app saw exactly the method, target, version,
+      headers (names case-insensitive, order kept) and body that were sent. With the echo app
+      any 4xx/5xx answer is a refusal, except 501 to a non-standard method; without it only
+      :data:`VALID_REFUSED_STATUSES` are. A request starting with an empty line that is refused
+      or not answered is an outcome, not a finding (RFC 9112 §2.2 only says SHOULD ignore).
 
     Returns a short outcome label for statistics. Raises :class:`Finding` (or
     :class:`Unreachable` when the target cannot be reached)."""
     obs = observe(target, case, timeout=timeout, linger=linger)
     return judge_http1(obs, case, timeout=timeout)
+
+
+LEADING_EMPTY_LINE = "leading empty line not ignored"
+"""The outcome label of a valid request refused or unanswered because of the empty line before
+its request line (RFC 9112 §2.2: a server SHOULD ignore at least one)."""
+
+
+def _refused(obs: Observation, want: GeneratedRequest, status: int) -> bool:
+    if not obs.echo_app:
+        return status in VALID_REFUSED_STATUSES
+    return status >= 400 and not (status == 501 and want.method not in _STANDARD_METHODS)
 
 
 def judge_http1(obs: Observation, case: Http1Case, *, timeout: float) -> str:
@@ -533,11 +627,16 @@ def judge_http1(obs: Observation, case: Http1Case, *, timeout: float) -> str:
     detail = obs.summary()
     family = case.family
     if ex.end == "timeout":
-        raise Finding("hang", f"no answer and no close within {timeout:g}s of the half-close "
-                              f"({family})\n{detail}")
+        if not ex.received:
+            raise Finding("hang", f"no answer and no close within {timeout:g}s of the "
+                                  f"half-close ({family})\n{detail}")
+        raise Finding("hang", f"answered in part, then no close within {timeout:g}s of the "
+                              f"half-close ({family})\n{detail}\nreceived {len(ex.received)} "
+                              f"bytes: {ex.received[:300]!r}")
     if ex.end == "overflow":
         raise Finding("bad-response", f"more than {MAX_RESPONSE_BYTES} bytes in answer\n{detail}")
-    if stream.error is not None and not (stream.truncated and ex.end == "reset"):
+    # a response cut short by a reset, or by the fuzzer itself (idle), is not the server's fault
+    if stream.error is not None and not (stream.truncated and ex.end in ("reset", "idle")):
         first = ("connection closed in the middle of a response" if stream.truncated
                  else f"response bytes are not HTTP/1.1: {stream.error}")
         raise Finding("bad-response", f"{first}\n{detail}\nreceived {ex.received[:2000]!r}")
@@ -548,28 +647,33 @@ def judge_http1(obs: Observation, case: Http1Case, *, timeout: float) -> str:
         if r.status >= 500 and r.status not in _ALLOWED_5XX:
             raise Finding("server-error", f"answered {r.status} ({family})\n{detail}")
     app = obs.app_requests
-    if case.must_reject and app > 0:
+    must_reject, most = case.must_reject, case.requests
+    if must_reject and family in _BODY_FAULT_FAMILIES and not obs.echo_app:
+        must_reject, most = False, 1
+    if must_reject and app > 0:
         raise Finding("accepted-invalid",
                       f"bytes RFC 9112 requires refusing reached the application ({family})\n"
                       f"case {case.label}\n{detail}")
-    if case.requests is not None and app > case.requests:
+    if most is not None and app > most:
         raise Finding("smuggling",
                       f"more requests reached the application than the bytes were built from "
-                      f"({family})\n{app} > {case.requests}, case {case.label}\n{detail}")
+                      f"({family})\n{app} > {most}, case {case.label}\n{detail}")
     for i, want in enumerate(case.expected):
         if i >= len(stream.responses):
             if i == 0:
+                if want.raw.startswith(b"\r\n"):
+                    return LEADING_EMPTY_LINE
                 raise Finding("valid-refused", f"a valid request got no answer\n{detail}")
             break  # a server may close between pipelined requests (RFC 9112 §9.6)
         r = stream.responses[i]
         echo = obs.echoes[i]
         if echo is None:
-            if r.status == 501 and want.method not in _STANDARD_METHODS:
-                continue
-            if r.status >= 400:
+            if _refused(obs, want, r.status):
+                if want.raw.startswith(b"\r\n"):
+                    return LEADING_EMPTY_LINE
                 raise Finding("valid-refused", f"a valid request was answered {r.status}\n"
                                                f"request {want.raw!r}\n{detail}")
-            continue  # not the echo app: nothing more to compare
+            continue  # not the echo app's answer: nothing more to compare
         diffs = _echo_differences(want, echo)
         if diffs:
             fields = ", ".join(sorted({d.split(":", 1)[0] for d in diffs}))
@@ -599,8 +703,10 @@ def check_diff(targets: Sequence[Target], case: Http1Case, *, timeout: float = D
 
     - ``bad-response``: a target's answer does not parse as HTTP/1.1 (nothing to compare);
     - ``connection``: some targets closed, others still had not after ``timeout``;
-    - ``echo-count``: a different number of requests reached the application (the
-      request-smuggling signal);
+    - ``server-error``: a target answered a 5xx other than 501 and 505 (the echo app never
+      does: the server did);
+    - ``echo-count``: a different number of requests reached the application, counted as the
+      echo app's answers (the request-smuggling signal);
     - ``echo-differs``: the application saw different requests (after normalisation: header
       names lower-cased; headers are left out when a target runs the WSGI echo);
     - ``status-class``: responses at the same position differ in class (2xx/4xx/5xx).
@@ -616,7 +722,8 @@ def check_diff(targets: Sequence[Target], case: Http1Case, *, timeout: float = D
     if rfc:
         details += "\n" + rfc
     for o in observations:
-        if o.stream.error is not None and not (o.stream.truncated and o.exchange.end == "reset"):
+        if o.stream.error is not None and \
+                not (o.stream.truncated and o.exchange.end in ("reset", "idle")):
             raise Finding("bad-response", f"{o.target.name}: response bytes are not HTTP/1.1: "
                                           f"{o.stream.error}\n{details}")
     ends = {o.target.name: "timeout" if o.exchange.end == "timeout" else "closed"
@@ -624,7 +731,15 @@ def check_diff(targets: Sequence[Target], case: Http1Case, *, timeout: float = D
     if len(set(ends.values())) > 1:
         hung = ", ".join(n for n, e in ends.items() if e == "timeout")
         raise Finding("connection", f"no close within {timeout:g}s from {hung} only\n{details}")
-    counts = {o.target.name: o.app_requests for o in observations}
+    errors: dict[str, int] = {}
+    for o in observations:
+        bad = [s for s in o.statuses if s >= 500 and s not in _ALLOWED_5XX]
+        if bad:
+            errors[o.target.name] = bad[0]
+    if errors:
+        listing = ", ".join(f"{n} {s}" for n, s in errors.items())
+        raise Finding("server-error", f"answered 5xx ({case.family}): {listing}\n{details}")
+    counts = {o.target.name: o.echo_count for o in observations}
     ref_name = observations[0].target.name
     if len(set(counts.values())) > 1:
         # the first line names who differs from the first target, and which way, not the
@@ -660,16 +775,16 @@ def check_diff(targets: Sequence[Target], case: Http1Case, *, timeout: float = D
                                           f"{ref_name} {at[ref_name]}xx; {odd}\n"
                                           f"response {i + 1}\n{details}")
     first = observations[0]
-    return f"agree: {first.app_requests} to app"
+    return f"agree: {first.echo_count} to app"
 
 
 def _rfc_notes(case: Http1Case, observations: Sequence[Observation]) -> str:
     notes = []
     for o in observations:
-        if case.must_reject and o.app_requests:
+        if case.must_reject and o.echo_count:
             notes.append(f"{o.target.name} let through bytes RFC 9112 requires refusing")
-        if case.requests is not None and o.app_requests > case.requests:
-            notes.append(f"{o.target.name} passed {o.app_requests} requests to the app; the "
+        if case.requests is not None and o.echo_count > case.requests:
+            notes.append(f"{o.target.name} passed {o.echo_count} requests to the app; the "
                          f"bytes hold at most {case.requests}")
     if notes:
         notes.insert(0, f"case {case.label}")
@@ -701,7 +816,7 @@ def probe_echo(target: Target, *, timeout: float = 10.0) -> str | None:
     HTTP/1.1 at all."""
     ex = exchange(target, b"GET /trioserve-fuzz-probe HTTP/1.1\r\nHost: fuzz\r\n\r\n",
                   timeout=timeout,
-                  done=lambda got: bool(read_responses(got, [b"GET"]).responses))
+                  done=ResponseCounter([b"GET"], 1))
     stream = read_responses(ex.received, [b"GET"])
     if not stream.responses:
         raise TargetError(f"{target.url} gave no HTTP/1.1 response to a plain GET "

@@ -12,8 +12,14 @@ the checkout.
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import json
+import os
+import random
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -27,7 +33,17 @@ pytest.importorskip("hypothesis")
 
 from conftest import parse_responses, raw_exchange, run_server
 from trioserve.fuzz import echo
-from trioserve.fuzz.http1 import available_parsers
+from trioserve.fuzz.campaign import stable_line
+from trioserve.fuzz.cli import main as fuzz_main
+from trioserve.fuzz.http1 import SMUGGLED_REQUEST, GeneratedRequest, Http1Case, available_parsers
+from trioserve.fuzz.target import (
+    LEADING_EMPTY_LINE,
+    Finding,
+    check_diff,
+    check_http1_target,
+    parse_target,
+    read_responses,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -333,3 +349,267 @@ async def test_echo_app_describes_the_request_exactly() -> None:
     assert head_body == b""
     described = json.loads(base64.b64decode(dict(head_resp.headers)[b"x-trioserve-echo-request"]))
     assert described["method"] == "HEAD" and described["target"] == "/h"
+
+
+# ------------------------------------------------- regressions (review of the fuzz tool)
+
+
+def _case(raw: bytes, requests: int | None = 1, methods: tuple[bytes, ...] = (b"GET",), *,
+          valid: bool = False, must_reject: bool = False, label: str = "valid") -> Http1Case:
+    """An :class:`Http1Case` for hand-written bytes; ``valid``: one valid GET the
+    application must answer (its ``expected``)."""
+    expected = ()
+    if valid:
+        head, _, _ = raw.partition(b"\r\n\r\n")
+        line = head.lstrip(b"\r\n").split(b"\r\n")
+        method, target, version = line[0].split(b" ")
+        headers = tuple((n.strip().lower(), v.strip())
+                        for n, _, v in (h.partition(b":") for h in line[1:]))
+        expected = (GeneratedRequest(raw=raw, method=method, target=target,
+                                     http_version=version.removeprefix(b"HTTP/"),
+                                     headers=headers, body=b""),)
+    return Http1Case(raw=raw, requests=requests, methods=methods, expected=expected,
+                     must_reject=must_reject, label=label)
+
+
+async def _judge(url: str, case: Http1Case, *, seconds: float = 5.0) -> str | Finding:
+    """``check_http1_target`` (``seconds``: its timeout) run in a thread (its sockets block):
+    the outcome, or the :class:`Finding` it raised."""
+    target = parse_target(url)
+
+    def run() -> str | Finding:
+        try:
+            return check_http1_target(target, case, timeout=seconds)
+        except Finding as exc:
+            return exc
+
+    with trio.fail_after(seconds + 10):
+        return await trio.to_thread.run_sync(run)
+
+
+async def _read_head(stream: trio.SocketStream) -> bytes:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+async def _garbage(stream: trio.SocketStream) -> None:
+    """Answers every request with 3000 random bytes, then closes."""
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await _read_head(stream)
+            await stream.send_all(os.urandom(3000))
+
+
+async def _flood(stream: trio.SocketStream) -> None:
+    """Answers one request with a stream of tiny 200 responses, in small writes, until the
+    client goes away (at most 20000 writes)."""
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await _read_head(stream)
+            for _ in range(20000):
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n" * 2)
+                await trio.sleep(0.001)
+
+
+async def _always_500(stream: trio.SocketStream) -> None:
+    """Answers 500 without echoing anything, then closes."""
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await _read_head(stream)
+            await stream.send_all(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n"
+                                  b"connection: close\r\n\r\n")
+
+
+async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers 200 without reading the request body (a common, correct application)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"hi"})
+
+
+def test_stable_line_is_linear_and_garbage_is_one_finding_key() -> None:
+    """A message quoting many escaped bytes is elided at once (the old pattern matched each
+    backslash two ways: seconds at 22 escapes), a cut repr is elided too, and random garbage
+    answers all read as one fault (one finding key), whatever bytes they hold."""
+    start = time.monotonic()
+    line = stable_line("illegal status line: b'" + r"\x00" * 22)  # no closing quote
+    assert time.monotonic() - start < 0.5 and line == "illegal status line: …"
+    assert stable_line("x b'" + "\\'" * 300) == "x …"
+    rnd = random.Random(1)
+    keys = {stable_line(f"response bytes are not HTTP/1.1: "
+                        f"{read_responses(rnd.randbytes(3000), [b'GET']).error}")
+            for _ in range(40)}
+    assert len(keys) == 1, keys
+
+
+async def test_a_garbage_answering_server_is_one_finding(nursery: trio.Nursery) -> None:
+    """A toy server answering random bytes: every input gives the same ``bad-response`` key."""
+    url = await _toy(nursery, _garbage)
+    keys = set()
+    for i in range(6):
+        got = await _judge(url, _case(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i))
+        assert isinstance(got, Finding) and got.kind == "bad-response", got
+        keys.add(stable_line(str(got).partition("\n")[0]))
+    assert len(keys) == 1, keys
+
+
+async def test_a_flood_of_responses_is_not_a_hang(nursery: trio.Nursery) -> None:
+    """A server answering one request with an endless stream of responses is reported at once
+    for passing more requests than were sent (``smuggling``), not as a ``hang`` after the
+    timeout: the exchange stops ``linger`` after the answers it waited for, and counting them
+    is not re-done on every piece."""
+    url = await _toy(nursery, _flood)
+    start = trio.current_time()
+    got = await _judge(url, _case(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), seconds=4)
+    assert isinstance(got, Finding) and got.kind == "smuggling", got
+    assert trio.current_time() - start < 3
+
+
+async def test_diff_reports_a_5xx_as_server_error(nursery: trio.Nursery) -> None:
+    """``check_diff`` between trioserve with the echo app and a server answering 500 reports
+    a ``server-error`` naming the second (it used to crash comparing echoes)."""
+    url = await _toy(nursery, _always_500)
+    async with run_server(echo.app) as srv:
+        targets = [parse_target(f"ref=http://127.0.0.1:{srv.port}"),
+                   parse_target(f"bad={url}")]
+        case = _case(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+        def run() -> Finding | str:
+            try:
+                return check_diff(targets, case, timeout=5)
+            except Finding as exc:
+                return exc
+
+        with trio.fail_after(20):
+            got = await trio.to_thread.run_sync(run)
+    assert isinstance(got, Finding) and got.kind == "server-error", got
+    assert "bad 500" in str(got).partition("\n")[0]
+
+
+async def test_bad_chunk_size_may_reach_an_app_that_ignores_the_body(
+        nursery: trio.Nursery) -> None:
+    """A chunked request with a bad chunk size: trioserve serving an app that answers without
+    reading the body answers 200 from the valid head (no ``accepted-invalid``), while a server
+    that lets the smuggled request through is still caught."""
+    raw = (b"POST /framing HTTP/1.1\r\nHost: fuzz.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"0x5\r\nhello\r\n0\r\n\r\n" + SMUGGLED_REQUEST)
+    case = _case(raw, 0, (b"POST",), must_reject=True, label="chunk-size: b'0x5/hello'")
+    async with run_server(_hello) as srv:
+        got = await _judge(f"http://127.0.0.1:{srv.port}", case)
+    assert got == "1 to app, then 2xx", got
+    naive = await _toy(nursery, lambda s: _naive_http(s, _ok))
+    got = await _judge(naive, case)
+    assert isinstance(got, Finding) and got.kind == "smuggling", got
+
+
+async def test_ordinary_answers_are_not_valid_refused(tmp_path: Path,
+                                                      nursery: trio.Nursery) -> None:
+    """Python's http.server (no echo app): a 404 for a missing path, 501 to ``OPTIONS *`` and
+    no answer to a request after an empty line are not ``valid-refused`` (an application's
+    answers, and a SHOULD of RFC 9112 §2.2); a server answering 400 to a valid request is."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        for raw, want in [(b"GET /missing HTTP/1.1\r\nHost: a\r\n\r\n", "1 to app, then 4xx"),
+                          (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "0 to app, then 5xx"),
+                          (b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", LEADING_EMPTY_LINE)]:
+            got = await _judge(url, _case(raw, valid=True))
+            assert got == want, (raw, got)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+    refuser = await _toy(nursery, lambda s: _naive_http(s, _bad_request))
+    got = await _judge(refuser, _case(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", valid=True))
+    assert isinstance(got, Finding) and got.kind == "valid-refused", got
+
+
+def _bad_request(head: bytes) -> bytes:
+    return b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_same_seed_same_inputs_and_nothing_in_the_working_directory(tmp_path: Path) -> None:
+    """Two runs with the same --seed (no database) try the same inputs (same outcomes), and
+    hypothesis writes nothing into the working directory (its constants cache used to land
+    in ./.hypothesis even with --database none)."""
+    outcomes = []
+    for i in range(2):
+        report = tmp_path / f"{i}.json"
+        res = run_to_exit(module_command(
+            "fuzz", "parser", "--campaign", "http1-mutated", "--max-examples", "60",
+            "--duration", "30", "--seed", "7", "--database", "none", "--report", str(report),
+            "--quiet"), timeout=60, cwd=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        stats = _report(report)["campaigns"]["http1-mutated"]
+        outcomes.append((stats["examples"], stats["outcomes"]))
+    assert outcomes[0] == outcomes[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.json", "1.json"]
+
+
+def test_an_unsupported_hypothesis_is_refused(tmp_path: Path) -> None:
+    """When hypothesis stops reading the attribute the runner sets the seed with, the run
+    stops with exit 2 and says so, instead of silently ignoring --seed."""
+    code = ("import sys; import trioserve.fuzz.campaign as c; c._SEED_ATTR = '_gone'; "
+            "from trioserve.cli import main; "
+            "raise SystemExit(main(['fuzz', 'parser', '--campaign', 'http1-bytes', "
+            "'--max-examples', '1', '--database', 'none', '--report', sys.argv[1]]))")
+    res = run_to_exit([sys.executable, "-c", code, str(tmp_path / "r.json")], timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "is not supported" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["target", "http://127.0.0.1:0"], "port 0"),
+    (["target", "http://127.0.0.1:1", "--campaign", "nope"], "unknown campaign 'nope'"),
+])
+def test_target_errors_before_any_connection(args: list[str], message: str,
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Port 0 is refused (it used to become port 80), and an unknown campaign is reported
+    before the target is probed: exit 2, one line."""
+    assert fuzz_main([*args, "--report", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert parse_target("http://127.0.0.1/").port == 80
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"command": "target", "findings": [1]}, "finding 0 is not a JSON object"),
+    ({"command": "parser", "findings": [{"campaign": "http1-bytes", "message": "m"}]},
+     "finding 0 has no 'kind'"),
+    ({"command": "target", "timeout": "5", "findings": []}, "'timeout'"),
+    ([], "not a JSON object"),
+])
+def test_replay_refuses_a_malformed_report(doc: Any, message: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``replay`` of a report with malformed findings exits 2 with one line, no traceback."""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    assert fuzz_main(["replay", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_usage_error_is_one_line_and_replay_help_names_the_report_timeout(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An option error is one line on stderr (as docs/fuzzing.md says), and ``replay --help``
+    says the report's timeout comes before the default."""
+    with pytest.raises(SystemExit) as exc:
+        fuzz_main(["parser", "--duration", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected a positive number of seconds" in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit):
+        fuzz_main(["replay", "--help"])
+    assert "default the report's, else 35" in " ".join(capsys.readouterr().out.split())

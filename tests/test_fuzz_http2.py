@@ -24,6 +24,7 @@ from hypothesis import strategies as st  # noqa: E402
 from trioserve.fuzz.http1 import InvariantViolation, feed_splits  # noqa: E402
 from trioserve.fuzz.http2 import (  # noqa: E402
     GeneratedConnection,
+    _fail,
     check_h2_parse,
     check_h2_server_output,
     check_h2_valid,
@@ -293,6 +294,17 @@ def test_server_output_checker_catches(received: bytes, fault: str) -> None:
         received += raw_frame(6, 1, 0, b"12345678")
     with pytest.raises(InvariantViolation, match=fault):
         check_h2_server_output(sent, received)
+
+
+@pytest.mark.parametrize("quoted", [b"a", bytearray(b"b'c\\"), b"\x00" * 150, b'"' + b"x" * 300])
+def test_failure_first_line_elides_any_bytes(quoted: bytes) -> None:
+    """The first line of an HTTP/2 failure (what a campaign keys findings by) is the same
+    whatever bytes the message quotes: bytes or bytearray, escaped quotes, a repr so long that
+    the 200-character cut leaves it open (the shared ``elide_bytes``)."""
+    with pytest.raises(InvariantViolation) as exc:
+        _fail(f"frame N: {quoted!r} refused")
+    first = str(exc.value).partition("\n")[0]
+    assert first.startswith("frame N: b'…'") and len(first) <= 200, first
 
 
 def test_server_output_checker_http1_answer_to_a_bad_preface() -> None:
