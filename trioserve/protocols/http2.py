@@ -19,7 +19,11 @@ wraps it with what a server needs and h2 leaves to its caller:
 - ``SETTINGS_MAX_CONCURRENT_STREAMS``: a stream over it gets ``REFUSED_STREAM`` (h2 ends the
   connection only at twice the limit); settings that shrink what the client may send (a stream
   window below 65535, an HPACK table below 4096) apply once acknowledged (RFC 9113 §6.5.3);
-- an oversize frame is refused as soon as its header arrives (h2 would buffer it first);
+- an oversize frame is refused as soon as its header arrives (h2 would buffer it first), and an
+  unfinished header block once it holds four times the header list limit (ENHANCE_YOUR_CALM);
+- floods: the frames that carry no request are counted (:attr:`HTTP2Protocol.control_frames`)
+  for the caller to hold to a rate, with the DATA it sends paying for the client's
+  WINDOW_UPDATEs; SETTINGS identifiers h2 does not know are ignored, not stored;
 - the response side: response fields validated like HTTP/1.1's, names lower-cased, the
   connection-specific ones (``connection``, ``transfer-encoding`` …) dropped, ``date`` and
   ``server`` added; bodies longer than their ``content-length`` refused; DATA frames cut to the
