@@ -222,13 +222,24 @@ class _Server:
         if failure is not None:
             raise failure
 
-    def busy(self) -> bool:
-        """Whether ``max_concurrent_requests`` app calls are in progress: the request at hand
-        must be refused (:meth:`refuse_busy`) rather than given to the app."""
+    async def call_app(self, ctx: RequestContext, head: RequestHead) -> None:
+        """Run the app for a request (through :meth:`run_upgrade` for one that asks to switch
+        protocols), counted against ``max_concurrent_requests``: over it, the request gets
+        503 instead (:meth:`_refuse_busy`). The app's exceptions propagate."""
         limit = self.request_limit
-        return limit is not None and self.requests >= limit
+        if limit is not None and self.requests >= limit:
+            await self._refuse_busy(ctx)
+            return
+        self.requests += 1
+        try:
+            if head.upgrade is None:
+                await self.app(ctx)
+            else:
+                await self.run_upgrade(ctx, head)
+        finally:
+            self.requests -= 1
 
-    async def refuse_busy(self, ctx: RequestContext) -> None:
+    async def _refuse_busy(self, ctx: RequestContext) -> None:
         """Answer 503 with ``Retry-After`` (and end an HTTP/1.1 connection) for a request
         over ``max_concurrent_requests``; logged at WARNING at most once a second."""
         now = trio.current_time()
@@ -1006,17 +1017,7 @@ class _H1Connection:
                 if settings is not None:
                     await self._h2c_upgrade(ex, settings)
                     return
-            if server.request_limit is not None and server.busy():
-                await server.refuse_busy(ex.context)
-            else:
-                server.requests += 1
-                try:
-                    if head.upgrade is None:
-                        await server.app(ex.context)
-                    else:
-                        await server.run_upgrade(ex.context, head)
-                finally:
-                    server.requests -= 1
+            await server.call_app(ex.context, head)
         except (ClientDisconnected, RequestBodyTooLarge):
             if not response.is_complete:
                 ex.mark_aborted()
@@ -1516,18 +1517,9 @@ class _H2Connection:
         response = stream.response
         try:
             try:
-                if server.request_limit is not None and server.busy():
-                    await server.refuse_busy(stream.context)
-                else:
-                    server.requests += 1
-                    try:
-                        if stream.head.upgrade is None:
-                            await server.app(stream.context)
-                        else:
-                            stream.tunnel = True
-                            await server.run_upgrade(stream.context, stream.head)
-                    finally:
-                        server.requests -= 1
+                if stream.head.upgrade is not None:
+                    stream.tunnel = True
+                await server.call_app(stream.context, stream.head)
             except (ClientDisconnected, RequestBodyTooLarge):
                 if not response.is_complete:
                     stream.request.abort()
