@@ -24,10 +24,13 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
+
+# the argparse number types of the server's own CLI (one message style for both)
+from trioserve.cli import _number, _positive_int, _seconds
 
 if TYPE_CHECKING:
     from .target import Target
@@ -45,23 +48,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool],
-            wanted: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
-        return value
-
-    parse.__name__ = wanted
-    return parse
-
-
-_seconds = _number(float, lambda v: 0 < v < math.inf, "a positive number of seconds")
-_positive_int = _number(int, lambda v: v > 0, "a positive integer")
 _seed = _number(int, lambda v: 0 <= v < 2**63, "an integer >= 0")
 _index = _number(int, lambda v: v >= 0, "a finding index >= 0")
 _linger = _number(float, lambda v: 0 <= v < math.inf, "a number of seconds >= 0")
