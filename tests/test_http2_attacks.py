@@ -48,6 +48,7 @@ from test_http2_bad_input import (
     StreamState,
     assert_goaway,
     assert_serving,
+    continuation_flood,
     h2_client,
     raw_frame,
     serve,
@@ -451,25 +452,7 @@ async def test_continuation_flood_with_a_raised_frame_size() -> None:
     async with serve({"limits": {"http2": Http2Limits(max_frame_size=size)}}) as (port, _):
         with trio.fail_after(TIMEOUT):
             async with h2_client(port) as c:
-                sent = 0
-                tracemalloc.start()
-                try:
-                    async with trio.open_nursery() as nursery:
-                        async def flood() -> None:
-                            nonlocal sent
-                            await c.try_send(c.headers_frame(1, c.request_headers(),
-                                                             end_headers=False))
-                            piece = ContinuationFrame(1, b"\x00" * size).serialize()
-                            for _ in range(100):
-                                if c.goaway is not None or not await c.try_send(piece):
-                                    return
-                                sent += 1
-                        nursery.start_soon(flood)
-                        await c.read_until(lambda: c.goaway is not None)
-                        nursery.cancel_scope.cancel()
-                    peak = tracemalloc.get_traced_memory()[1]
-                finally:
-                    tracemalloc.stop()
+                sent, peak = await continuation_flood(c, size, 100)
                 assert c.goaway is not None
                 assert c.goaway.error_code == ENHANCE_YOUR_CALM, c.goaway
                 await c.read_until_closed()

@@ -740,6 +740,30 @@ async def test_header_block_that_never_ends(after_stream: bool) -> None:
         await assert_serving(port)
 
 
+async def continuation_flood(c: RawH2, fragment: int, count: int) -> tuple[int, int]:
+    """Send HEADERS without END_HEADERS, then up to ``count`` CONTINUATION frames of
+    ``fragment`` bytes until the server's GOAWAY arrives. Returns the CONTINUATION frames sent
+    and the peak of memory traced (tracemalloc) meanwhile."""
+    sent = 0
+    tracemalloc.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            async def flood() -> None:
+                nonlocal sent
+                await c.try_send(c.headers_frame(1, c.request_headers(), end_headers=False))
+                piece = ContinuationFrame(1, b"\x00" * fragment).serialize()
+                for _ in range(count):
+                    if c.goaway is not None or not await c.try_send(piece):
+                        return
+                    sent += 1
+            nursery.start_soon(flood)
+            await c.read_until(lambda: c.goaway is not None)
+            nursery.cancel_scope.cancel()
+        return sent, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize(("fragment", "code"), [(0, PROTOCOL_ERROR),
                                                (16384, ENHANCE_YOUR_CALM)],
                          ids=["empty", "16KiB"])
@@ -751,25 +775,7 @@ async def test_continuation_flood(fragment: int, code: int) -> None:
     async with serve() as (port, _):
         with trio.fail_after(TIMEOUT):
             async with h2_client(port) as c:
-                sent = 0
-                tracemalloc.start()
-                try:
-                    async with trio.open_nursery() as nursery:
-                        async def flood() -> None:
-                            nonlocal sent
-                            await c.try_send(c.headers_frame(1, c.request_headers(),
-                                                             end_headers=False))
-                            piece = ContinuationFrame(1, b"\x00" * fragment).serialize()
-                            for _ in range(1000):
-                                if c.goaway is not None or not await c.try_send(piece):
-                                    return
-                                sent += 1
-                        nursery.start_soon(flood)
-                        await c.read_until(lambda: c.goaway is not None)
-                        nursery.cancel_scope.cancel()
-                    peak = tracemalloc.get_traced_memory()[1]
-                finally:
-                    tracemalloc.stop()
+                sent, peak = await continuation_flood(c, fragment, 1000)
                 assert c.goaway is not None
                 assert_goaway(c.goaway, code, 0)
                 await c.read_until_closed()
