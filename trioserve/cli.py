@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import trio
@@ -28,6 +29,8 @@ from .config import (
     Http2Limits,
     Limits,
     MinDataRate,
+    ProcessConfig,
+    ProxyConfig,
     Timeouts,
     Tls,
     WebSocketConfig,
@@ -39,7 +42,8 @@ from .protocols.http1 import resolve_parser
 from .server import serve
 from .tls import server_context, write_dev_cert
 
-__all__ = ["AppLoadError", "build_config", "load_app", "main"]
+__all__ = ["AppLoadError", "AppSpec", "build_config", "build_process_config", "load_app",
+           "main", "parse_bind"]
 
 log = logging.getLogger("trioserve")
 
@@ -83,6 +87,73 @@ _seconds_or_off = _number(float, lambda v: 0 <= v < math.inf,
                           "a number of seconds >= 0 (0 disables)")
 _window_bits = _number(int, lambda v: 9 <= v <= 15, "an integer 9-15")
 _deflate_level = _number(int, lambda v: 1 <= v <= 9, "an integer 1-9")
+
+
+def parse_bind(text: str) -> Bind:
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` (127.0.0.1) or ``unix:PATH`` as a
+    :class:`Bind`. Raises :class:`ValueError` saying what was expected."""
+    if text.startswith("unix:"):
+        return Bind.unix(text[5:])
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not sep or not 0 <= port <= 65535 or (":" in host and not text.startswith("[")):
+        raise ValueError(f"expected HOST:PORT, [IPV6]:PORT or unix:PATH, got {text!r}")
+    try:
+        return Bind.tcp(host or "127.0.0.1", port)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _bind_type(text: str) -> Bind:
+    try:
+        return parse_bind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_bind_type.__name__ = "an address"
+
+
+def _ip_list(text: str) -> tuple[str, ...]:
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    try:
+        ProxyConfig(trusted=entries)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("ProxyConfig.trusted: ")) \
+            from None
+    return entries
+
+
+_ip_list.__name__ = "a list of addresses"
+
+
+@dataclass(frozen=True, slots=True)
+class AppSpec:
+    """What a process needs to load the application: the flags of that name."""
+
+    app: str
+    app_dir: str = "."
+    factory: bool = False
+    interface: str = "auto"
+    lifespan: str = "auto"
+    threads: int = 40
+    log_level: str = "info"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AppSpec:
+        return cls(app=args.app, app_dir=args.app_dir, factory=args.factory,
+                   interface=args.interface, lifespan=args.lifespan, threads=args.threads,
+                   log_level=args.log_level)
+
+    def load(self) -> Application:
+        """Import and wrap the application. Raises :class:`AppLoadError`."""
+        obj = load_app(self.app, app_dir=self.app_dir, factory=self.factory)
+        return wrap_app(obj, self.interface, self.lifespan, self.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +300,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-websockets", type=_positive_int, default=None, metavar="N",
                    help="maximum open WebSockets (Kestrel's MaxConcurrentUpgradedConnections; "
                         "default unbounded); beyond it 503")
+    g = p.add_argument_group("behind a reverse proxy or load balancer")
+    px = ProxyConfig()
+    g.add_argument("--proxy-headers", action="store_true", default=False,
+                   help="apply forwarding headers from trusted proxies to the client address, "
+                        "scheme, host and root path (default off)")
+    g.add_argument("--proxy-headers-format", choices=("x-forwarded", "forwarded"),
+                   default="x-forwarded",
+                   help="the header the proxy writes: X-Forwarded-For/-Proto/-Host/-Prefix "
+                        "(default) or RFC 7239 Forwarded")
+    g.add_argument("--forwarded-allow-ips", type=_ip_list, default=px.trusted,
+                   metavar="LIST",
+                   help="comma-separated IPs and CIDR networks of the trusted proxies, '*' for "
+                        f"any (default {','.join(px.trusted)}; Unix socket peers are always "
+                        "trusted)")
+    g.add_argument("--proxy-protocol", action="store_true", default=False,
+                   help="every connection starts with a PROXY protocol v1/v2 header "
+                        "(HAProxy, cloud load balancers) from a trusted peer (default off)")
+    g = p.add_argument_group("process management")
+    pc = ProcessConfig()
+    g.add_argument("--workers", type=_non_negative_int, default=pc.workers, metavar="N",
+                   help="run N worker processes under a supervisor that replaces any that "
+                        "dies (default 0: serve in this process, no supervisor)")
+    g.add_argument("--worker-timeout", type=_seconds, default=pc.worker_timeout,
+                   metavar="SECONDS",
+                   help=f"kill and replace a worker silent for this long (default "
+                        f"{pc.worker_timeout:g})")
+    g.add_argument("--max-requests", type=_non_negative_int, default=0, metavar="N",
+                   help="replace a worker after it has served N requests, 0 never (default 0)")
+    g.add_argument("--max-requests-jitter", type=_non_negative_int,
+                   default=pc.max_requests_jitter, metavar="N",
+                   help="add up to N (at random) to --max-requests per worker (default 0)")
+    g.add_argument("--reload", action="store_true", default=False,
+                   help="development: restart when a file changes (needs "
+                        "'pip install trioserve[reload]')")
+    g.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
+                   dest="reload_dirs",
+                   help="directory to watch with --reload (repeatable; default the current "
+                        "directory)")
+    g.add_argument("--admin-bind", type=_bind_type, default=None, metavar="ADDRESS",
+                   help="serve Prometheus /metrics, /livez and /readyz on this separate "
+                        "address (HOST:PORT or unix:PATH; default off)")
     g = p.add_argument_group("logging and headers")
     g.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                    help="log level (default info)")
@@ -350,6 +462,12 @@ def build_config(args: argparse.Namespace) -> Config:
         http_parser=args.http,
         tls=tls,
         http2=args.http2,
+        proxy=ProxyConfig(
+            headers=args.proxy_headers_format if args.proxy_headers else "off",
+            trusted=tuple(args.forwarded_allow_ips),
+            proxy_protocol=args.proxy_protocol,
+        ),
+        admin_bind=args.admin_bind,
         websocket=WebSocketConfig(
             max_message_size=args.ws_max_message_size or None,
             ping_interval=args.ws_ping_interval or None,
@@ -360,6 +478,23 @@ def build_config(args: argparse.Namespace) -> Config:
             deflate_max_window_bits=args.ws_deflate_window_bits,
             deflate_level=args.ws_deflate_level,
         ),
+    )
+
+
+def build_process_config(args: argparse.Namespace) -> ProcessConfig:
+    """The :class:`ProcessConfig` the parsed flags describe. Raises :class:`ConfigError`."""
+    if args.reload and args.workers > 1:
+        raise ConfigError("--reload runs one worker; it cannot be used with --workers "
+                          f"{args.workers}")
+    if args.reload_dirs and not args.reload:
+        raise ConfigError("--reload-dir needs --reload")
+    return ProcessConfig(
+        workers=args.workers,
+        worker_timeout=args.worker_timeout,
+        max_requests=args.max_requests or None,
+        max_requests_jitter=args.max_requests_jitter,
+        reload=args.reload,
+        reload_dirs=tuple(args.reload_dirs or ()),
     )
 
 
@@ -528,12 +663,17 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_cli_logging(args.log_level)
     try:
         config = build_config(args)
+        process = build_process_config(args)
     except ConfigError as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
         return 2
+    spec = AppSpec.from_args(args)
+    if process.workers or process.reload:
+        # imported here: a single-process server never loads the supervisor
+        supervisor = importlib.import_module("trioserve.supervisor")
+        return int(supervisor.supervise(spec, config, process))
     try:
-        obj = load_app(args.app, app_dir=args.app_dir, factory=args.factory)
-        app = wrap_app(obj, args.interface, args.lifespan, args.threads)
+        app = spec.load()
     except AppLoadError as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
         if args.log_level == "debug" and exc.__cause__ is not None:

@@ -10,6 +10,7 @@ Python servers' 5 s rather than Kestrel's 130 s).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -21,6 +22,8 @@ __all__ = [
     "Http2Limits",
     "Limits",
     "MinDataRate",
+    "ProcessConfig",
+    "ProxyConfig",
     "Timeouts",
     "Tls",
     "WebSocketConfig",
@@ -265,6 +268,92 @@ class Timeouts:
         _positive_float("Timeouts", "graceful", self.graceful)
 
 
+ProxyHeaders = Literal["off", "x-forwarded", "forwarded"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Running behind a reverse proxy or load balancer.
+
+    - ``headers``: which forwarding headers to apply to the request's features (client
+      address, scheme, host, root path): ``"off"`` (default: none), ``"x-forwarded"``
+      (``X-Forwarded-For/-Proto/-Host/-Prefix``, what nginx, HAProxy and most load balancers
+      write) or ``"forwarded"`` (RFC 7239 ``Forwarded``). Only the header the proxy itself
+      writes may be chosen: a client can send the other one through it unchanged.
+    - ``trusted``: the peers whose forwarding headers (and PROXY protocol headers) are
+      believed: IP addresses and CIDR networks, or ``"*"`` for every peer. Hops are read from
+      the right: the first address that is not trusted is the client. Unix socket peers are
+      always trusted (only local processes can connect). Default: ``("127.0.0.1",)``.
+    - ``proxy_protocol``: every connection starts with a PROXY protocol header (v1 or v2,
+      HAProxy's), which gives the original client address. A connection without one, or from
+      a peer not in ``trusted``, is closed.
+    """
+
+    headers: ProxyHeaders = "off"
+    trusted: tuple[str, ...] = ("127.0.0.1",)
+    proxy_protocol: bool = False
+
+    def __post_init__(self) -> None:
+        if self.headers not in ("off", "x-forwarded", "forwarded"):
+            raise ConfigError("ProxyConfig.headers must be 'off', 'x-forwarded' or "
+                              f"'forwarded', got {self.headers!r}")
+        if not isinstance(self.trusted, tuple):
+            raise ConfigError(f"ProxyConfig.trusted must be a tuple of addresses, got "
+                              f"{self.trusted!r}")
+        for entry in self.trusted:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except (TypeError, ValueError):
+                raise ConfigError("ProxyConfig.trusted: expected IP addresses, CIDR networks "
+                                  f"or '*', got {entry!r}") from None
+        if not isinstance(self.proxy_protocol, bool):
+            raise ConfigError("ProxyConfig.proxy_protocol must be True or False, got "
+                              f"{self.proxy_protocol!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessConfig:
+    """Process management by ``trioserve`` (the command line's supervisor); :func:`serve`
+    ignores it.
+
+    - ``workers``: worker processes sharing the listening sockets, under a supervisor that
+      replaces any that exits or stops heart-beating; 0 (default): serve in this process.
+    - ``worker_timeout``: seconds a worker may go without a heartbeat (its event loop blocked)
+      before it is killed and replaced.
+    - ``max_requests``: a worker that has served this many requests is replaced (gracefully);
+      ``None`` (default): never. ``max_requests_jitter``: up to this many more, chosen at
+      random per worker, so workers are not all replaced at once.
+    - ``reload``: development mode: one worker, restarted when a file under ``reload_dirs``
+      (default: the current directory) changes.
+    """
+
+    workers: int = 0
+    worker_timeout: float = 30.0
+    max_requests: int | None = None
+    max_requests_jitter: int = 0
+    reload: bool = False
+    reload_dirs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        w = self.workers
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ConfigError(f"ProcessConfig.workers must be an integer >= 0, got {w!r}")
+        _positive_float("ProcessConfig", "worker_timeout", self.worker_timeout)
+        _positive_int("ProcessConfig", "max_requests", self.max_requests, allow_none=True)
+        j = self.max_requests_jitter
+        if isinstance(j, bool) or not isinstance(j, int) or j < 0:
+            raise ConfigError(f"ProcessConfig.max_requests_jitter must be an integer >= 0, "
+                              f"got {j!r}")
+        if not isinstance(self.reload, bool):
+            raise ConfigError(f"ProcessConfig.reload must be True or False, got {self.reload!r}")
+        if not isinstance(self.reload_dirs, tuple) or not all(
+                isinstance(d, str) and d for d in self.reload_dirs):
+            raise ConfigError(f"ProcessConfig.reload_dirs must be a tuple of directories, got "
+                              f"{self.reload_dirs!r}")
+
+
 ClientCertMode = Literal["none", "optional", "required"]
 
 
@@ -387,6 +476,9 @@ class Config:
       ALPN; on plain listeners by prior knowledge (a connection opening with the HTTP/2 preface)
       and by ``Upgrade: h2c`` from HTTP/1.1. ``False``: HTTP/1.1 only.
     - ``websocket``: :class:`WebSocketConfig`.
+    - ``proxy``: :class:`ProxyConfig` (forwarding headers, PROXY protocol).
+    - ``admin_bind``: where to serve the admin endpoint (Prometheus ``/metrics``,
+      ``/livez``, ``/readyz``); ``None`` (default): no admin endpoint. Never one of ``binds``.
     """
 
     binds: tuple[Bind, ...] = (Bind(),)
@@ -400,6 +492,8 @@ class Config:
     tls: Tls | None = None
     http2: bool = True
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    admin_bind: Bind | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.binds, tuple) or not self.binds:
@@ -434,3 +528,12 @@ class Config:
         if self.http_parser not in ("auto", "h11", "httptools"):
             raise ConfigError("Config.http_parser must be 'auto', 'h11' or 'httptools', "
                               f"got {self.http_parser!r}")
+        if not isinstance(self.proxy, ProxyConfig):
+            raise ConfigError(f"Config.proxy must be ProxyConfig, got {self.proxy!r}")
+        if self.admin_bind is not None:
+            if not isinstance(self.admin_bind, Bind):
+                raise ConfigError(f"Config.admin_bind must be a Bind or None, got "
+                                  f"{self.admin_bind!r}")
+            if self.admin_bind.kind != "fd" and self.admin_bind in self.binds:
+                raise ConfigError(f"Config.admin_bind {self.admin_bind.describe()} is also a "
+                                  "public listener; the admin endpoint needs its own address")
