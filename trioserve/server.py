@@ -103,6 +103,9 @@ MAX_PIPELINE_BUFFER = 64 * 1024  # bytes read ahead while waiting for a disconne
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_BACKOFF_MIN = 0.01  # seconds: the first retry of an accept out of descriptors
 ACCEPT_BACKOFF_MAX = 1.0
+# A drain does not close a connection accepted before it that has not sent its first request
+# yet (the request may be on its way): it gets this long to arrive.
+FRESH_DRAIN_GRACE = 1.0
 _ids = itertools.count(1)
 
 
@@ -135,7 +138,8 @@ class _Server:
         self.app = app
         self.config = config
         self.draining = False
-        self.idle_scopes: set[trio.CancelScope] = set()
+        self.idle_scopes: set[trio.CancelScope] = set()  # keep-alive waits: closed by a drain
+        self.fresh_scopes: set[trio.CancelScope] = set()  # first-request waits: shortened
         self.drain_callbacks: set[Callable[[], None]] = set()  # HTTP/2 connections' GOAWAY
         self.features = FeatureCollection()
         limit = config.limits.max_concurrent_connections
@@ -254,6 +258,9 @@ class _Server:
         self.draining = True
         for scope in list(self.idle_scopes):
             scope.cancel()
+        grace = trio.current_time() + FRESH_DRAIN_GRACE
+        for scope in list(self.fresh_scopes):
+            scope.deadline = min(scope.deadline, grace)
         for callback in list(self.drain_callbacks):
             callback()
 
@@ -821,6 +828,7 @@ class _H1Connection:
             return
         finally:
             self.server.idle_scopes.discard(self.timer)
+            self.server.fresh_scopes.discard(self.timer)
             with trio.CancelScope(shield=True) as cleanup:
                 # sending a last error, then lingering (each bounded on its own too)
                 cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT + LINGER_TIMEOUT
@@ -873,18 +881,19 @@ class _H1Connection:
         eof = buf == b""
         buf = buf or b""
         if not buf and not eof:
+            # No byte yet: a drain gives the request FRESH_DRAIN_GRACE to arrive.
             if server.draining:
-                return False
-            server.idle_scopes.add(timer)  # no byte yet: a drain closes it at once
+                timer.deadline = min(timer.deadline, trio.current_time() + FRESH_DRAIN_GRACE)
+            server.fresh_scopes.add(timer)
         try:
             while not eof and len(buf) < len(PREFACE) and PREFACE.startswith(buf):
                 data = await self.io.receive(known_empty=known_empty)
                 known_empty = False
-                server.idle_scopes.discard(timer)
+                server.fresh_scopes.discard(timer)
                 eof = not data
                 buf += data
         finally:
-            server.idle_scopes.discard(timer)
+            server.fresh_scopes.discard(timer)
         if buf.startswith(PREFACE):
             # the first stream's deadline still runs from accept
             self.h2_handover = _H2Handover(buf, None, None, b"", timer.deadline)
@@ -957,22 +966,28 @@ class _H1Connection:
                     timeouts.keep_alive if idle and not self.first else timeouts.request_headers)
                 # the first request's deadline runs from accept (set while sniffing for h2c)
                 timer.deadline = min(deadline, timer.deadline) if self.first else deadline
+                # A drain closes an idle keep-alive connection at once, but gives a new
+                # connection's first request FRESH_DRAIN_GRACE to arrive.
+                waits = server.fresh_scopes if self.first else server.idle_scopes
                 if idle:
                     if server.draining:
-                        return None
-                    server.idle_scopes.add(timer)
+                        if not self.first:
+                            return None
+                        timer.deadline = min(timer.deadline,
+                                             trio.current_time() + FRESH_DRAIN_GRACE)
+                    waits.add(timer)
                 while ev is NEED_DATA:
                     data = await self.io.receive(known_empty=known_empty)
                     known_empty = False
                     if idle and data:
                         idle = False
-                        server.idle_scopes.discard(timer)
+                        waits.discard(timer)
                         if not self.first:  # the first request's deadline runs from accept
                             timer.deadline = trio.current_time() + timeouts.request_headers
                     proto.receive_data(data)
                     ev = proto.next_event()
                 if idle:
-                    server.idle_scopes.discard(timer)
+                    waits.discard(timer)
                 timer.deadline = math.inf
                 if timer.cancel_called:
                     # The deadline passed, or a drain closed this idle connection, while the
@@ -1691,12 +1706,12 @@ async def _tls_handshake(server: _Server, stream: trio.SocketStream
     peer = _address(stream.socket, True)
     failure: str | None = None
     plain_http = False
-    if server.draining:
-        stream.socket.close()
-        return None
     with trio.move_on_after(server.config.tls.handshake_timeout) as scope:
-        # Like an idle connection, a handshake in progress is cut short by a graceful shutdown.
-        server.idle_scopes.add(scope)
+        # Like a new connection's first request, a handshake gets FRESH_DRAIN_GRACE from a
+        # graceful shutdown.
+        if server.draining:
+            scope.deadline = min(scope.deadline, trio.current_time() + FRESH_DRAIN_GRACE)
+        server.fresh_scopes.add(scope)
         try:
             # A TLS client starts with a handshake record (0x16); a plain-HTTP one with a
             # method name. Peeked, so the handshake still reads every byte.
@@ -1714,7 +1729,7 @@ async def _tls_handshake(server: _Server, stream: trio.SocketStream
             cause = exc.__cause__
             failure = str(cause or exc) or type(cause or exc).__name__
         finally:
-            server.idle_scopes.discard(scope)
+            server.fresh_scopes.discard(scope)
     if scope.cancelled_caught:
         failure = "the server is shutting down" if server.draining else "handshake timed out"
     if failure is not None:

@@ -1,0 +1,58 @@
+"""A graceful drain (SIGTERM, a worker's reload) closes idle keep-alive connections at once,
+but serves the first request of a connection it had already accepted: that request may be on
+its way (rolling restarts of workers would lose it otherwise). A connection that sends nothing
+is closed after a short grace, long before the graceful timeout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from conftest import make_config, parse_responses, read_until_closed, run_server
+
+
+def _app(release: trio.Event) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+    return app
+
+
+REQUEST = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_drain_serves_a_first_request_sent_after_it_began() -> None:
+    release = trio.Event()
+    config = make_config(timeouts={"graceful": 30})
+    with trio.fail_after(20):
+        async with run_server(_app(release), config) as srv:
+            fresh = await trio.open_tcp_stream("127.0.0.1", srv.port)  # accepted, sends nothing yet
+            silent = await trio.open_tcp_stream("127.0.0.1", srv.port)  # never sends
+            idle = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            await idle.send_all(REQUEST % b"idle")
+            first = await idle.receive_some(65536)
+            assert first.startswith(b"HTTP/1.1 200")
+            slow = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            await slow.send_all(REQUEST % b"slow")
+            await trio.sleep(0.2)  # the slow request is in the app: the drain lasts until release
+            srv.shutdown.set()
+            await trio.sleep(0.3)
+            # the idle keep-alive connection is closed without a response
+            assert await read_until_closed(idle) == b""
+            # the accepted connection's request, sent after the drain began, is served
+            await fresh.send_all(REQUEST % b"fresh")
+            answer = parse_responses(await read_until_closed(fresh))
+            assert [(r.status_code, body) for r, body in answer] == [(200, b"/fresh")]
+            assert (b"connection", b"close") in answer[0][0].headers
+            # the silent one is closed after the grace, while the slow request still runs
+            assert await read_until_closed(silent) == b""
+            assert not release.is_set()
+            release.set()
+            answer = parse_responses(await read_until_closed(slow))
+            assert [(r.status_code, body) for r, body in answer] == [(200, b"/slow")]
