@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-
 from conftest import make_config, parse_responses, read_until_closed, run_server
 
 

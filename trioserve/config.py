@@ -534,6 +534,8 @@ class Config:
             if not isinstance(self.admin_bind, Bind):
                 raise ConfigError(f"Config.admin_bind must be a Bind or None, got "
                                   f"{self.admin_bind!r}")
-            if self.admin_bind.kind != "fd" and self.admin_bind in self.binds:
+            same = (self.admin_bind.kind != "fd" and self.admin_bind in self.binds
+                    and not (self.admin_bind.kind == "tcp" and self.admin_bind.port == 0))
+            if same:
                 raise ConfigError(f"Config.admin_bind {self.admin_bind.describe()} is also a "
                                   "public listener; the admin endpoint needs its own address")
