@@ -1,8 +1,14 @@
-"""``trioserve APP [options]``: command-line flags → :class:`~trioserve.config.Config` → serve.
+"""``trioserve APP [options]``: configuration file, profile, environment and flags
+(:mod:`trioserve.settings`) → :class:`~trioserve.config.Config` → serve. ``trioserve config``
+prints the merged configuration; ``dev-cert`` and ``fuzz`` are the other subcommands.
+
+:func:`build_parser` defines every option (its name, type, choices and default): the flags and
+the keys of the configuration file and ``TRIOSERVE_*`` variables alike.
 
 Exit codes: 0 after a graceful shutdown; 1 when the app cannot be imported, an address cannot be
-bound or the app's start-up fails; 2 for a bad option value. Errors are one clear line on stderr,
-never a traceback (``--log-level debug`` adds the traceback of an import error).
+bound or the app's start-up fails; 2 for a bad option value, from any source. Errors are one
+clear line on stderr, never a traceback (``--log-level debug`` adds the traceback of an import
+error).
 """
 
 from __future__ import annotations
@@ -40,10 +46,12 @@ from .listeners import ListenError
 from .logs import setup_cli_logging
 from .protocols.http1 import resolve_parser
 from .server import serve
+from .settings import NumberType, Settings, SettingsError, load_settings, render_toml
+from .systemd import listen_fds
 from .tls import server_context, write_dev_cert
 
-__all__ = ["AppLoadError", "AppSpec", "build_config", "build_process_config", "load_app",
-           "main", "parse_bind"]
+__all__ = ["AppLoadError", "AppSpec", "build_config", "build_process_config", "config_main",
+           "load_app", "main", "parse_bind"]
 
 log = logging.getLogger("trioserve")
 
@@ -59,22 +67,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"trioserve: error: {message}\n(run 'trioserve --help' for the options)\n")
 
 
-def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool],
-            wanted: str) -> Callable[[str], Any]:
+def _number(convert: type[int] | type[float], accept: Callable[[Any], bool],
+            wanted: str) -> NumberType:
     """An argparse ``type``: ``convert`` the text, then ``accept`` the value, else one error
-    saying what was ``wanted``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
-        return value
-
-    parse.__name__ = wanted  # argparse names the type in some messages
-    return parse
+    saying what was ``wanted``. Configuration files give it numbers (``NumberType.check``)."""
+    return NumberType(convert, accept, wanted)
 
 
 _positive_int = _number(int, lambda v: v > 0, "a positive integer")
@@ -165,10 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an ASGI 3 or WSGI application (or a trioserve features "
                     "application) over HTTP/1.1 and HTTP/2 on Trio, with WebSockets for "
                     "ASGI and features applications.",
-        epilog="Example: trioserve trioserve.demo:app --port 8000",
+        epilog="Example: trioserve trioserve.demo:app --port 8000. Every option can also be "
+               "set in trioserve.toml (or [tool.trioserve] in pyproject.toml) as 'key = "
+               "value' (the option without '--'), in [profile.NAME] tables chosen with "
+               "--profile, or as TRIOSERVE_<OPTION> environment variables; flags win over "
+               "the environment, which wins over the profile and then the file. 'trioserve "
+               "config' prints the effective configuration and where each value came from.",
     )
-    p.add_argument("app", metavar="APP", help="the application as 'module:attribute'")
+    p.add_argument("app", metavar="APP", nargs="?", default=None,
+                   help="the application as 'module:attribute' (may be set as 'app' in the "
+                        "configuration file instead)")
     p.add_argument("--version", action="version", version=f"trioserve {__version__}")
+    g = p.add_argument_group("configuration file")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="TOML configuration file (or set TRIOSERVE_CONFIG; default "
+                        "./trioserve.toml, else [tool.trioserve] in ./pyproject.toml, if "
+                        "present)")
+    g.add_argument("--profile", metavar="NAME", default=None,
+                   help="apply the file's [profile.NAME] table over its top level (or set "
+                        "TRIOSERVE_PROFILE; default none)")
     g = p.add_argument_group("binding")
     g.add_argument("--host", default=None,
                    help="address to bind (default 127.0.0.1; '::' for all IPv6, '0.0.0.0' "
@@ -392,7 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """The :class:`Config` the parsed flags describe. Raises :class:`ConfigError`."""
+    """The :class:`Config` the parsed flags (or merged settings) describe. Raises
+    :class:`ConfigError`.
+
+    Listeners: ``--uds`` and ``--fd`` add one each; TCP ``--host``/``--port`` (default
+    127.0.0.1:8000) is added when either is set or nothing else is. With none of the four
+    set, the sockets of systemd socket activation (``LISTEN_FDS`` for this process) are used
+    instead of the TCP default, and those variables are removed from the environment."""
     try:
         resolve_parser(args.http)
     except ValueError as exc:
@@ -402,6 +420,12 @@ def build_config(args: argparse.Namespace) -> Config:
         binds.append(Bind.unix(args.uds))
     if args.fd is not None:
         binds.append(Bind.from_fd(args.fd))
+    if not binds and args.host is None and args.port is None:
+        # systemd socket activation: the sockets it passed, when nothing says where to listen
+        try:
+            binds.extend(Bind.from_fd(fd) for fd in listen_fds())
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if not binds or args.host is not None or args.port is not None:
         binds.append(Bind.tcp(args.host if args.host is not None else "127.0.0.1",
                               args.port if args.port is not None else 8000))
@@ -652,15 +676,82 @@ def dev_cert_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _effective_args(settings: Settings) -> argparse.Namespace:
+    """The merged settings as the namespace :func:`build_config` takes."""
+    args = settings.args
+    if args.certfile is None and settings.sources["keyfile_password"].startswith("env "):
+        # TRIOSERVE_KEYFILE_PASSWORD may be set for every run; without TLS it is ignored
+        args.keyfile_password = None
+    return args
+
+
+def _config_parser() -> argparse.ArgumentParser:
+    p = build_parser()
+    p.prog = "trioserve config"
+    p.description = ("Print the configuration 'trioserve' would run with these arguments: the "
+                     "configuration file, its profile, TRIOSERVE_* variables and the flags "
+                     "merged, as TOML with the source of each value (it can be saved as a "
+                     "configuration file). Imports no application and binds nothing.")
+    p.epilog = None
+    return p
+
+
+def config_main(argv: Sequence[str]) -> int:
+    """``trioserve config [APP] [options]``: print the effective configuration on stdout and
+    return 0; a bad file, profile, variable or value is one error line and 2 (a bad flag exits
+    2 through argparse). Neither imports the application nor binds an address."""
+    try:
+        settings = load_settings(_config_parser, argv)
+        args = _effective_args(settings)
+        config = build_config(args)
+        process = build_process_config(args)
+    except (SettingsError, ConfigError) as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        return 2
+    if settings.file is None:
+        where = "file: none (no ./trioserve.toml, no [tool.trioserve] in ./pyproject.toml)"
+    else:
+        where = f"file: {settings.file}; profile: {settings.profile or 'none'}"
+    scheme = "https" if config.tls is not None else "http"
+    if process.reload:
+        processes = "one worker restarted on file changes (--reload)"
+    elif process.workers:
+        processes = f"{process.workers} worker processes under a supervisor"
+    else:
+        processes = "one process"
+    header = [f"trioserve {__version__}: effective configuration (flags > environment > "
+              "profile > file > defaults)",
+              where,
+              f"listens on: {', '.join(b.describe() for b in config.binds)} ({scheme}); "
+              f"{processes}",
+              "admin endpoint: " + (config.admin_bind.describe() if config.admin_bind
+                                    else "off")]
+    sys.stdout.write(render_toml(settings, _config_parser(), header))
+    return 0
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["dev-cert"]:
         return dev_cert_main(args_list[1:])
     if args_list[:1] == ["fuzz"]:  # imported here: serving never imports hypothesis
         return int(importlib.import_module("trioserve.fuzz.cli").main(args_list[1:]))
+    if args_list[:1] == ["config"]:
+        return config_main(args_list[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(build_parser, args_list)
+    except SettingsError as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        return 2
+    args = _effective_args(settings)
+    if args.app is None:
+        parser.error("the following arguments are required: APP (or set 'app' in the "
+                     "configuration file)")
     setup_cli_logging(args.log_level)
+    if settings.file is not None:
+        log.info("configuration from %s%s", settings.file,
+                 f", profile {settings.profile}" if settings.profile else "")
     try:
         config = build_config(args)
         process = build_process_config(args)
