@@ -88,8 +88,7 @@ def test_systemd_units_settings() -> None:
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
     assert _seconds(s["WatchdogSec"][0]) > 0
     assert s["KillSignal"] == ["SIGTERM"]
-    # SIGTERM to the supervisor alone: a worker that got it too would take the supervisor's
-    # forwarded SIGTERM as the second one, which cancels requests in flight
+    # SIGTERM to the supervisor alone (it drains its workers); SIGKILL to all after the timeout
     assert s["KillMode"] == ["mixed"]
     argv = _exec_start()
     graceful = float(option(argv, "--graceful-timeout"))
