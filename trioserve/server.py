@@ -39,7 +39,9 @@ from typing import Any
 
 import trio
 
-from .config import Config, ConfigError, MinDataRate
+from . import systemd
+from .admin import AdminApp
+from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts
 from .context import MAX_DRAIN_BYTES, BadRequestBody, Exchange
 from .context_h2 import HIGH_WATER, H2Stream, send_error
 from .features import (
@@ -60,6 +62,7 @@ from .features import (
 )
 from .listeners import BoundListener, ListenError, open_listeners
 from .logs import fast_access_handler
+from .metrics import Metrics
 from .protocols.events import (
     NEED_DATA,
     BodyData,
@@ -85,11 +88,18 @@ from .protocols.http2 import (
     WindowOpened,
     valid_h2c_settings,
 )
+from .protocols.proxy_protocol import (
+    MAX_HEADER_SIZE,
+    ProxyHeader,
+    ProxyProtocolError,
+    parse_proxy_header,
+)
 from .protocols.websocket import HandshakeError, check_handshake, is_websocket_upgrade
+from .proxy import ForwardedHeaders, forwarded_peer_text
 from .tls import TlsInfo, cipher_suites, leaf_certificate_pem, server_context
 from .websocket import WebSocketSession
 
-__all__ = ["serve"]
+__all__ = ["ListeningAddresses", "serve"]
 
 log = logging.getLogger("trioserve")
 access_log = logging.getLogger("trioserve.access")
@@ -134,9 +144,10 @@ def _address(sock: Any, peer: bool) -> tuple[str, int] | None:
 class _Server:
     """State shared by the tree: config, draining flag, idle connections to close on drain."""
 
-    def __init__(self, app: Application, config: Config) -> None:
+    def __init__(self, app: Application, config: Config, metrics: Metrics | None = None) -> None:
         self.app = app
         self.config = config
+        self.metrics = metrics  # None: nothing is counted (one ``is None`` test per event)
         self.draining = False
         self.idle_scopes: set[trio.CancelScope] = set()  # keep-alive waits: closed by a drain
         self.fresh_scopes: set[trio.CancelScope] = set()  # first-request waits: shortened
@@ -162,6 +173,11 @@ class _Server:
         self.requests = 0  # requests whose app call is in progress (both protocols)
         self.request_limit = config.limits.max_concurrent_requests
         self._busy_logged = -math.inf
+        # Behind a proxy; each None when off (one test per request, per connection).
+        proxy = ForwardedHeaders(config.proxy)
+        self.forwarded_headers = proxy if config.proxy.headers != "off" else None
+        self.proxy_protocol = proxy if config.proxy.proxy_protocol else None  # trust check
+        self.proxy_logged = -math.inf  # last PROXY protocol WARNING (one a second at most)
 
     async def run_upgrade(self, ctx: RequestContext, head: RequestHead) -> None:
         """Run the app for a request that asks to switch protocols (``head.upgrade``: the
@@ -192,8 +208,14 @@ class _Server:
                         "(max_concurrent_upgraded_connections)", self.websockets)
             await _plain_response(ctx, 503, "too many WebSocket connections; retry later",
                                   [(b"retry-after", b"5")])
+            if self.metrics is not None:
+                self.metrics.reject("websockets")
             return
         self.websockets += 1
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.websockets_active += 1
+            metrics.websockets_total += 1
         failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -223,13 +245,21 @@ class _Server:
                         nursery.cancel_scope.cancel()
         finally:
             self.websockets -= 1
+            if metrics is not None:
+                metrics.websockets_active -= 1
         if failure is not None:
             raise failure
 
     async def call_app(self, ctx: RequestContext, head: RequestHead) -> None:
         """Run the app for a request (through :meth:`run_upgrade` for one that asks to switch
         protocols), counted against ``max_concurrent_requests``: over it, the request gets
-        503 instead (:meth:`_refuse_busy`). The app's exceptions propagate."""
+        503 instead (:meth:`_refuse_busy`). Forwarding headers from a trusted proxy are
+        applied first (:class:`~trioserve.proxy.ForwardedHeaders`). The app's exceptions
+        propagate."""
+        forwarded = self.forwarded_headers
+        if forwarded is not None:
+            conn = ctx.features.get(ConnectionFeature)
+            forwarded.apply(ctx, conn.peer if conn is not None else None)
         limit = self.request_limit
         if limit is not None and self.requests >= limit:
             await self._refuse_busy(ctx)
@@ -253,6 +283,8 @@ class _Server:
                         "(--limit-concurrency)", self.requests)
         await _plain_response(ctx, 503, f"server busy: {self.requests} requests in progress; "
                               "retry later", [(b"retry-after", b"1")])
+        if self.metrics is not None:
+            self.metrics.reject("concurrency")
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -317,6 +349,11 @@ class _Fairness:
         if self._budget <= 0:
             self._budget = self.FAIR_BUDGET
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+class ResponseTooSlow(trio.BrokenResourceError):
+    """A write waited longer than ``Limits.min_response_data_rate`` allows: the connection is
+    broken off (counted as the ``response_rate`` limit)."""
 
 
 def _reset_on_close(sock: socket.socket | trio.socket.SocketType) -> None:
@@ -405,7 +442,7 @@ class _SocketIO(_Fairness):
                     raise trio.BrokenResourceError(str(exc)) from exc
                 view = view[n:]
         if scope.cancelled_caught:
-            raise trio.BrokenResourceError("the client read the response too slowly")
+            raise ResponseTooSlow("the client read the response too slowly")
 
     def shutdown_write(self) -> None:
         try:
@@ -496,7 +533,7 @@ class _TlsIO(_Fairness):
                 for start in range(0, len(data), piece):
                     await self.ssl_stream.send_all(view[start:start + piece])
         if scope.cancelled_caught:
-            raise trio.BrokenResourceError("the client read the response too slowly")
+            raise ResponseTooSlow("the client read the response too slowly")
 
     def shutdown_write(self) -> None:
         pass  # TLS has no half-close; the socket's close ends the connection
@@ -526,15 +563,22 @@ class _UpgradedStream(trio.abc.Stream):
     that stops reading breaks the stream (``trio.BrokenResourceError``). Over TLS, a client
     that closes without ``close_notify`` reads as an ordinary end (``b""``)."""
 
-    def __init__(self, io: _SocketIO | _TlsIO, rate: MinDataRate | None) -> None:
+    def __init__(self, io: _SocketIO | _TlsIO, rate: MinDataRate | None,
+                 metrics: Metrics | None = None) -> None:
         self._io = io
         self._rate = rate
+        self._metrics = metrics
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         return await self._io.receive(max_bytes or RECEIVE_SIZE)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._io.send_all(data if type(data) is bytes else bytes(data), self._rate)
+        try:
+            await self._io.send_all(data if type(data) is bytes else bytes(data), self._rate)
+        except ResponseTooSlow:
+            if self._metrics is not None:
+                self._metrics.reject("response_rate")
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self._io.sock)
@@ -576,7 +620,8 @@ class _H1Connection:
         "timer",
     )
 
-    def __init__(self, server: _Server, io: _SocketIO | _TlsIO, tls: TlsInfo | None = None) -> None:
+    def __init__(self, server: _Server, io: _SocketIO | _TlsIO, tls: TlsInfo | None = None,
+                 addresses: _Addresses | None = None) -> None:
         self.server = server
         self.io = io
         sock = io.sock
@@ -599,8 +644,8 @@ class _H1Connection:
         self.sniff = config.http2 and tls is None
         self.h2_handover: _H2Handover | None = None  # set when the connection turns HTTP/2
         self.timer = trio.CancelScope()
-        peer = _address(sock, True)
-        local = _address(sock, False)
+        # (the PROXY protocol's addresses when it gave some)
+        peer, local = addresses or (_address(sock, True), _address(sock, False))
         self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
         info = ConnectionInfo(f"{next(_ids):x}", peer, local)
         items: dict[type, object] = {ConnectionFeature: info}
@@ -614,7 +659,7 @@ class _H1Connection:
 
     @property
     def stream(self) -> trio.abc.Stream:
-        return _UpgradedStream(self.io, self.response_rate)
+        return _UpgradedStream(self.io, self.response_rate, self.server.metrics)
 
     # ------------------------------------------------------------------ I/O primitives
 
@@ -627,6 +672,8 @@ class _H1Connection:
         except BaseException as exc:
             self._abort_exchange()
             if isinstance(exc, trio.BrokenResourceError):
+                if type(exc) is ResponseTooSlow and self.server.metrics is not None:
+                    self.server.metrics.reject("response_rate")
                 raise ClientDisconnected("the client disconnected") from exc
             raise
 
@@ -786,6 +833,8 @@ class _H1Connection:
                     await trio.lowlevel.wait_writable(sock)
                 if not scope.cancelled_caught:
                     continue
+                if self.server.metrics is not None:
+                    self.server.metrics.reject("response_rate")
                 n = -1
             except OSError:
                 n = -1
@@ -811,6 +860,17 @@ class _H1Connection:
     # -------------------------------------------------------------------- request loop
 
     async def run(self) -> None:
+        metrics = self.server.metrics
+        if metrics is None:
+            await self._run()
+            return
+        metrics.connection_opened("http1")
+        try:
+            await self._run()
+        finally:
+            metrics.connection_closed("http1")
+
+    async def _run(self) -> None:
         try:
             with self.timer:
                 if self.sniff and not await self._sniff_preface():
@@ -1012,6 +1072,8 @@ class _H1Connection:
 
     async def _send_error(self, status: int, message: str) -> None:
         self.errored = True
+        if self.server.metrics is not None:
+            self.server.metrics.bad_request("http1", status)
         try:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await self.io.send_all(self.proto.error_response(status, message), None)
@@ -1053,6 +1115,13 @@ class _H1Connection:
                 await cb()
             except Exception:
                 log.exception("an on_completed callback failed")
+        metrics = server.metrics
+        if metrics is not None:
+            metrics.request(ex.request.http_version, response.status,
+                            time.perf_counter() - ex.start_time, ex.body.received,
+                            response.bytes_sent)
+            if ex.rejected:
+                metrics.body_rejected(response.status)
         if server.access_log:
             self._log_access(ex)
         if ex.upgraded or ex.aborted:
@@ -1109,7 +1178,10 @@ class _H1Connection:
 
     def _log_access(self, ex: Exchange) -> None:
         request = ex.request
-        self.server.log_access(self.peer_text, request.method, ex.head.target,
+        peer_text = self.peer_text
+        if self.server.forwarded_headers is not None:  # the forwarded client, when applied
+            peer_text = forwarded_peer_text(ex.context) or peer_text
+        self.server.log_access(peer_text, request.method, ex.head.target,
                                request.http_version, ex.response.status,
                                ex.response.bytes_sent, ex.start_time)
 
@@ -1179,7 +1251,8 @@ class _H2Connection:
     """
 
     def __init__(self, server: _Server, io: _SocketIO | _TlsIO, tls: TlsInfo | None,
-                 handover: _H2Handover | None = None) -> None:
+                 handover: _H2Handover | None = None,
+                 addresses: _Addresses | None = None) -> None:
         config = server.config
         limits = config.limits
         h2l = limits.http2
@@ -1224,9 +1297,10 @@ class _H2Connection:
         self._no_streams: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         sock = io.sock
-        peer = _address(sock, True)
+        # (the PROXY protocol's addresses when it gave some)
+        peer, local = addresses or (_address(sock, True), _address(sock, False))
         self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
-        info = ConnectionInfo(f"{next(_ids):x}", peer, _address(sock, False))
+        info = ConnectionInfo(f"{next(_ids):x}", peer, local)
         items: dict[type, object] = {ConnectionFeature: info}
         if tls is not None:
             items[TlsFeature] = tls
@@ -1248,6 +1322,17 @@ class _H2Connection:
     # ------------------------------------------------------------------ tasks
 
     async def run(self) -> None:
+        metrics = self.server.metrics
+        if metrics is None:
+            await self._run()
+            return
+        metrics.connection_opened("http2")
+        try:
+            await self._run()
+        finally:
+            metrics.connection_closed("http2")
+
+    async def _run(self) -> None:
         server = self.server
         server.drain_callbacks.add(self._on_drain)
         try:
@@ -1321,7 +1406,9 @@ class _H2Connection:
             if data:
                 try:
                     await io.send_all(data, self.response_rate)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    if type(exc) is ResponseTooSlow and self.server.metrics is not None:
+                        self.server.metrics.reject("response_rate")
                     self._broken()
                     return
                 continue
@@ -1422,6 +1509,7 @@ class _H2Connection:
         connection must end (a connection error, the client's GOAWAY)."""
         proto = self.proto
         malformed = proto.malformed
+        refused = proto.refused
         try:
             events = proto.receive_data(data)
         except ProtocolError as exc:
@@ -1432,6 +1520,8 @@ class _H2Connection:
         if proto.malformed != malformed:
             log.debug("malformed HTTP/2 request(s) from %s: stream reset (PROTOCOL_ERROR)",
                       self.peer_text)
+        if proto.refused != refused and self.server.metrics is not None:
+            self.server.metrics.reject("h2_streams", proto.refused - refused)
         control = proto.control_frames
         if control != self._control_seen:
             frames, nbytes = proto.data_frames_sent, proto.data_bytes_sent
@@ -1445,7 +1535,7 @@ class _H2Connection:
             if not self.control.take(taken):
                 log.warning("HTTP/2 client %s sends too many control frames (flood): closing "
                             "the connection", self.peer_text)
-                return self._calm_down("too many control frames")
+                return self._calm_down("too many control frames", "h2_control_frames")
         streams = self.streams
         for ev in events:
             if isinstance(ev, StreamData):
@@ -1477,7 +1567,7 @@ class _H2Connection:
                             and not self.resets.take(1):
                         log.warning("HTTP/2 client %s resets streams too fast (rapid reset): "
                                     "closing the connection", self.peer_text)
-                        return self._calm_down("too many stream resets")
+                        return self._calm_down("too many stream resets", "h2_resets")
             elif isinstance(ev, StreamRefused):
                 self._refuse(ev)
             elif isinstance(ev, ConnectionEnded):
@@ -1490,9 +1580,11 @@ class _H2Connection:
         self.kick()
         return True
 
-    def _calm_down(self, reason: str) -> bool:
-        """End the connection with GOAWAY ``ENHANCE_YOUR_CALM`` (a flood); returns False for
-        :meth:`_feed` to pass on."""
+    def _calm_down(self, reason: str, limit: str) -> bool:
+        """End the connection with GOAWAY ``ENHANCE_YOUR_CALM`` (a flood, counted against
+        ``limit``); returns False for :meth:`_feed` to pass on."""
+        if self.server.metrics is not None:
+            self.server.metrics.reject(limit)
         self.proto.goaway(ENHANCE_YOUR_CALM, reason)
         self.failed = True
         self.kick()
@@ -1502,6 +1594,9 @@ class _H2Connection:
         stream = H2Stream(self, stream_id, head, end_stream, self.max_body_size)
         self.streams[stream_id] = stream
         self.opened += 1
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.h2_streams_active += 1  # until _stream_task ends
         if self.timer.deadline != math.inf:  # (the setter is not cheap)
             self.timer.deadline = math.inf
         assert self._nursery is not None
@@ -1511,6 +1606,8 @@ class _H2Connection:
     def _refuse(self, ev: StreamRefused) -> None:
         log.debug("bad HTTP/2 request from %s on stream %d: %s", self.peer_text, ev.stream_id,
                   ev.message)
+        if self.server.metrics is not None:
+            self.server.metrics.bad_request("http2", ev.status)
         head = RequestHead(method=ev.method, target=b"", http_version=b"2", headers=[],
                            keep_alive=True, expects_continue=False, content_length=None,
                            chunked=False)
@@ -1552,11 +1649,22 @@ class _H2Connection:
                     await cb()
                 except Exception:
                     log.exception("an on_completed callback failed")
+            metrics = server.metrics
+            if metrics is not None:
+                metrics.request("2", response.status, time.perf_counter() - stream.start_time,
+                                stream.body.received, response.bytes_sent)
+                if stream.rejected:
+                    metrics.body_rejected(response.status)
             if server.access_log:
                 request = stream.request
-                server.log_access(self.peer_text, request.method, stream.head.target, "2",
+                peer_text = self.peer_text
+                if server.forwarded_headers is not None:  # the forwarded client, when applied
+                    peer_text = forwarded_peer_text(stream.context) or peer_text
+                server.log_access(peer_text, request.method, stream.head.target, "2",
                                   response.status, response.bytes_sent, stream.start_time)
         finally:
+            if server.metrics is not None:
+                server.metrics.h2_streams_active -= 1
             self._stream_done(stream)
 
     async def _app_failed(self, stream: H2Stream, exc: BaseException) -> None:
@@ -1650,22 +1758,99 @@ async def _accept_loop(server: _Server, bound: BoundListener, nursery: trio.Nurs
             log.warning("accept on %s works again after %d failed attempts over %.1f s",
                         bound.url, failures, trio.current_time() - first_failure)
             failures = 0
+        if server.metrics is not None:
+            server.metrics.connections_accepted += 1
         nursery.start_soon(_connection_task, server, stream)
+
+
+_Addresses = tuple[tuple[str, int] | None, tuple[str, int] | None]
+"""A connection's (peer, local) addresses as a PROXY protocol header gave them."""
+
+
+async def _read_proxy_header(server: _Server, tsock: trio.socket.SocketType
+                             ) -> ProxyHeader | None:
+    """Read the PROXY protocol header (v1 or v2) a connection must start with and consume
+    exactly its bytes, so that TLS and HTTP read what follows untouched: peek, and take only
+    the bytes the parser says belong to the header. The wait is bounded by the first request's
+    header deadline (``Timeouts.request_headers``, from accept; shortened to
+    ``FRESH_DRAIN_GRACE`` by a graceful shutdown, like a first request's).
+
+    Returns the header, or ``None`` when the connection is to be closed: the peer is not
+    trusted (``ProxyConfig.trusted``; checked before reading), it sent something else or an
+    invalid header, closed, or was too slow. Each is logged at WARNING (at most once a second)
+    with the peer and the reason; nothing is sent (the peer does not speak HTTP to us yet)."""
+    assert server.proxy_protocol is not None
+    peer = _address(tsock, True)
+    failure: str | None = None
+    header: ProxyHeader | None = None
+    if not server.proxy_protocol.is_trusted(peer):
+        failure = "the peer is not a trusted proxy (--forwarded-allow-ips)"
+    else:
+        with trio.move_on_after(server.config.timeouts.request_headers) as scope:
+            if server.draining:
+                scope.deadline = min(scope.deadline, trio.current_time() + FRESH_DRAIN_GRACE)
+            server.fresh_scopes.add(scope)
+            try:
+                buf = b""
+                while header is None:
+                    data = await tsock.recv(MAX_HEADER_SIZE - len(buf), socket.MSG_PEEK)
+                    if not data:
+                        failure = "closed before the PROXY protocol header"
+                        break
+                    header = parse_proxy_header(buf + data)
+                    # Complete: take the rest of the header. Not yet: every byte is the
+                    # header's, take them all (a peek would only see them again).
+                    want = len(data) if header is None else header.length - len(buf)
+                    while want > 0:
+                        got = await tsock.recv(want)
+                        if not got:
+                            raise OSError("connection closed")
+                        want -= len(got)
+                    buf += data
+            except ProxyProtocolError as exc:
+                failure = f"invalid PROXY protocol header: {exc}"
+            except OSError as exc:
+                failure = str(exc) or type(exc).__name__
+            finally:
+                server.fresh_scopes.discard(scope)
+        if scope.cancelled_caught:
+            failure = ("the server is shutting down" if server.draining
+                       else "timed out waiting for the PROXY protocol header")
+    if failure is not None:
+        now = trio.current_time()
+        if now - server.proxy_logged >= 1.0:
+            server.proxy_logged = now
+            log.warning("PROXY protocol: closing the connection from %s: %s",
+                        f"{peer[0]}:{peer[1]}" if peer else "a Unix socket peer", failure)
+        return None
+    return header
 
 
 async def _connection_task(server: _Server, stream: trio.SocketStream) -> None:
     try:
+        addresses: _Addresses | None = None
+        if server.proxy_protocol is not None:
+            try:
+                header = await _read_proxy_header(server, stream.socket)
+            except BaseException:
+                stream.socket.close()  # cancelled from outside: never leak it
+                raise
+            if header is None:
+                stream.socket.close()
+                return
+            if header.source is not None:  # (LOCAL, UNKNOWN: keep the real addresses)
+                addresses = (header.source, header.destination)
         if server.ssl_context is not None:
-            await _tls_connection(server, stream)
+            await _tls_connection(server, stream, addresses)
             return
         # The connection drives the socket itself (see _SocketIO); take it out of the stream.
         tsock = stream.socket
         sock = socket.socket(tsock.family, tsock.type, tsock.proto, fileno=tsock.detach())
         io = _SocketIO(sock)
-        h1 = _H1Connection(server, io)
+        h1 = _H1Connection(server, io, addresses=addresses)
         await h1.run()
         if h1.h2_handover is not None:
-            await _H2Connection(server, io, None, h1.h2_handover).run()
+            await _H2Connection(server, io, None, h1.h2_handover, addresses).run()
     except Exception:
         log.exception("unexpected error on a connection")
     finally:
@@ -1679,7 +1864,8 @@ _PLAIN_HTTP_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; ch
                       % len(_PLAIN_HTTP_TO_TLS_BODY)) + _PLAIN_HTTP_TO_TLS_BODY
 
 
-async def _tls_connection(server: _Server, stream: trio.SocketStream) -> None:
+async def _tls_connection(server: _Server, stream: trio.SocketStream,
+                          addresses: _Addresses | None = None) -> None:
     try:
         io_and_info = await _tls_handshake(server, stream)
     except BaseException:
@@ -1688,9 +1874,9 @@ async def _tls_connection(server: _Server, stream: trio.SocketStream) -> None:
     if io_and_info is not None:
         io, info = io_and_info
         if info.alpn_protocol == "h2":
-            await _H2Connection(server, io, info).run()
+            await _H2Connection(server, io, info, addresses=addresses).run()
         else:
-            await _H1Connection(server, io, info).run()
+            await _H1Connection(server, io, info, addresses).run()
 
 
 async def _tls_handshake(server: _Server, stream: trio.SocketStream
@@ -1773,28 +1959,111 @@ async def _watch_event(event: trio.Event, begin_shutdown: Callable[[], None]) ->
     begin_shutdown()
 
 
+async def _watchdog(interval: float) -> None:
+    """Tell systemd the event loop is alive (``WATCHDOG=1``) every ``interval`` seconds; a
+    blocked loop stops the pings and systemd restarts the service."""
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
+class ListeningAddresses(list[str]):
+    """What :func:`serve` passes to ``task_status.started()``: the public URLs bound (a
+    ``list[str]``), plus :attr:`admin`, the admin endpoint's URLs (empty without
+    ``Config.admin_bind``), so a test or an embedding program binding the admin endpoint to
+    port 0 can find it."""
+
+    def __init__(self, urls: list[str], admin: list[str] | None = None) -> None:
+        super().__init__(urls)
+        self.admin: list[str] = list(admin or [])
+
+
+ADMIN_BACKLOG = 64
+
+
+def _admin_config(bind: Bind) -> Config:
+    """The admin endpoint's own server configuration: HTTP/1.1 only, no access log, no TLS,
+    small limits (it answers probes and scrapes, nothing bigger)."""
+    return Config(
+        binds=(bind,), access_log=False, http2=False, http_parser="h11",
+        backlog=ADMIN_BACKLOG,
+        limits=Limits(max_concurrent_connections=100, max_concurrent_requests=50,
+                      max_request_body_size=64 * 1024, max_request_line_size=4096,
+                      max_request_headers_count=50, max_request_headers_total_size=16 * 1024),
+        timeouts=Timeouts(keep_alive=5.0, request_headers=10.0, graceful=CLOSE_TIMEOUT),
+    )
+
+
+async def _run_admin(app: AdminApp, bind: Bind, stop: trio.Event, done: trio.Event, *,
+                     task_status: trio.TaskStatus[list[str]]) -> None:
+    """Serve the admin endpoint on ``bind`` with a server of its own (:func:`_admin_config`),
+    ``task_status.started(urls)`` once listening, until ``stop`` is set; then close the
+    listener and give requests in progress ``CLOSE_TIMEOUT`` to finish, and set ``done``.
+    Raises :class:`ListenError` when ``bind`` cannot be bound."""
+    try:
+        admin = _Server(app, _admin_config(bind))
+        listeners = await open_listeners((bind,), ADMIN_BACKLOG, "http")
+        urls = [bl.url for bl in listeners]
+        admin.features.set(ServerAddressesFeature, ServerAddressesInfo(list(urls)))
+        async with trio.open_nursery() as connections:
+            try:
+                async with trio.open_nursery() as acceptors:
+                    for bl in listeners:
+                        acceptors.start_soon(_accept_loop, admin, bl, connections)
+                    for url in urls:
+                        log.info("trioserve admin endpoint on %s", url)
+                    task_status.started(urls)
+                    await stop.wait()
+                    acceptors.cancel_scope.cancel()
+            finally:
+                admin.begin_drain()
+                with trio.CancelScope(shield=True) as cleanup:
+                    cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT
+                    for bl in listeners:
+                        await bl.aclose()
+            connections.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+    finally:
+        done.set()
+
+
 async def serve(
     app: Application,
     config: Config | None = None,
     *,
     shutdown: trio.Event | None = None,
     install_signal_handlers: bool = True,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until shut down.
 
     Runs the application's start-up (ASGI lifespan) first, then binds every address and calls
-    ``task_status.started(addresses)`` with the URLs actually bound. Shutdown begins on SIGINT
+    ``task_status.started(addresses)`` with the URLs actually bound (a
+    :class:`ListeningAddresses`: the public URLs only; its ``admin`` attribute has the admin
+    endpoint's). Shutdown begins on SIGINT
     or SIGTERM (when ``install_signal_handlers`` and in the main thread) or when ``shutdown`` is
     set: listeners close, idle keep-alive connections close at once, in-flight requests get until
     ``config.timeouts.graceful`` to finish and are then cancelled, and finally the application's
     shutdown runs. Returns normally after a graceful shutdown.
 
+    ``metrics``: a :class:`~trioserve.metrics.Metrics` the server updates (requests,
+    connections, rejections …); with ``config.admin_bind`` and no ``metrics`` the server makes
+    its own; with neither nothing is counted. With ``config.admin_bind`` the admin endpoint
+    (:class:`~trioserve.admin.AdminApp`: ``/metrics``, ``/livez``, ``/readyz``) is served there
+    by a separate server from before the application's start-up until the very end: ``/readyz``
+    is 503 until the public listeners are up and again from the moment a graceful shutdown
+    begins, while the admin endpoint stays up through the drain.
+
+    Under systemd (``NOTIFY_SOCKET`` set) it sends ``READY=1`` once listening, ``STOPPING=1``
+    when the graceful shutdown begins and, when the watchdog is on (``WATCHDOG_USEC``),
+    ``WATCHDOG=1`` every half period.
+
     Raises :class:`~trioserve.features.LifespanFailure` if the application's start-up fails and
-    :class:`~trioserve.listeners.ListenError` if an address cannot be bound.
+    :class:`~trioserve.listeners.ListenError` if an address (or the admin address) cannot be
+    bound.
     """
     try:
-        await _serve(app, config, shutdown, install_signal_handlers, task_status)
+        await _serve(app, config, shutdown, install_signal_handlers, metrics, task_status)
     except BaseExceptionGroup as group:
         # Trio's nurseries wrap a start-up error in an exception group; raise the documented
         # exception itself (the CLI catches LifespanFailure and ListenError by type).
@@ -1815,24 +2084,30 @@ async def _serve(
     config: Config | None,
     shutdown: trio.Event | None,
     install_signal_handlers: bool,
+    metrics: Metrics | None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     config = config or Config()
     graceful = config.timeouts.graceful
-    server = _Server(app, config)
+    if metrics is None and config.admin_bind is not None:
+        metrics = Metrics()
+    server = _Server(app, config, metrics)
     lifespan_stop = trio.Event()
     lifespan_done = trio.Event()
     startup_scope = trio.CancelScope()  # a shutdown request during start-up ends start-up
     accept_scope = trio.CancelScope()
     connections_scope = trio.CancelScope()  # gets the graceful deadline on shutdown
     lifespan_wait = trio.CancelScope()  # bounds the application's shutdown
-    forced = stopping = False
+    forced = stopping = listening = False
+    admin_stop = trio.Event()
+    admin_done = trio.Event()
 
     def begin_shutdown() -> None:
         nonlocal stopping
         if stopping:
             return
         stopping = True
+        systemd.notify("STOPPING=1\nSTATUS=draining")
         startup_scope.cancel()
         accept_scope.cancel()
         server.begin_drain()
@@ -1857,6 +2132,18 @@ async def _serve(
             await root.start(_watch_signals, begin_shutdown, force)
         if shutdown is not None:
             root.start_soon(_watch_event, shutdown, begin_shutdown)
+        watchdog = systemd.watchdog_interval()
+        if watchdog is not None:
+            root.start_soon(_watchdog, watchdog)
+        admin_urls: list[str] = []
+        if config.admin_bind is not None:
+            assert metrics is not None
+            admin_app = AdminApp(metrics.snapshot, lambda: listening and not server.draining,
+                                 draining=lambda: server.draining)
+            admin_urls = await root.start(_run_admin, admin_app, config.admin_bind,
+                                          admin_stop, admin_done)
+        else:
+            admin_done.set()
         lifespan_started = False
         listeners: list[BoundListener] | None = None
         with startup_scope:
@@ -1878,7 +2165,10 @@ async def _serve(
                                 acceptors.start_soon(_accept_loop, server, bl, connections)
                             for url in addresses:
                                 log.info("trioserve listening on %s", url)
-                            task_status.started(addresses)
+                            listening = True
+                            task_status.started(ListeningAddresses(addresses, admin_urls))
+                            systemd.notify("READY=1\nSTATUS=listening on "
+                                           + ", ".join(addresses))
                     # Accepting stopped: close the listening sockets so new connections are
                     # refused, while the connections nursery drains.
                     server.begin_drain()
@@ -1900,5 +2190,7 @@ async def _serve(
             if lifespan_wait.cancelled_caught:
                 log.warning("the application's shutdown did not finish %s; it was cancelled",
                             "before a second signal" if forced else f"within {graceful:g}s")
+        admin_stop.set()  # the admin endpoint closes last
+        await admin_done.wait()
         root.cancel_scope.cancel()
     log.info("trioserve stopped")

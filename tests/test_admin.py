@@ -1,0 +1,671 @@
+"""The admin endpoint (``Config.admin_bind``) and the server's metrics, over real loopback
+sockets: real traffic (httpx over HTTP/1.1 and HTTP/2 with prior knowledge, trio-websocket,
+raw sockets, the raw HTTP/2 frame client of ``test_http2_bad_input``) and then a scrape of
+``/metrics``, parsed by ``prometheus_client``'s own parser so the exposition format is proven;
+every limit's rejection counted; ``/readyz`` 503 from the moment a drain begins while
+``/livez`` and ``/metrics`` go on, the admin endpoint closing last; the admin listener apart
+from the public ones; ``sd_notify`` (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``) received on a
+real datagram socket; and :mod:`trioserve.metrics` itself (merge, retire, rendering).
+
+Config refuses an ``admin_bind`` equal to a public bind, port 0 included, so the admin endpoint
+is bound to ``127.1`` (127.0.0.1 spelled another way) next to the public ``127.0.0.1:0``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from conftest import make_config, raw_exchange, run_server
+from hyperframe.frame import RstStreamFrame
+from procs import module_command, server_process
+from prometheus_client.parser import text_string_to_metric_families
+from test_http2_bad_input import CANCEL, PING, h2_client, raw_frame
+from trio_websocket import ConnectionRejected, open_websocket_url
+
+from trioserve import Bind, Http2Limits, MinDataRate, serve
+from trioserve.admin import AdminApp
+from trioserve.features import (
+    RequestBodyFeature,
+    RequestContext,
+    RequestFeature,
+    ResponseBodyFeature,
+    WebSocketDisconnected,
+    WebSocketFeature,
+)
+from trioserve.listeners import ListenError
+from trioserve.metrics import LIMITS, Metrics, merge, render_prometheus, retire
+
+TIMEOUT = 20
+ADMIN = Bind.tcp("127.1", 0)
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+class App:
+    """A features app: ``/echo`` returns the request body, ``/wait`` waits for :attr:`gate`,
+    ``/big`` sends :attr:`big` bytes, a WebSocket echoes one message and waits for the close;
+    anything else answers ``hello <path>``. :attr:`started` counts the calls in progress."""
+
+    def __init__(self, big: int = 0) -> None:
+        self.gate = trio.Event()
+        self.started = 0
+        self.big = big
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        features = ctx.features
+        body = features[ResponseBodyFeature]
+        ws = features.get(WebSocketFeature)
+        self.started += 1
+        try:
+            if ws is not None:
+                await ws.accept()
+                await ws.send(await ws.receive())
+                try:
+                    await ws.receive()
+                except WebSocketDisconnected:
+                    pass
+                return
+            path = features[RequestFeature].path
+            if path == "/echo":
+                data = b""
+                while chunk := await features[RequestBodyFeature].receive():
+                    data += chunk
+                await body.complete(data)
+            elif path == "/wait":
+                await self.gate.wait()
+                await body.complete(b"done")
+            elif path == "/big":
+                await body.complete(b"x" * self.big)
+            else:
+                await body.complete(b"hello " + path.encode())
+        finally:
+            self.started -= 1
+
+
+async def wait_for(condition: Any) -> None:
+    while not condition():  # noqa: ASYNC110 - conditions of the server's state, no event
+        await trio.sleep(0.01)
+
+
+# ------------------------------------------------------------------------------ scraping
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a Prometheus text exposition, parsed by ``prometheus_client``."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+async def scrape(admin_url: str) -> Samples:
+    async with httpx.AsyncClient() as c:
+        r = await c.get(admin_url + "/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return parse(r.text)
+
+
+async def scrape_until(admin_url: str, check: Any) -> Samples:
+    """Scrape until ``check(samples)`` holds (counting points after the response was sent,
+    and gauges of connections being closed, may trail the client by a moment)."""
+    while True:
+        samples = await scrape(admin_url)
+        if check(samples):
+            return samples
+        await trio.sleep(0.02)
+
+
+@asynccontextmanager
+async def admin_server(app: App, **kw: Any) -> AsyncIterator[tuple[str, str]]:
+    """``app`` served on 127.0.0.1:0 with the admin endpoint on :data:`ADMIN`; yields the
+    public and the admin URL."""
+    kw.setdefault("admin_bind", ADMIN)
+    async with run_server(app, make_config(**kw), asgi=False) as srv:
+        admin = srv.addresses.admin  # type: ignore[attr-defined]
+        assert len(admin) == 1
+        yield srv.url, admin[0]
+
+
+def port_of(url: str) -> int:
+    return int(url.rpartition(":")[2])
+
+
+# ------------------------------------------------------------------------------ traffic
+
+
+async def test_traffic_over_http1_http2_and_websocket_is_counted() -> None:
+    """Requests by protocol and status, the duration histogram, body bytes, connections,
+    HTTP/2 streams and WebSockets, a 413 (body_size), all as the scrape shows them."""
+    app = App()
+    async with admin_server(app, limits={"max_request_body_size": 1000}) as (url, admin):
+        with trio.fail_after(TIMEOUT):
+            assert port_of(admin) != port_of(url)
+            async with httpx.AsyncClient() as h1:
+                for _ in range(3):
+                    assert (await h1.get(url + "/hello")).status_code == 200
+                r = await h1.post(url + "/echo", content=b"a" * 500)
+                assert (r.status_code, r.content) == (200, b"a" * 500)
+                assert (await h1.post(url + "/echo", content=b"b" * 2000)).status_code == 413
+            async with httpx.AsyncClient(http1=False, http2=True) as h2:
+                for _ in range(2):
+                    r = await h2.get(url + "/hello")
+                    assert (r.status_code, r.http_version) == (200, "HTTP/2")
+                r = await h2.post(url + "/echo", content=b"c" * 300)
+                assert (r.status_code, r.content) == (200, b"c" * 300)
+                # While this connection is open and a stream waits: the gauges.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(h2.get, url + "/wait")
+                    await wait_for(lambda: app.started == 1)
+                    live = await scrape(admin)
+                    assert value(live, "trioserve_connections_active", protocol="http2") == 1
+                    assert value(live, "trioserve_http2_streams_active") == 1
+                    await trio.sleep(0.05)
+                    app.gate.set()
+            ws_url = url.replace("http://", "ws://") + "/ws"
+            async with open_websocket_url(ws_url) as ws:
+                await ws.send_message("ping")
+                assert await ws.get_message() == "ping"
+                live = await scrape(admin)
+                assert value(live, "trioserve_websockets_active") == 1
+
+            m = await scrape_until(admin, lambda s: (
+                value(s, "trioserve_websockets_active") == 0
+                and value(s, "trioserve_connections_active", protocol="http1") == 0
+                and value(s, "trioserve_connections_active", protocol="http2") == 0))
+            assert value(m, "trioserve_requests_total", protocol="1.1", status="200") == 4
+            assert value(m, "trioserve_requests_total", protocol="1.1", status="413") == 1
+            assert value(m, "trioserve_requests_total", protocol="1.1", status="101") == 1
+            assert value(m, "trioserve_requests_total", protocol="2", status="200") == 4
+            assert value(m, "trioserve_rejected_total", limit="body_size") == 1
+            assert value(m, "trioserve_request_body_bytes_total") == 500 + 300
+            assert value(m, "trioserve_response_bytes_total") > 500 + 300 + 4 * len("hello /hello")
+            assert value(m, "trioserve_websockets_total") == 1
+            assert value(m, "trioserve_http2_streams_active") == 0
+            # HTTP/1.1 (kept alive until the 413 closed it), HTTP/2, the WebSocket's
+            assert value(m, "trioserve_connections_accepted_total") == 3
+            assert value(m, "trioserve_ready") == 1
+            for protocol, count in (("1.1", 6), ("2", 4)):
+                assert value(m, "trioserve_request_duration_seconds_count",
+                             protocol=protocol) == count
+                buckets = [v for (name, labels), v in m.items()
+                           if name == "trioserve_request_duration_seconds_bucket"
+                           and ("protocol", protocol) in labels]
+                assert buckets == sorted(buckets) and buckets[-1] == count
+                assert value(m, "trioserve_request_duration_seconds_bucket", protocol=protocol,
+                             le="+Inf") == count
+                assert 0 < value(m, "trioserve_request_duration_seconds_sum",
+                                 protocol=protocol) < 60
+            # The waiting request took 50 ms at least.
+            assert value(m, "trioserve_request_duration_seconds_bucket", protocol="2",
+                         le="0.025") < 4
+            for limit in LIMITS:
+                if limit != "body_size":
+                    assert value(m, "trioserve_rejected_total", limit=limit) == 0
+
+
+async def test_family_types_and_help() -> None:
+    """Every family has HELP and the right TYPE, counters end in ``_total``."""
+    async with admin_server(App()) as (url, admin), httpx.AsyncClient() as c:
+        with trio.fail_after(TIMEOUT):
+            await c.get(url + "/")
+            text = (await c.get(admin + "/metrics")).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    kinds = {name: f.type for name, f in families.items()}
+    assert kinds["trioserve_requests"] == "counter"
+    assert kinds["trioserve_request_duration_seconds"] == "histogram"
+    assert kinds["trioserve_connections_active"] == "gauge"
+    assert kinds["trioserve_rejected"] == "counter"
+    assert all(f.documentation for f in families.values())
+    assert all(name.startswith("trioserve_") for name in families)
+    for line in text.splitlines():
+        if line.startswith("# TYPE ") and line.endswith(" counter"):
+            assert line.split()[2].endswith("_total"), line
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+async def test_http1_head_and_body_limits_are_counted() -> None:
+    """414 (request_line), 431 (headers), 408 waiting for the head (headers_timeout), 408 for
+    a body that stops (body_rate) and a malformed head (400, not a limit)."""
+    app = App()
+    async with admin_server(app, limits={
+            "max_request_line_size": 100, "max_request_headers_count": 5,
+            "min_request_body_data_rate": MinDataRate(bytes_per_second=1000, grace_period=0.5)},
+            timeouts={"request_headers": 1.0}) as (url, admin):
+        port = port_of(url)
+        answers: dict[str, bytes] = {}
+
+        async def send(name: str, data: bytes) -> None:
+            answers[name] = await raw_exchange(port, data, timeout=TIMEOUT)
+
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, "line", b"GET /" + b"a" * 200 + b" HTTP/1.1\r\n\r\n")
+                nursery.start_soon(send, "headers", b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+                    b"x-%d: y\r\n" % i for i in range(10)) + b"\r\n")
+                nursery.start_soon(send, "head_timeout", b"GET / HTTP/1.1\r\nHost: x\r\n")
+                nursery.start_soon(send, "body_rate", b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+                                   b"Content-Length: 100\r\n\r\n0123456789")
+                nursery.start_soon(send, "malformed", b"GET / HTTP/1.1\r\nHost: x\r\n"
+                                   b"bad header\r\n\r\n")
+            expected = {"line": b" 414 ", "headers": b" 431 ", "head_timeout": b" 408 ",
+                        "body_rate": b" 408 ", "malformed": b" 400 "}
+            for name, status in expected.items():
+                assert answers[name].startswith(b"HTTP/1.1" + status), (name, answers[name])
+            m = await scrape_until(admin, lambda s: value(
+                s, "trioserve_rejected_total", limit="body_rate") == 1)
+        for limit in ("request_line", "headers", "headers_timeout", "body_rate"):
+            assert value(m, "trioserve_rejected_total", limit=limit) == 1, limit
+        for status in ("400", "408", "414", "431"):
+            assert value(m, "trioserve_bad_requests_total", protocol="http1", status=status) == 1
+        # The body refused after the app began is an answered request; heads are not.
+        assert value(m, "trioserve_requests_total", protocol="1.1", status="408") == 1
+        assert ("trioserve_requests_total", (("protocol", "1.1"), ("status", "414"))) not in m
+
+
+async def test_concurrency_and_websocket_limits_are_counted() -> None:
+    """503 for a request over ``max_concurrent_requests`` (concurrency) and for a WebSocket
+    over ``max_concurrent_upgraded_connections`` (websockets)."""
+    app = App()
+    async with admin_server(app, limits={"max_concurrent_requests": 2,
+                                         "max_concurrent_upgraded_connections": 1}) \
+            as (url, admin):
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        with trio.fail_after(TIMEOUT):
+            async with open_websocket_url(ws_url) as ws, httpx.AsyncClient() as c, \
+                    trio.open_nursery() as nursery:
+                await ws.send_message("x")
+                assert await ws.get_message() == "x"
+                with pytest.raises(ConnectionRejected) as rejected:
+                    async with open_websocket_url(ws_url):
+                        pass
+                assert rejected.value.status_code == 503
+                nursery.start_soon(c.get, url + "/wait")
+                await wait_for(lambda: app.started == 2)
+                r = await c.get(url + "/hello")
+                assert (r.status_code, r.headers["retry-after"]) == (503, "1")
+                app.gate.set()
+            m = await scrape_until(admin, lambda s: value(s, "trioserve_websockets_active") == 0)
+        assert value(m, "trioserve_rejected_total", limit="concurrency") == 1
+        assert value(m, "trioserve_rejected_total", limit="websockets") == 1
+        assert value(m, "trioserve_requests_total", protocol="1.1", status="503") == 2
+        assert value(m, "trioserve_websockets_total") == 1
+
+
+async def test_http2_limits_are_counted() -> None:
+    """A stream over ``max_streams_per_connection`` (h2_streams), a header list over the count
+    (431: headers), a PING flood (h2_control_frames) and a rapid reset (h2_resets)."""
+    app = App()
+    limits = {"max_request_headers_count": 5,
+              "http2": Http2Limits(max_streams_per_connection=2,
+                                   max_control_frames_per_second=50)}
+    async with admin_server(app, limits=limits) as (url, admin):
+        port = port_of(url)
+        with trio.fail_after(TIMEOUT):
+            async with h2_client(port) as c:
+                await c.send(c.get(1, "/wait"), c.get(3, "/wait"), c.get(5, "/wait"))
+                assert await c.expect_reset(5) == 7  # REFUSED_STREAM
+                await wait_for(lambda: app.started == 2)
+                app.gate.set()
+                assert (await c.response(1)).status == 200
+                assert (await c.response(3)).status == 200
+                extra = [(f"x-{i}", "y") for i in range(10)]
+                await c.send(c.get(7, "/hello", extra=extra))
+                assert (await c.response(7)).status == 431
+            async with h2_client(port) as c:
+                await c.send(*[raw_frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(200)])
+                with trio.move_on_after(5):
+                    await c.read_until_closed()
+                assert c.goaway is not None
+            m = await scrape_until(admin, lambda s: value(
+                s, "trioserve_connections_active", protocol="http2") == 0)
+        assert value(m, "trioserve_rejected_total", limit="h2_streams") == 1
+        assert value(m, "trioserve_rejected_total", limit="headers") == 1
+        assert value(m, "trioserve_rejected_total", limit="h2_control_frames") == 1
+        assert value(m, "trioserve_bad_requests_total", protocol="http2", status="431") == 1
+        assert value(m, "trioserve_requests_total", protocol="2", status="200") == 2
+
+    app = App()
+    async with admin_server(app, limits={"http2": Http2Limits(max_resets_per_second=10)}) \
+            as (url, admin):
+        with trio.fail_after(TIMEOUT):
+            async with h2_client(port_of(url)) as c:
+                ids = [1 + 2 * i for i in range(30)]
+                await c.send(*[c.get(s, "/wait") for s in ids])
+                await wait_for(lambda: app.started == 30)
+                await c.send(*[RstStreamFrame(s, error_code=CANCEL) for s in ids])
+                await c.read_until_closed()
+                assert c.goaway is not None
+            app.gate.set()  # the apps of the reset streams return
+            m = await scrape_until(admin, lambda s: value(
+                s, "trioserve_http2_streams_active") == 0)
+        assert value(m, "trioserve_rejected_total", limit="h2_resets") == 1
+
+
+async def test_slow_reader_is_counted_as_response_rate() -> None:
+    """A client that stops reading a large response is dropped at the minimum response data
+    rate (response_rate)."""
+    app = App(big=32 * 1024 * 1024)
+    async with admin_server(app, limits={"min_response_data_rate": MinDataRate(
+            bytes_per_second=10**9, grace_period=0.5)}) as (url, admin):
+        with trio.fail_after(TIMEOUT):
+            sock = trio.socket.socket()
+            with sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                await sock.connect(("127.0.0.1", port_of(url)))
+                await sock.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                await scrape_until(admin, lambda s: value(
+                    s, "trioserve_rejected_total", limit="response_rate") == 1)
+
+
+# ------------------------------------------------------------------------------ endpoints
+
+
+async def test_admin_routes_and_public_listener_apart() -> None:
+    """The admin port is not the public one; ``/metrics`` on the public listener is the app's
+    path; HEAD, 404 and 405 (with Allow) on the admin endpoint."""
+    async with admin_server(App()) as (url, admin), httpx.AsyncClient() as c:
+        with trio.fail_after(TIMEOUT):
+            assert port_of(admin) != port_of(url)
+            r = await c.get(url + "/metrics")
+            assert (r.status_code, r.text) == (200, "hello /metrics")
+            r = await c.get(admin + "/livez")
+            assert (r.status_code, r.text) == (200, "ok\n")
+            r = await c.get(admin + "/readyz")
+            assert (r.status_code, r.text) == (200, "ready\n")
+            r = await c.head(admin + "/metrics")
+            assert r.status_code == 200 and r.content == b""
+            assert int(r.headers["content-length"]) > 100
+            r = await c.get(admin + "/")
+            assert r.status_code == 404
+            r = await c.post(admin + "/readyz", content=b"x")
+            assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
+            # The admin endpoint's own traffic is not counted.
+            m = await scrape(admin)
+            assert value(m, "trioserve_requests_total", protocol="1.1", status="200") == 1
+
+
+async def test_admin_bind_failure_is_a_listen_error() -> None:
+    """An admin address in use: ``ListenError`` naming it, before anything is served."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = make_config(admin_bind=Bind.tcp("127.0.0.1", port))
+        with trio.fail_after(TIMEOUT), pytest.raises(ListenError, match=f"127.0.0.1:{port}"):
+            await serve(App(), config, install_signal_handlers=False)
+
+
+async def wait_refused(port: int) -> None:
+    """Wait until connecting to ``port`` is refused (its listener closed)."""
+    while True:
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            return
+        await stream.aclose()
+        await trio.sleep(0.01)
+
+
+class StartingApp(App):
+    """An app whose start-up (the lifespan) waits for :attr:`startup`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.startup = trio.Event()
+
+    async def run_lifespan(self, stop: trio.Event, *,
+                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.startup.wait()
+        task_status.started()
+        await stop.wait()
+
+
+async def test_readiness_through_start_up_and_drain(tmp_path: Path) -> None:
+    """The admin endpoint is up during the app's start-up (``/readyz`` 503 "not ready",
+    ``/livez`` 200), ready once listening, 503 "draining" as soon as a graceful shutdown begins
+    while a slow request keeps the server draining (``/livez`` and ``/metrics`` still answer,
+    the public listener is closed), and closes last."""
+    sock_path = str(tmp_path / "admin.sock")
+    app = StartingApp()
+    config = make_config(admin_bind=Bind.unix(sock_path))
+    shutdown = trio.Event()
+    transport = httpx.AsyncHTTPTransport(uds=sock_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as admin:
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                started: list[list[str]] = []
+
+                async def run() -> None:
+                    started.append(await nursery.start(lambda task_status: serve(
+                        app, config, shutdown=shutdown, install_signal_handlers=False,
+                        task_status=task_status)))
+
+                nursery.start_soon(run)
+                await wait_for(lambda: os.path.exists(sock_path))
+                r = await admin.get("/readyz")
+                assert (r.status_code, r.text) == (503, "not ready\n")
+                assert (await admin.get("/livez")).status_code == 200
+                app.startup.set()
+                await wait_for(lambda: bool(started))
+                addresses = started[0]
+                assert addresses.admin == [f"unix:{sock_path}"]  # type: ignore[attr-defined]
+                assert (await admin.get("/readyz")).status_code == 200
+                url = addresses[0]
+                port = port_of(url)
+                async with httpx.AsyncClient() as public:
+                    slow = trio.Event()
+
+                    async def slow_request() -> None:
+                        r = await public.get(url + "/wait")
+                        assert (r.status_code, r.text) == (200, "done")
+                        slow.set()
+
+                    nursery.start_soon(slow_request)
+                    await wait_for(lambda: app.started == 1)
+                    shutdown.set()
+                    while (r := await admin.get("/readyz")).status_code == 200:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                    assert (r.status_code, r.text) == (503, "draining\n")
+                    assert (await admin.get("/livez")).status_code == 200
+                    m = parse((await admin.get("/metrics")).text)
+                    assert value(m, "trioserve_ready") == 0
+                    await wait_refused(port)
+                    assert not slow.is_set()
+                    app.gate.set()
+                    await slow.wait()
+        # serve() returned: the admin endpoint is gone too.
+        assert not await trio.Path(sock_path).exists()
+        with pytest.raises(httpx.TransportError):
+            await admin.get("/livez")
+
+
+# ------------------------------------------------------------------------------ systemd
+
+
+async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``NOTIFY_SOCKET`` (a real datagram socket) and ``WATCHDOG_USEC=200000``: READY=1
+    with a STATUS naming the address once listening, WATCHDOG=1 about every 0.1 s, STOPPING=1
+    when the graceful shutdown begins."""
+    path = str(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    received: list[str] = []
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        await sock.bind(path)
+
+        async def collect() -> None:
+            while True:
+                received.append((await sock.recv(4096)).decode())
+
+        def states() -> list[str]:
+            return [line for msg in received for line in msg.split("\n")]
+
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect)
+                async with run_server(App(), make_config(), asgi=False) as srv:
+                    await wait_for(lambda: "READY=1" in states())
+                    assert f"STATUS=listening on {srv.url}" in states()
+                    await wait_for(lambda: states().count("WATCHDOG=1") >= 3)
+                    assert "STOPPING=1" not in states()
+                await wait_for(lambda: "STOPPING=1" in states())
+                nursery.cancel_scope.cancel()
+    order = states()
+    assert order.index("READY=1") < order.index("STOPPING=1")
+
+
+# ------------------------------------------------------------------------------ embedding
+
+
+async def test_metrics_without_admin_endpoint() -> None:
+    """``serve(metrics=...)`` counts without an admin endpoint (a worker reports its counts to
+    its supervisor); ``requests`` is the number of completed requests."""
+    metrics = Metrics()
+    config = make_config()
+    shutdown = trio.Event()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(lambda task_status: serve(
+                App(), config, shutdown=shutdown, install_signal_handlers=False,
+                metrics=metrics, task_status=task_status))
+            assert addresses.admin == []
+            async with httpx.AsyncClient() as c:
+                for _ in range(5):
+                    await c.get(addresses[0] + "/")
+            await wait_for(lambda: metrics.requests == 5)
+            snap = json.loads(json.dumps(metrics.snapshot()))
+            assert snap["counters"]["requests"] == {"1.1": {"200": 5}}
+            shutdown.set()
+
+
+async def test_admin_app_for_a_supervisor() -> None:
+    """``AdminApp`` over merged snapshots with extra gauges, served as any features app."""
+    worker = Metrics()
+    worker.request("1.1", 200, 0.01, 10, 20)
+    snap = worker.snapshot()
+    app = AdminApp(lambda: merge([snap, snap]), lambda: True,
+                   lambda: {"trioserve_workers": 2})
+    async with run_server(app, make_config(), asgi=False) as srv, httpx.AsyncClient() as c:
+        with trio.fail_after(TIMEOUT):
+            m = parse((await c.get(srv.url + "/metrics")).text)
+    assert value(m, "trioserve_workers") == 2
+    assert value(m, "trioserve_requests_total", protocol="1.1", status="200") == 2
+
+
+@pytest.mark.slow
+def test_cli_admin_bind(tmp_path: Path) -> None:
+    """``--admin-bind unix:PATH`` on the command line: the admin endpoint answers, SIGTERM
+    still exits 0."""
+    sock_path = str(tmp_path / "admin.sock")
+    with server_process(module_command("trioserve.demo:app", "--port", "0",
+                                       "--admin-bind", f"unix:{sock_path}")) as sp:
+        sp.wait_port()
+        sp.wait_for_line(r"admin endpoint on unix:")
+        with httpx.Client(transport=httpx.HTTPTransport(uds=sock_path)) as c:
+            r = c.get("http://admin/readyz", timeout=TIMEOUT)
+            assert (r.status_code, r.text) == (200, "ready\n")
+            assert "trioserve_requests_total" in c.get("http://admin/metrics",
+                                                       timeout=TIMEOUT).text
+        sp.signal()
+        assert sp.wait() == 0
+
+
+# ------------------------------------------------------------------------------ the module
+
+
+def test_histogram_bucket_edges() -> None:
+    """A duration equal to a bound is counted in that bound's bucket (``le``); one beyond the
+    last bound only in ``+Inf``."""
+    m = Metrics(buckets=(0.1, 1.0))
+    for d in (0.1, 0.5, 1.0, 7.0):
+        m.request("2", 200, d, 0, 0)
+    s = parse(render_prometheus(m.snapshot()))
+    name = "trioserve_request_duration_seconds"
+    assert value(s, f"{name}_bucket", protocol="2", le="0.1") == 1
+    assert value(s, f"{name}_bucket", protocol="2", le="1.0") == 3
+    assert value(s, f"{name}_bucket", protocol="2", le="+Inf") == 4
+    assert value(s, f"{name}_count", protocol="2") == 4
+    assert math.isclose(value(s, f"{name}_sum", protocol="2"), 8.6)
+    with pytest.raises(ValueError, match="increasing"):
+        Metrics(buckets=(1.0, 0.5))
+
+
+def test_merge_and_retire() -> None:
+    """Counters, gauges and buckets add up across snapshots (after a JSON round trip); a
+    retired snapshot keeps its counters but not its gauges; bad shapes are refused."""
+    a, b = Metrics(), Metrics()
+    a.request("1.1", 200, 0.01, 5, 50)
+    b.request("1.1", 200, 0.2, 0, 60)
+    b.request("2", 404, 3.0, 0, 10)
+    a.connection_opened("http1")
+    b.connection_opened("http2")
+    b.reject("concurrency")
+    b.reject("custom_limit")
+    snaps = [json.loads(json.dumps(x.snapshot())) for x in (a, b)]
+    total = merge(snaps)
+    s = parse(render_prometheus(total))
+    assert value(s, "trioserve_requests_total", protocol="1.1", status="200") == 2
+    assert value(s, "trioserve_requests_total", protocol="2", status="404") == 1
+    assert value(s, "trioserve_response_bytes_total") == 120
+    assert value(s, "trioserve_connections_active", protocol="http1") == 1
+    assert value(s, "trioserve_connections_active", protocol="http2") == 1
+    assert value(s, "trioserve_rejected_total", limit="concurrency") == 1
+    assert value(s, "trioserve_rejected_total", limit="custom_limit") == 1
+    assert value(s, "trioserve_request_duration_seconds_count", protocol="1.1") == 2
+
+    kept = merge([retire(snaps[1]), snaps[0]])
+    s = parse(render_prometheus(kept))
+    assert value(s, "trioserve_requests_total", protocol="1.1", status="200") == 2
+    assert value(s, "trioserve_connections_active", protocol="http2") == 0
+    assert value(s, "trioserve_connections_active", protocol="http1") == 1
+
+    assert merge([]) == Metrics().snapshot()
+    other = Metrics(buckets=(1.0,))
+    other.request("1.1", 200, 0.5, 0, 0)
+    with pytest.raises(ValueError, match="bounds"):
+        merge([snaps[0], other.snapshot()])
+    with pytest.raises(ValueError, match="version"):
+        merge([{**snaps[0], "version": 99}])
+
+
+def test_rendering_escapes_and_extra_gauges() -> None:
+    """Label values with backslashes, quotes and newlines are escaped (the parser reads them
+    back); extra gauges are validated."""
+    m = Metrics()
+    m.reject('odd "limit"\\\nname')
+    text = render_prometheus(m.snapshot(), {"trioserve_workers": 3,
+                                            "trioserve_worker_restarts_total": 1})
+    s = parse(text)
+    assert value(s, "trioserve_rejected_total", limit='odd "limit"\\\nname') == 1
+    assert value(s, "trioserve_workers") == 3
+    assert "# TYPE trioserve_worker_restarts_total counter" in text
+    assert text.endswith("\n")
+    with pytest.raises(ValueError, match="invalid metric name"):
+        render_prometheus(m.snapshot(), {"bad name": 1})
+    with pytest.raises(ValueError, match="clashes"):
+        render_prometheus(m.snapshot(), {"trioserve_requests_total": 1})
+    assert "NaN" in render_prometheus(m.snapshot(), {"x_nan": math.nan})
+
