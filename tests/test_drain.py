@@ -1,7 +1,8 @@
-"""A graceful drain (SIGTERM, a worker's reload) closes idle keep-alive connections at once,
-but serves the first request of a connection it had already accepted: that request may be on
-its way (rolling restarts of workers would lose it otherwise). A connection that sends nothing
-is closed after a short grace, long before the graceful timeout."""
+"""A graceful drain (SIGTERM, a worker's reload) does not close a connection waiting for a
+request at once, kept-alive or just accepted: the request may be on its way (a rolling restart
+of workers under load would lose it). A request that arrives within the grace is served with
+``Connection: close``; a connection that sends nothing is closed after the grace, long before
+the graceful timeout."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _app(release: trio.Event) -> Any:
 REQUEST = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-async def test_drain_serves_a_first_request_sent_after_it_began() -> None:
+async def test_drain_serves_requests_sent_just_after_it_began() -> None:
     release = trio.Event()
     config = make_config(timeouts={"graceful": 30})
     with trio.fail_after(20):
@@ -37,20 +38,27 @@ async def test_drain_serves_a_first_request_sent_after_it_began() -> None:
             await idle.send_all(REQUEST % b"idle")
             first = await idle.receive_some(65536)
             assert first.startswith(b"HTTP/1.1 200")
+            quiet = await trio.open_tcp_stream("127.0.0.1", srv.port)  # kept alive, then silent
+            await quiet.send_all(REQUEST % b"quiet")
+            assert (await quiet.receive_some(65536)).startswith(b"HTTP/1.1 200")
             slow = await trio.open_tcp_stream("127.0.0.1", srv.port)
             await slow.send_all(REQUEST % b"slow")
             await trio.sleep(0.2)  # the slow request is in the app: the drain lasts until release
             srv.shutdown.set()
             await trio.sleep(0.3)
-            # the idle keep-alive connection is closed without a response
-            assert await read_until_closed(idle) == b""
+            # the kept-alive connection's next request is served, and the connection closed
+            await idle.send_all(REQUEST % b"again")
+            answer = parse_responses(await read_until_closed(idle))
+            assert [(r.status_code, body) for r, body in answer] == [(200, b"/again")]
+            assert (b"connection", b"close") in answer[0][0].headers
             # the accepted connection's request, sent after the drain began, is served
             await fresh.send_all(REQUEST % b"fresh")
             answer = parse_responses(await read_until_closed(fresh))
             assert [(r.status_code, body) for r, body in answer] == [(200, b"/fresh")]
             assert (b"connection", b"close") in answer[0][0].headers
-            # the silent one is closed after the grace, while the slow request still runs
+            # the silent ones are closed after the grace, while the slow request still runs
             assert await read_until_closed(silent) == b""
+            assert await read_until_closed(quiet) == b""
             assert not release.is_set()
             release.set()
             answer = parse_responses(await read_until_closed(slow))

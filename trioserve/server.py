@@ -113,9 +113,10 @@ MAX_PIPELINE_BUFFER = 64 * 1024  # bytes read ahead while waiting for a disconne
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_BACKOFF_MIN = 0.01  # seconds: the first retry of an accept out of descriptors
 ACCEPT_BACKOFF_MAX = 1.0
-# A drain does not close a connection accepted before it that has not sent its first request
-# yet (the request may be on its way): it gets this long to arrive.
-FRESH_DRAIN_GRACE = 1.0
+# A drain does not close a connection waiting for a request at once (the request may be on its
+# way: closing would lose it): the request gets this long to arrive, and is answered with
+# "Connection: close".
+DRAIN_GRACE = 1.0
 _ids = itertools.count(1)
 
 
@@ -149,8 +150,9 @@ class _Server:
         self.config = config
         self.metrics = metrics  # None: nothing is counted (one ``is None`` test per event)
         self.draining = False
-        self.idle_scopes: set[trio.CancelScope] = set()  # keep-alive waits: closed by a drain
-        self.fresh_scopes: set[trio.CancelScope] = set()  # first-request waits: shortened
+        # waits for a request's first byte (and for a PROXY header or TLS handshake), whose
+        # deadlines a drain shortens to DRAIN_GRACE
+        self.request_waits: set[trio.CancelScope] = set()
         self.drain_callbacks: set[Callable[[], None]] = set()  # HTTP/2 connections' GOAWAY
         self.features = FeatureCollection()
         limit = config.limits.max_concurrent_connections
@@ -288,10 +290,8 @@ class _Server:
 
     def begin_drain(self) -> None:
         self.draining = True
-        for scope in list(self.idle_scopes):
-            scope.cancel()
-        grace = trio.current_time() + FRESH_DRAIN_GRACE
-        for scope in list(self.fresh_scopes):
+        grace = trio.current_time() + DRAIN_GRACE
+        for scope in list(self.request_waits):
             scope.deadline = min(scope.deadline, grace)
         for callback in list(self.drain_callbacks):
             callback()
@@ -887,8 +887,7 @@ class _H1Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientDisconnected):
             return
         finally:
-            self.server.idle_scopes.discard(self.timer)
-            self.server.fresh_scopes.discard(self.timer)
+            self.server.request_waits.discard(self.timer)
             with trio.CancelScope(shield=True) as cleanup:
                 # sending a last error, then lingering (each bounded on its own too)
                 cleanup.deadline = trio.current_time() + CLOSE_TIMEOUT + LINGER_TIMEOUT
@@ -941,19 +940,19 @@ class _H1Connection:
         eof = buf == b""
         buf = buf or b""
         if not buf and not eof:
-            # No byte yet: a drain gives the request FRESH_DRAIN_GRACE to arrive.
+            # No byte yet: a drain gives the request DRAIN_GRACE to arrive.
             if server.draining:
-                timer.deadline = min(timer.deadline, trio.current_time() + FRESH_DRAIN_GRACE)
-            server.fresh_scopes.add(timer)
+                timer.deadline = min(timer.deadline, trio.current_time() + DRAIN_GRACE)
+            server.request_waits.add(timer)
         try:
             while not eof and len(buf) < len(PREFACE) and PREFACE.startswith(buf):
                 data = await self.io.receive(known_empty=known_empty)
                 known_empty = False
-                server.fresh_scopes.discard(timer)
+                server.request_waits.discard(timer)
                 eof = not data
                 buf += data
         finally:
-            server.fresh_scopes.discard(timer)
+            server.request_waits.discard(timer)
         if buf.startswith(PREFACE):
             # the first stream's deadline still runs from accept
             self.h2_handover = _H2Handover(buf, None, None, b"", timer.deadline)
@@ -1026,15 +1025,11 @@ class _H1Connection:
                     timeouts.keep_alive if idle and not self.first else timeouts.request_headers)
                 # the first request's deadline runs from accept (set while sniffing for h2c)
                 timer.deadline = min(deadline, timer.deadline) if self.first else deadline
-                # A drain closes an idle keep-alive connection at once, but gives a new
-                # connection's first request FRESH_DRAIN_GRACE to arrive.
-                waits = server.fresh_scopes if self.first else server.idle_scopes
+                # A drain gives the next request DRAIN_GRACE to arrive (see DRAIN_GRACE).
+                waits = server.request_waits
                 if idle:
                     if server.draining:
-                        if not self.first:
-                            return None
-                        timer.deadline = min(timer.deadline,
-                                             trio.current_time() + FRESH_DRAIN_GRACE)
+                        timer.deadline = min(timer.deadline, trio.current_time() + DRAIN_GRACE)
                     waits.add(timer)
                 while ev is NEED_DATA:
                     data = await self.io.receive(known_empty=known_empty)
@@ -1773,7 +1768,7 @@ async def _read_proxy_header(server: _Server, tsock: trio.socket.SocketType
     exactly its bytes, so that TLS and HTTP read what follows untouched: peek, and take only
     the bytes the parser says belong to the header. The wait is bounded by the first request's
     header deadline (``Timeouts.request_headers``, from accept; shortened to
-    ``FRESH_DRAIN_GRACE`` by a graceful shutdown, like a first request's).
+    ``DRAIN_GRACE`` by a graceful shutdown, like a first request's).
 
     Returns the header, or ``None`` when the connection is to be closed: the peer is not
     trusted (``ProxyConfig.trusted``; checked before reading), it sent something else or an
@@ -1788,8 +1783,8 @@ async def _read_proxy_header(server: _Server, tsock: trio.socket.SocketType
     else:
         with trio.move_on_after(server.config.timeouts.request_headers) as scope:
             if server.draining:
-                scope.deadline = min(scope.deadline, trio.current_time() + FRESH_DRAIN_GRACE)
-            server.fresh_scopes.add(scope)
+                scope.deadline = min(scope.deadline, trio.current_time() + DRAIN_GRACE)
+            server.request_waits.add(scope)
             try:
                 buf = b""
                 while header is None:
@@ -1812,7 +1807,7 @@ async def _read_proxy_header(server: _Server, tsock: trio.socket.SocketType
             except OSError as exc:
                 failure = str(exc) or type(exc).__name__
             finally:
-                server.fresh_scopes.discard(scope)
+                server.request_waits.discard(scope)
         if scope.cancelled_caught:
             failure = ("the server is shutting down" if server.draining
                        else "timed out waiting for the PROXY protocol header")
@@ -1893,11 +1888,11 @@ async def _tls_handshake(server: _Server, stream: trio.SocketStream
     failure: str | None = None
     plain_http = False
     with trio.move_on_after(server.config.tls.handshake_timeout) as scope:
-        # Like a new connection's first request, a handshake gets FRESH_DRAIN_GRACE from a
+        # Like a new connection's first request, a handshake gets DRAIN_GRACE from a
         # graceful shutdown.
         if server.draining:
-            scope.deadline = min(scope.deadline, trio.current_time() + FRESH_DRAIN_GRACE)
-        server.fresh_scopes.add(scope)
+            scope.deadline = min(scope.deadline, trio.current_time() + DRAIN_GRACE)
+        server.request_waits.add(scope)
         try:
             # A TLS client starts with a handshake record (0x16); a plain-HTTP one with a
             # method name. Peeked, so the handshake still reads every byte.
@@ -1915,7 +1910,7 @@ async def _tls_handshake(server: _Server, stream: trio.SocketStream
             cause = exc.__cause__
             failure = str(cause or exc) or type(cause or exc).__name__
         finally:
-            server.fresh_scopes.discard(scope)
+            server.request_waits.discard(scope)
     if scope.cancelled_caught:
         failure = "the server is shutting down" if server.draining else "handshake timed out"
     if failure is not None:
