@@ -63,3 +63,42 @@ async def test_drain_serves_requests_sent_just_after_it_began() -> None:
             release.set()
             answer = parse_responses(await read_until_closed(slow))
             assert [(r.status_code, body) for r, body in answer] == [(200, b"/slow")]
+
+
+async def test_drain_serves_the_next_request_after_a_keep_alive_response() -> None:
+    # The response's head went out before the drain, promising keep-alive: the client may
+    # send its next request as soon as the body ends, and that request must be served.
+    release = trio.Event()
+    started = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"5")]})
+        if scope["path"] == "/held":
+            await send({"type": "http.response.body", "body": b"hel", "more_body": True})
+            started.set()
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"lo"})
+            return
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    with trio.fail_after(20):
+        async with run_server(app, make_config()) as srv:
+            conn = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            await conn.send_all(REQUEST % b"held")
+            await started.wait()
+            srv.shutdown.set()
+            await trio.sleep(0.2)
+            release.set()
+            head = b""
+            while not head.endswith(b"hello"):
+                chunk = await conn.receive_some(65536)
+                assert chunk, head
+                head += chunk
+            assert b"connection: close" not in head.lower()  # keep-alive was promised
+            await conn.send_all(REQUEST % b"next")
+            answer = parse_responses(await read_until_closed(conn))
+            assert [(r.status_code, body) for r, body in answer] == [(200, b"hello")]
+            assert (b"connection", b"close") in answer[0][0].headers

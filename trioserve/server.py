@@ -881,7 +881,10 @@ class _H1Connection:
                         return
                     await self._handle(head)
                     proto = self.proto
-                    if not proto.keep_alive or self.server.draining:
+                    # Not "or draining": a response whose head went out before the drain
+                    # promised keep-alive, so the client may be sending its next request
+                    # already; _read_head gives it DRAIN_GRACE, and its answer says close.
+                    if not proto.keep_alive:
                         return
                     proto.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientDisconnected):
