@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -300,6 +301,30 @@ def test_sighup_reloads_under_load_without_losing_a_request(tmp_path: Path) -> N
         assert not set(new) & set(old)
         assert {int(r.body) for r in results if r.start >= old_gone} <= set(new)
         assert serving_pids(port, 2) == set(new)
+        stop(sp)
+
+
+def test_sighup_under_wrk_keep_alive_load_loses_no_request(tmp_path: Path) -> None:
+    # wrk keeps its connections alive and never retries: a request the server closes a
+    # connection on shows as a socket error, a failed one as non-2xx.
+    wrk = shutil.which("wrk")
+    assert wrk is not None, "wrk is needed (Debian's wrk; .ci/run installs it)"
+    with supervisor(tmp_path, "--workers", "2") as sp:
+        port = sp.wait_port()
+        wait_ready(sp)
+        with subprocess.Popen([wrk, "-t1", "-c8", "-d7s", f"http://127.0.0.1:{port}/pid"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as load:
+            for _ in range(2):
+                time.sleep(1.5)
+                mark = len(sp.lines)
+                sp.signal(signal.SIGHUP)
+                sp.wait_for_line(r"reload complete", timeout=60, start=mark)
+            out, _ = load.communicate(timeout=60)
+        assert load.returncode == 0, out
+        served = re.search(r"(\d+) requests in", out)
+        assert served is not None and int(served.group(1)) > 100, out
+        assert "Socket errors" not in out and "Non-2xx" not in out, out
         stop(sp)
 
 
