@@ -12,12 +12,14 @@ from .config import (
     Http2Limits,
     Limits,
     MinDataRate,
+    ProxyConfig,
     Timeouts,
     Tls,
     WebSocketConfig,
 )
+from .metrics import Metrics
 from .server import serve
 
-__all__ = ["Bind", "Config", "ConfigError", "Http2Limits", "Limits", "MinDataRate", "Timeouts",
-           "Tls", "WebSocketConfig", "serve"]
+__all__ = ["Bind", "Config", "ConfigError", "Http2Limits", "Limits", "Metrics", "MinDataRate",
+           "ProxyConfig", "Timeouts", "Tls", "WebSocketConfig", "serve"]
 __version__ = "0.1.0"
