@@ -66,6 +66,10 @@ def servers(port: int) -> dict[str, list[str]]:
     if HAVE_HTTPTOOLS:
         out["trioserve ASGI hello (httptools, no access log)"] = [
             *trioserve, "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        # the same with the admin endpoint on, so every request is counted (metrics)
+        out["trioserve ASGI hello (httptools, no access log, metrics)"] = [
+            *trioserve, "--http", "httptools", "--no-access-log", "--log-level", "warning",
+            "--admin-bind", "127.0.0.1:0"]
     return out
 
 
