@@ -9,7 +9,9 @@ state) are implemented::
 Behaviour worth knowing:
 
 - ``scope["path"]`` and ``scope["raw_path"]`` include ``root_path`` (the prefix a proxy strips
-  before forwarding), as Uvicorn does; ``scope["state"]`` is a shallow copy of the lifespan state.
+  before forwarding), as Uvicorn does (in ``raw_path`` percent-encoded, so that it stays a
+  valid encoded path whatever the prefix holds: ``%``, ``?``, non-ASCII); ``scope["state"]``
+  is a shallow copy of the lifespan state.
 - ``receive()`` streams the body as ``http.request`` messages with ``more_body``; afterwards it
   waits and returns ``http.disconnect`` when the client goes away or once the response is sent.
 - ``http.response.start`` is held until the first body message so that a one-message body goes
@@ -37,6 +39,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
+from urllib.parse import quote
 
 import trio
 
@@ -83,6 +86,16 @@ def _byte_pairs(pairs: Any, what: str) -> list[tuple[bytes, bytes]]:
                             f"{name!r}: {value!r}")
         out.append((name, value))
     return out
+
+
+_PATH_SAFE = "/:@!$&'()*+,;="  # RFC 3986 pchar's sub-delims, ":" and "@", and "/"
+
+
+def _encoded_path(path: str) -> bytes:
+    """``path`` (decoded text) percent-encoded as the bytes of a URI path: UTF-8, every byte
+    outside RFC 3986's pchar and ``/`` escaped (``%`` itself included, so that decoding gives
+    ``path`` back)."""
+    return quote(path, safe=_PATH_SAFE).encode("ascii")
 
 
 def _tls_extension(tls: TlsFeature) -> dict[str, Any]:
@@ -151,7 +164,8 @@ class ASGIBridge:
             "http_version": req.http_version,
             "scheme": scheme,
             "path": root_path + req.path if root_path else req.path,
-            "raw_path": root_path.encode() + req.raw_path if root_path else req.raw_path,
+            "raw_path": (_encoded_path(root_path) + req.raw_path if root_path
+                         else req.raw_path),
             "query_string": req.query_string,
             "root_path": root_path,
             "headers": req.headers,

@@ -29,7 +29,8 @@ How it works:
   ``400`` with a message saying so (and ``Connection: close``), without calling the app.
 
 ``environ`` follows PEP 3333: ``PATH_INFO`` is percent-decoded bytes as latin-1, ``SCRIPT_NAME``
-is the configured root path, header names containing ``_`` are dropped (so ``X_Forwarded_For``
+is the root path (the configured one, with a forwarded prefix in front), its UTF-8 bytes as
+latin-1 too, header names containing ``_`` are dropped (so ``X_Forwarded_For``
 cannot pose as ``X-Forwarded-For``), repeated headers are joined with ``", "`` (``"; "`` for
 ``Cookie``; a repeated ``Content-Type`` keeps the last one); on HTTPS, ``HTTPS=on``.
 """
@@ -695,7 +696,11 @@ class WSGIBridge:
         scheme = req.scheme
         env = _BASE_ENVIRON.copy()
         env["REQUEST_METHOD"] = req.method
-        env["SCRIPT_NAME"] = req.root_path
+        root_path = req.root_path
+        # PEP 3333: bytes as latin-1, like PATH_INFO (a decoded "/caf\u00e9" prefix is the
+        # UTF-8 bytes of its path, each a character)
+        env["SCRIPT_NAME"] = (root_path if root_path.isascii()
+                              else root_path.encode("utf-8").decode("latin-1"))
         env["PATH_INFO"] = (unquote_to_bytes(raw_path) if b"%" in raw_path
                             else raw_path).decode("latin-1")
         env["QUERY_STRING"] = req.query_string.decode("latin-1")

@@ -7,8 +7,8 @@ every limit's rejection counted; ``/readyz`` 503 from the moment a drain begins 
 from the public ones; ``sd_notify`` (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``) received on a
 real datagram socket; and :mod:`trioserve.metrics` itself (merge, retire, rendering).
 
-Config refuses an ``admin_bind`` equal to a public bind, port 0 included, so the admin endpoint
-is bound to ``127.1`` (127.0.0.1 spelled another way) next to the public ``127.0.0.1:0``.
+The admin endpoint is bound to ``127.0.0.1:0`` next to the public ``127.0.0.1:0`` (two port-0
+binds are two listeners; Config refuses an ``admin_bind`` equal to a public bind otherwise).
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from conftest import make_config, raw_exchange, run_server
 from hyperframe.frame import RstStreamFrame
 from procs import module_command, server_process
 from prometheus_client.parser import text_string_to_metric_families
-from test_http2_bad_input import CANCEL, PING, h2_client, raw_frame
+from test_http2_bad_input import CANCEL, INITIAL_WINDOW_SIZE, PING, h2_client, raw_frame
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from trioserve import Bind, Http2Limits, MinDataRate, serve
 from trioserve.admin import AdminApp
+from trioserve.config import ProxyConfig
 from trioserve.features import (
     RequestBodyFeature,
     RequestContext,
@@ -47,7 +48,7 @@ from trioserve.listeners import ListenError
 from trioserve.metrics import LIMITS, Metrics, merge, render_prometheus, retire
 
 TIMEOUT = 20
-ADMIN = Bind.tcp("127.1", 0)
+ADMIN = Bind.tcp("127.0.0.1", 0)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -56,8 +57,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 class App:
     """A features app: ``/echo`` returns the request body, ``/wait`` waits for :attr:`gate`,
-    ``/big`` sends :attr:`big` bytes, a WebSocket echoes one message and waits for the close;
-    anything else answers ``hello <path>``. :attr:`started` counts the calls in progress."""
+    ``/big`` sends :attr:`big` bytes (``/pieces`` in 128-byte writes), a WebSocket echoes one
+    message and waits for the close; anything else answers ``hello <path>``. :attr:`started`
+    counts the calls in progress."""
 
     def __init__(self, big: int = 0) -> None:
         self.gate = trio.Event()
@@ -89,6 +91,10 @@ class App:
                 await body.complete(b"done")
             elif path == "/big":
                 await body.complete(b"x" * self.big)
+            elif path == "/pieces":
+                for _ in range(self.big // 128):
+                    await body.send(b"x" * 128)
+                await body.complete()
             else:
                 await body.complete(b"hello " + path.encode())
         finally:
@@ -376,6 +382,43 @@ async def test_slow_reader_is_counted_as_response_rate() -> None:
                 await sock.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
                 await scrape_until(admin, lambda s: value(
                     s, "trioserve_rejected_total", limit="response_rate") == 1)
+
+
+async def test_http2_zero_window_is_counted_as_response_rate() -> None:
+    """An HTTP/2 client that never opens its flow-control window: the stream is reset at the
+    minimum response data rate, counted once as response_rate."""
+    app = App(big=64 * 1024)
+    async with admin_server(app, limits={"min_response_data_rate": MinDataRate(
+            bytes_per_second=240, grace_period=0.3)}) as (url, admin):
+        with trio.fail_after(TIMEOUT):
+            async with h2_client(port_of(url), {INITIAL_WINDOW_SIZE: 0}) as c:
+                await c.send(c.get(1, "/pieces"))
+                assert await c.expect_reset(1) == CANCEL
+                m = await scrape_until(admin, lambda s: value(
+                    s, "trioserve_rejected_total", limit="response_rate") == 1)
+        assert value(m, "trioserve_rejected_total", limit="h2_streams") == 0
+
+
+async def test_proxy_protocol_failures_are_counted() -> None:
+    """Connections closed for want of a valid PROXY header (none, an invalid one, from an
+    untrusted peer) count as proxy_protocol; a good one does not."""
+    good = b"PROXY TCP4 203.0.113.7 192.0.2.1 1 2\r\nGET / HTTP/1.1\r\nhost: x\r\n" \
+           b"connection: close\r\n\r\n"
+    async with admin_server(App(), proxy=ProxyConfig(proxy_protocol=True)) as (url, admin):
+        port = port_of(url)
+        with trio.fail_after(TIMEOUT):
+            assert await raw_exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n") == b""
+            assert await raw_exchange(port, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n") == b""
+            assert b" 200 " in await raw_exchange(port, good)
+            m = await scrape_until(admin, lambda s: value(
+                s, "trioserve_rejected_total", limit="proxy_protocol") >= 2)
+        assert value(m, "trioserve_rejected_total", limit="proxy_protocol") == 2
+    async with admin_server(App(), proxy=ProxyConfig(proxy_protocol=True,
+                                                     trusted=("10.0.0.0/8",))) as (url, admin):
+        with trio.fail_after(TIMEOUT):
+            assert await raw_exchange(port_of(url), good) == b""
+            m = await scrape_until(admin, lambda s: value(
+                s, "trioserve_rejected_total", limit="proxy_protocol") == 1)
 
 
 # ------------------------------------------------------------------------------ endpoints

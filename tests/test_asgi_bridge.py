@@ -216,6 +216,27 @@ async def test_scope_root_path_prefixes_path_and_raw_path() -> None:
     assert "state" not in scope  # lifespan off: no state to share
 
 
+async def test_raw_path_has_the_root_path_percent_encoded() -> None:
+    """``raw_path`` is a valid encoded path whatever the root path holds: ``%``, ``?``,
+    a space and non-ASCII escaped; pchar's sub-delims, ``:`` and ``@`` kept."""
+    scopes: list[Scope] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await respond(send)
+
+    root = "/caf\u00e9 100%/a?b/;x=y:@!$&'()*+,"
+    with trio.fail_after(TIMEOUT):
+        async with run_server(app, make_config(root_path=root), lifespan="off") as srv:
+            data = await raw_exchange(
+                srv.port, b"GET /x%2Fy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert parse_responses(data)[0][0].status_code == 200
+    (scope,) = scopes
+    assert scope["root_path"] == root
+    assert scope["path"] == root + "/x/y"
+    assert scope["raw_path"] == b"/caf%C3%A9%20100%25/a%3Fb/;x=y:@!$&'()*+,/x%2Fy"
+
+
 # ------------------------------------------------------------------------ request body
 
 

@@ -171,6 +171,59 @@ def test_negative_flags_point_to_the_key(tmp_path: Path) -> None:
                           "TRIOSERVE_ACCESS_LOG=0)")
 
 
+@pytest.mark.parametrize("key", ["proxy-headers", "proxy-protocol", "reload", "factory"])
+def test_on_off_flags_have_a_negation_that_overrides_the_file(tmp_path: Path, key: str) -> None:
+    """A file's (or the environment's) ``true`` is turned off by the ``--no-…`` flag."""
+    dest = key.replace("-", "_")
+    s = load(tmp_path, toml=f"{key} = true\n")
+    assert getattr(s.args, dest) is True
+    s = load(tmp_path, ["x:app", f"--no-{key}"])
+    assert getattr(s.args, dest) is False
+    assert s.sources[dest] == f"flag --no-{key}"
+    env = {"TRIOSERVE_" + dest.upper(): "1"}
+    s = load(tmp_path, ["x:app", f"--no-{key}"], env)
+    assert (getattr(s.args, dest), s.sources[dest]) == (False, f"flag --no-{key}")
+    s = load(tmp_path, ["x:app", f"--no-{key}", f"--{key}"])  # the last one wins
+    assert (getattr(s.args, dest), s.sources[dest]) == (True, f"flag --{key}")
+    assert error_of(tmp_path, toml=f"no-{key} = true\n") == (
+        f"trioserve.toml: unknown key 'no-{key}' (write '{key} = false')")
+    if key == "proxy-headers":  # and what the server is then built with
+        (tmp_path / "trioserve.toml").write_text(
+            'proxy-headers = true\nproxy-headers-format = "forwarded"\n')
+        args = load(tmp_path, ["x:app", "--no-proxy-headers"]).args
+        assert build_config(args).proxy.headers == "off"
+
+
+def test_huge_numbers_are_one_line_errors(tmp_path: Path) -> None:
+    """A TOML integer too large for a float option, or too long for Python to read at all,
+    is the option's error (or the file's), not a traceback."""
+    big = "9" * 400
+    msg = error_of(tmp_path, toml=f"worker-timeout = {big}\n")
+    assert msg == ("trioserve.toml worker-timeout: expected a positive number of seconds, got "
+                   "99999999999999999999...99999999 (400 characters)")
+    msg = error_of(tmp_path, toml=f"min-response-rate = -{big}\n")
+    assert msg.startswith("trioserve.toml min-response-rate: expected bytes per second >= 0")
+    msg = error_of(tmp_path, toml="workers = " + "9" * 5000 + "\n")
+    assert msg.startswith("trioserve.toml: invalid TOML: ") and "digits" in msg
+    msg = error_of(tmp_path, env={"TRIOSERVE_WORKERS": "9" * 5000}, toml="")
+    assert msg == ("TRIOSERVE_WORKERS: expected an integer >= 0, got "
+                   "'9999999999999999999...9999999' (5000 characters)")
+    assert load(tmp_path, toml=f"workers = {big}\n").args.workers == int(big)  # an int: fine
+
+
+def test_huge_numbers_exit_2_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trioserve.toml").write_text("worker-timeout = " + "9" * 400 + "\n")
+    assert main(["config"]) == 2
+    assert main(["x:app"]) == 2
+    err = capsys.readouterr().err
+    assert_one_error(err.split("\n", 1)[0] + "\n", "trioserve.toml worker-timeout: expected a "
+                     "positive number of seconds, got 99999999999999999999...99999999 "
+                     "(400 characters)")
+    assert err.count("trioserve: error: trioserve.toml worker-timeout") == 2
+
+
 def test_server_header_false_or_empty_sends_none(tmp_path: Path) -> None:
     assert load(tmp_path, toml="server-header = false\n").args.server_header is None
     assert load(tmp_path, toml='server-header = "edge/2"\n').args.server_header == "edge/2"
@@ -612,6 +665,26 @@ def test_server_honours_port_and_refuses_unknown_variables(tmp_path: Path) -> No
     assert_one_error(res.stderr, "unknown environment variable TRIOSERVE_WROKERS (did you "
                                  "mean TRIOSERVE_WORKERS?); TRIOSERVE_<OPTION> variables "
                                  "set the options of 'trioserve --help'")
+
+
+@pytest.mark.slow
+def test_forwarded_format_without_proxy_headers_warns(tmp_path: Path) -> None:
+    """``proxy-headers-format = "forwarded"`` without ``proxy-headers``: a WARNING at start-up
+    naming where it was set (the headers are not applied)."""
+    (tmp_path / "trioserve.toml").write_text('proxy-headers-format = "forwarded"\n')
+    with server_process(module_command("trioserve.demo:app", "--port", "0"),
+                        cwd=tmp_path) as sp:
+        sp.wait_port()
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+    assert ("WARNING trioserve: proxy-headers-format forwarded (trioserve.toml) has no effect: "
+            "forwarding headers are off (--proxy-headers)") in sp.stderr
+    with server_process(module_command("trioserve.demo:app", "--port", "0",
+                                       "--proxy-headers"), cwd=tmp_path) as sp:
+        sp.wait_port()
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+    assert "has no effect" not in sp.stderr
 
 
 @pytest.mark.slow

@@ -8,7 +8,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
+import struct
+import urllib.parse
+import wsgiref.util
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +25,7 @@ from conftest import make_config, parse_responses, read_until_closed, run_server
 from hypothesis import given, settings
 from trioserve.bridges.wsgi import WSGIBridge
 
+from trioserve import Bind
 from trioserve.config import ProxyConfig
 from trioserve.features import ConnectionFeature, RequestContext, RequestFeature
 from trioserve.proxy import (
@@ -52,9 +58,11 @@ def xff(value: str, trusted: tuple[str, ...] = ("127.0.0.1",), **more: str) -> R
 # ------------------------------------------------------------------------------------ trust
 
 
-def test_trust_entries_networks_mapped_and_unix() -> None:
+def test_trust_entries_networks_and_mapped() -> None:
     f = fh(trusted=("127.0.0.1", "10.0.0.0/8", "2001:db8::/32", "::1"))
-    assert f.is_trusted(None)  # a Unix socket peer
+    # a peer whose address is not known (a TCP client that reset before accept) never is
+    # (the server trusts a Unix socket peer by the socket's family: see the server tests)
+    assert not f.is_trusted(None)
     assert f.is_trusted(("127.0.0.1", 1))
     assert f.is_trusted(("10.200.3.4", 1))
     assert f.is_trusted(("::ffff:10.1.1.1", 1))  # IPv4-mapped (a dual-stack socket)
@@ -66,9 +74,17 @@ def test_trust_entries_networks_mapped_and_unix() -> None:
         assert not f.is_trusted((host, 1)), host
         assert not f.is_trusted((host, 1)), host  # (cached)
     assert fh(trusted=("*",)).is_trusted(("198.51.100.1", 1))
-    assert fh(trusted=("*",)).is_trusted_ip(ipaddress.ip_address("2001:db8::1"))
+    assert not fh(trusted=("*",)).is_trusted(None)
+    # "*" trusts connection peers, never the hops a header names
+    assert not fh(trusted=("*",)).is_trusted_ip(ipaddress.ip_address("2001:db8::1"))
+    assert fh(trusted=("*", "2001:db8::/32")).is_trusted_ip(ipaddress.ip_address("2001:db8::1"))
     assert not fh(trusted=()).is_trusted(("127.0.0.1", 1))
-    assert fh(trusted=()).is_trusted(None)
+    assert not fh(trusted=()).is_trusted(None)
+    # an address another proxy names (a PROXY header's source): the explicit entries only
+    assert f.is_trusted_hop(("10.1.2.3", 1)) and f.is_trusted_hop(("::ffff:10.1.2.3", 1))
+    assert not f.is_trusted_hop(("11.0.0.1", 1))
+    assert not f.is_trusted_hop(("fe80::1%eth0", 1)) and not f.is_trusted_hop(("x", 1))
+    assert not fh(trusted=("*",)).is_trusted_hop(("198.51.100.1", 1))
 
 
 # ----------------------------------------------------------------------- X-Forwarded-For
@@ -92,6 +108,8 @@ def test_xff_entry_forms(value: str, client: tuple[str, int]) -> None:
     "unknown", "_hidden", "203.0.113.7:", "203.0.113.7:99999", "203.0.113.7:x",
     "[2001:db8::7", "[2001:db8::7]x", "[203.0.113.7]", "2001:db8::7:443:x", "300.1.1.1",
     "example.com", "203.0.113.7 :80", "٣.٣.٣.٣",
+    # IPv6 zone ids: meaningless beyond the proxy, and a way to smuggle text into the address
+    "fe80::1%eth0", "[fe80::1%eth0]:80", '::1%evil"<> x', "[::1%25eth0]", "1.2.3.4%x",
 ])
 def test_xff_unparsable_client_keeps_the_real_peer(value: str) -> None:
     assert xff(value) == Resolved()
@@ -118,6 +136,17 @@ def test_right_most_untrusted_hop_is_the_client() -> None:
     assert r == Resolved(client=("203.0.113.7", 0))
     # empty list elements are ignored
     assert xff("203.0.113.7, , 10.0.0.9,", trusted) == Resolved(client=("203.0.113.7", 0))
+
+
+def test_trust_all_trusts_the_peer_not_the_hops() -> None:
+    """``*`` trusts any connection peer, but the entries of the header are checked against
+    the explicit entries only: the client's own left-most entry never wins."""
+    assert xff("6.6.6.6, 203.0.113.7", ("*",)) == Resolved(client=("203.0.113.7", 0))
+    assert xff("6.6.6.6, 203.0.113.7, 10.0.0.2", ("*",)) == Resolved(client=("10.0.0.2", 0))
+    assert xff("6.6.6.6, 203.0.113.7, 10.0.0.2", ("*", "10.0.0.0/8")) == Resolved(
+        client=("203.0.113.7", 0))
+    assert fwd("for=6.6.6.6, for=203.0.113.7", trusted=("*",)) == Resolved(
+        ("203.0.113.7", 0))
 
 
 def test_hop_bound() -> None:
@@ -182,6 +211,9 @@ def test_hosts(host: str, valid: bool) -> None:
     ("api", None), ("", None), ("/a/../b", None), ("/a/./b", None), ("/%2e%2e/x", None),
     ("/a b", None), ("/a?b", None), ("/a#b", None), ("/%ff", None), ("/%00", None),
     ("/a%zz", None), ("http://x/a", None),
+    # empty segments: "//evil.com" would read as a network-path reference (another host)
+    ("//evil.com", None), ("//evil.com/", None), ("/a//b", None), ("/%2F%2Fevil.com", None),
+    ("/a/%2F/b", None),
 ])
 def test_prefixes(prefix: str, root: str | None) -> None:
     r = fh().resolve(hdrs(("x-forwarded-prefix", prefix)))
@@ -249,9 +281,55 @@ def test_forwarded_resolution() -> None:
             None, "https", "a.example")
     assert fwd("proto=https") == Resolved(None, "https")
     assert fwd('for="1.2.3.4:_port"') == Resolved(("1.2.3.4", 0))
-    # "by" is never applied; a header that is malformed anywhere is ignored
+    # "by" is never applied; a malformed right-most element: nothing is known
     assert fwd("by=1.2.3.4") == Resolved()
     assert fwd("for=1.2.3.4", "for=") is None
+    # a zone id in a quoted node cannot be checked
+    assert fwd('for="[::1%eth0 <x>]:80";proto=https') == Resolved(None, "https")
+
+
+PROXY_ELEMENT = "for=203.0.113.7;proto=https"
+
+
+@pytest.mark.parametrize("client_part", [
+    "for=6.6.6.6;for=1.1.1.1",  # a parameter twice
+    'for="6.6.6.6',  # an unterminated quoted-string: it must not swallow the proxy's element
+    "for=[::1]",  # an unquoted IPv6 address
+    "for",
+    'for="x\\',  # a trailing backslash in an unterminated string
+    'a="\\"',  # an escaped quote: still unterminated
+    "for=6.6.6.6 proto=http",
+])
+def test_malformed_client_element_keeps_the_proxy_element(client_part: str) -> None:
+    """Elements are read from the right up to the first malformed one: the client's garbage
+    on the left voids nothing the proxy appended (on the same line or on its own)."""
+    expected = Resolved(("203.0.113.7", 0), "https")
+    assert fwd(f"{client_part}, {PROXY_ELEMENT}") == expected  # nginx-style: one line
+    assert fwd(client_part, PROXY_ELEMENT) == expected  # HAProxy-style: a line of its own
+    # the proxy's quoted IPv6 address is found too
+    assert fwd(f'{client_part}, for="[2001:db8::7]:4711";proto=https') == Resolved(
+        ("2001:db8::7", 4711), "https")
+
+
+def test_malformed_element_stops_the_walk() -> None:
+    trusted = ("127.0.0.1", "10.0.0.0/8")
+    # the hop left of a trusted proxy cannot be checked: the client is not known, but what
+    # the trusted proxy wrote applies
+    assert fwd("for=6.6.6.6;for=1.1.1.1, for=10.0.0.2;proto=https;host=a.example",
+               trusted=trusted) == Resolved(None, "https", "a.example")
+    # commas inside quoted-strings do not split elements
+    assert fwd('for=6.6.6.6;host="a,b", for=10.0.0.2;proto=https',
+               trusted=trusted) == Resolved(("6.6.6.6", 0), "https")
+    # escaped quotes inside a quoted-string
+    assert fwd(r'for="_a\"b,c";proto=http, for=10.0.0.2', trusted=trusted) == Resolved(
+        None, "http")
+
+
+def test_forwarded_splitting_is_linear() -> None:
+    """Quote and comma patterns that a naive rescan would make quadratic (a 64 KiB header
+    each) resolve, to the proxy's element."""
+    for garbage in ('"\\' * 20000, ",\"" * 20000, '""' * 30000 + '"', "," * 60000 + '"'):
+        assert fwd(garbage + ", " + PROXY_ELEMENT) == Resolved(("203.0.113.7", 0), "https")
 
 
 def test_parse_node() -> None:
@@ -315,7 +393,7 @@ def test_apply_sets_request_level_features_only() -> None:
                     ("x-forwarded-prefix", "/app/"))
     req = _Req(list(original))
     ctx = RequestContext(FeatureCollection({RequestFeature: req}, conn_features))
-    fh().apply(ctx, _Conn.peer)
+    fh().apply(ctx)
     info = ctx.features[ConnectionFeature]
     assert (info.connection_id, info.peer, info.local) == ("c1", ("203.0.113.7", 1234),
                                                            ("127.0.0.1", 8000))
@@ -324,15 +402,15 @@ def test_apply_sets_request_level_features_only() -> None:
     assert req.root_path == "/app/configured"
     assert req.headers == [(b"host", b"www.example"), *original[1:]]
     assert original[0] == (b"host", b"internal:8000")  # a new list: the parser's is intact
-    # an untrusted peer: nothing changes
+    # format "off": nothing changes
     req2 = _Req(list(original))
     ctx2 = RequestContext(FeatureCollection({RequestFeature: req2}, conn_features))
-    fh().apply(ctx2, ("198.51.100.1", 1))
+    fh("off").apply(ctx2)
     assert ctx2.features[ConnectionFeature] is conn_features[ConnectionFeature]
     assert (req2.scheme, req2.root_path, req2.headers) == ("http", "/configured", original)
     # a request without a Host header gets one
     req3 = _Req(hdrs(("x-forwarded-host", "www.example")))
-    fh().apply(RequestContext(FeatureCollection({RequestFeature: req3}, conn_features)), None)
+    fh().apply(RequestContext(FeatureCollection({RequestFeature: req3}, conn_features)))
     assert req3.headers[-1] == (b"host", b"www.example")
 
 
@@ -532,3 +610,132 @@ async def test_websocket_scope(proto: str | None, scheme: str) -> None:
                 s = json.loads(await ws.recv())
     assert s["scheme"] == scheme
     assert s["client"] == ["203.0.113.7", 0]
+
+
+# ------------------------------------------------------- who is trusted, on real sockets
+
+
+def _reset_after_send(port: int, data: bytes) -> None:
+    """Connect, send ``data`` and reset the connection (SO_LINGER 0), blocking."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(data)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def test_client_reset_before_accept_is_not_a_trusted_peer() -> None:
+    """A TCP client that resets before the server accepts it has no peer address any more
+    (getpeername fails), but its request is still read: it must not pass for a trusted (Unix
+    socket) peer, whose forged headers would be believed. With one connection slot taken,
+    the reset lands while the connection waits in the backlog."""
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(_summary(scope))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    forged = (b"POST /admin HTTP/1.1\r\nhost: h\r\nx-forwarded-for: 10.0.0.1\r\n"
+              b"x-forwarded-proto: https\r\nx-forwarded-host: internal.example\r\n"
+              b"content-length: 0\r\n\r\n")
+    cfg = proxy_config(trusted=("10.9.9.9",), limits={"max_concurrent_connections": 1})
+    async with run_server(app, cfg, lifespan="off") as srv:
+        with trio.fail_after(TIMEOUT):
+            holder = await trio.open_tcp_stream("127.0.0.1", srv.port)  # the only slot
+            await trio.sleep(0.2)
+            await trio.to_thread.run_sync(_reset_after_send, srv.port, forged)
+            await trio.sleep(0.2)
+            await holder.aclose()  # now the reset connection is accepted
+            while not seen:  # noqa: ASYNC110 - the app's record, no event to wait on
+                await trio.sleep(0.02)
+    [s] = seen
+    assert s["client"] is None  # the address is not known; it is not 10.0.0.1
+    assert (s["scheme"], s["host"]) == ("http", ["h"])
+
+
+async def test_unix_socket_peer_is_trusted(tmp_path: Path) -> None:
+    """A Unix socket peer (no address) is trusted whatever ``trusted`` says."""
+    path = str(tmp_path / "s.sock")
+    cfg = proxy_config(trusted=("10.9.9.9",), binds=(Bind.unix(path),))
+    async with run_server(scope_app, cfg, lifespan="off"), httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=path), timeout=TIMEOUT) as c:
+        s = (await c.get("http://app/", headers=XF)).json()
+    assert s["client"] == ["203.0.113.7", 4711]
+    assert (s["scheme"], s["host"], s["root_path"]) == ("https", ["www.example:8443"], "/shop")
+
+
+async def test_trust_all_server_takes_the_right_most_entry() -> None:
+    async with run_server(scope_app, proxy_config(trusted=("*",)), lifespan="off") as srv, \
+            client(srv.url) as c:
+        s = (await c.get("/", headers={"x-forwarded-for": "6.6.6.6, 203.0.113.7"})).json()
+    assert s["client"] == ["203.0.113.7", 0]
+
+
+async def test_forwarded_malformed_client_part_server() -> None:
+    """nginx-style (one line) and HAProxy-style (a line of its own) appends after a client's
+    malformed ``Forwarded``: the proxy's element is applied."""
+    async with run_server(scope_app, proxy_config("forwarded"), lifespan="off") as srv:
+        for lines in ([b'for="6.6.6.6, for=203.0.113.7;proto=https'],
+                      [b"for=[::1]", b"for=203.0.113.7;proto=https"]):
+            raw = (b"GET / HTTP/1.1\r\nhost: h\r\n"
+                   + b"".join(b"forwarded: " + line + b"\r\n" for line in lines)
+                   + b"connection: close\r\n\r\n")
+            with trio.fail_after(TIMEOUT):
+                stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+                async with stream:
+                    await stream.send_all(raw)
+                    data = await read_until_closed(stream)
+            [(_, body)] = parse_responses(data)
+            s = json.loads(body)
+            assert (s["client"], s["scheme"]) == (["203.0.113.7", 0], "https"), lines
+
+
+async def test_zone_id_never_reaches_the_app() -> None:
+    async with run_server(scope_app, proxy_config(), lifespan="off") as srv, \
+            client(srv.url) as c:
+        for value in ('::1%evil"<> x', "fe80::1%eth0", "203.0.113.7, fe80::1%eth0"):
+            s = (await c.get("/", headers={"x-forwarded-for": value})).json()
+            assert s["client"][0] == "127.0.0.1", value
+
+
+NON_ASCII_PREFIXES = [  # X-Forwarded-Prefix, the decoded root path, SCRIPT_NAME, raw_path
+    ("/shop", "/shop", "/shop", "/shop"),
+    ("/%E2%82%AC", "/\u20ac", "/\u00e2\u0082\u00ac", "/%E2%82%AC"),
+    ("/caf%C3%A9", "/caf\u00e9", "/caf\u00c3\u00a9", "/caf%C3%A9"),
+    ("/100%25", "/100%", "/100%", "/100%25"),
+    ("/a%3Fb", "/a?b", "/a?b", "/a%3Fb"),
+    ("/a%20b;c=d", "/a b;c=d", "/a b;c=d", "/a%20b;c=d"),
+]
+
+
+def wsgi_uri_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """SCRIPT_NAME, PATH_INFO and the URL wsgiref rebuilds from them (which re-encodes them
+    as latin-1, as PEP 3333 frameworks do)."""
+    body = json.dumps({"SCRIPT_NAME": environ["SCRIPT_NAME"], "PATH_INFO": environ["PATH_INFO"],
+                       "uri": wsgiref.util.request_uri(environ)}).encode()
+    start_response("200 OK", [("content-type", "application/json")])
+    return [body]
+
+
+@pytest.mark.parametrize(("prefix", "root", "script_name", "raw_prefix"), NON_ASCII_PREFIXES)
+async def test_forwarded_prefix_in_wsgi_and_asgi(prefix: str, root: str, script_name: str,
+                                                 raw_prefix: str) -> None:
+    """WSGI: SCRIPT_NAME is the prefix's bytes as latin-1, like PATH_INFO (PEP 3333). ASGI:
+    raw_path stays a valid encoded path (the prefix percent-encoded)."""
+    headers = {"x-forwarded-prefix": prefix}
+    async with run_server(WSGIBridge(wsgi_uri_app, threads=2), proxy_config(),
+                          asgi=False) as srv, client(srv.url) as c:
+        r = await c.get("/caf%C3%A9", headers=headers)
+    assert r.status_code == 200, r.text
+    e = r.json()
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == (script_name, "/caf\u00c3\u00a9")
+    assert e["SCRIPT_NAME"].encode("latin-1").decode("utf-8") == root
+    uri = urllib.parse.urlsplit(e["uri"])  # (wsgiref failed on a non-latin-1 SCRIPT_NAME)
+    assert urllib.parse.unquote(uri.path) == root + "/caf\u00e9"
+    async with run_server(scope_app, proxy_config(), lifespan="off") as srv, \
+            client(srv.url) as c:
+        s = (await c.get("/x%2Fy", headers=headers)).json()
+    assert (s["root_path"], s["path"]) == (root, root + "/x/y")
+    assert s["raw_path"] == raw_prefix + "/x%2Fy"
+    assert urllib.parse.unquote(s["raw_path"]) == s["path"]

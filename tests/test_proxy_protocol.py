@@ -31,6 +31,7 @@ from trioserve.protocols.proxy_protocol import (
     V2_SIGNATURE,
     ProxyHeader,
     ProxyProtocolError,
+    header_size,
     parse_proxy_header,
 )
 
@@ -121,6 +122,8 @@ def test_v1_longest_header_fits() -> None:
     (b"PROXY TCP4 01.2.3.4 1.2.3.4 1 2\r\n", "invalid address"),
     (b"PROXY TCP4 ::1 1.2.3.4 1 2\r\n", "not an IPv4 address"),
     (b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n", "not an IPv6 address"),
+    (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "zone id"),
+    (b"PROXY TCP6 ::1 fe80::1%1 1 2\r\n", "zone id"),
     (b"PROXY TCP4 1.2.3.4 1.2.3.4 65536 2\r\n", "invalid port"),
     (b"PROXY TCP4 1.2.3.4 1.2.3.4 -1 2\r\n", "invalid port"),
     (b"PROXY TCP4 1.2.3.4 1.2.3.4 1 x\r\n", "invalid port"),
@@ -211,6 +214,16 @@ def test_v2_length_is_read_before_the_body_arrives() -> None:
     whole = head + socket.inet_aton("1.2.3.4") * 2 + b"\x00\x01\x00\x02" + b"\x00" * (0xFFFF - 12)
     header = parse_proxy_header(whole + b"GET")
     assert header == ProxyHeader(2, False, ("1.2.3.4", 1), ("1.2.3.4", 2), 16 + 0xFFFF)
+
+
+def test_header_size_once_the_v2_fixed_part_is_in() -> None:
+    data = v2_inet("1.2.3.4", 1, "5.6.7.8", 2, tlv(0x04, b"noop"))
+    for i in range(16):
+        assert header_size(data[:i]) is None
+    for i in range(16, len(data) + 3):
+        assert header_size((data + b"GET")[:i]) == len(data) == 16 + 12 + 7
+    assert header_size(v2(family=1, length=0xFFFF)) == 16 + 0xFFFF
+    assert header_size(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n") is None  # v1: its CRLF
 
 
 # ------------------------------------------------------------------ parser: property test
@@ -525,3 +538,120 @@ async def test_forwarding_headers_are_judged_by_the_proxy_protocol_source() -> N
             srv.port, b"PROXY TCP4 127.0.0.1 192.0.2.1 1 2\r\n" + request))
     assert (spoofed["client"], spoofed["scheme"]) == (["203.0.113.7", 1], "http")
     assert (relayed["client"], relayed["scheme"]) == (["6.6.6.6", 0], "https")
+    # "*" trusts the connection's peer (the proxy), not the source its header names
+    proxy = ProxyConfig(headers="x-forwarded", proxy_protocol=True, trusted=("*",))
+    cfg = make_config(proxy=proxy, timeouts={"graceful": 5})
+    async with run_server(scope_app, cfg, lifespan="off") as srv:
+        spoofed = scope_of(await exchange(
+            srv.port, b"PROXY TCP4 203.0.113.7 192.0.2.1 1 2\r\n" + request))
+    assert (spoofed["client"], spoofed["scheme"]) == (["203.0.113.7", 1], "http")
+
+
+FORGED = (b"GET /x HTTP/1.1\r\nhost: real.example\r\nx-forwarded-for: 6.6.6.6\r\n"
+          b"x-forwarded-proto: https\r\nx-forwarded-host: evil.example\r\n"
+          b"x-forwarded-prefix: /admin\r\nconnection: close\r\n\r\n")
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY UNKNOWN\r\n", v2(command=0, family=0, transport=0), v2(family=0, transport=0),
+    v2(family=3, body=b"\0" * 216),
+], ids=["v1-unknown", "v2-local", "v2-unspec", "v2-unix"])
+async def test_header_without_a_source_believes_no_forwarding_header(header: bytes) -> None:
+    """Without a source the client is not known: the real peer (the trusted proxy itself)
+    must not vouch for the client's own forwarding headers."""
+    cfg = make_config(proxy=ProxyConfig(headers="x-forwarded", proxy_protocol=True),
+                      timeouts={"graceful": 5})
+    async with run_server(scope_app, cfg, lifespan="off") as srv:
+        scope = scope_of(await exchange(srv.port, header + FORGED))
+    assert scope["client"][0] == "127.0.0.1" and scope["client"][1] > 0
+    assert scope["scheme"] == "http"
+
+
+async def test_v2_header_in_many_pieces_is_parsed_once_complete(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a v2 header's fixed part is in, the server reads exactly the rest, whatever the
+    pieces it arrives in, and parses it once (not the growing buffer on every arrival, which
+    costs quadratic time for a 64 KiB header sent a byte at a time)."""
+    import trioserve.server
+
+    calls: list[int] = []
+
+    def counting(data: bytes) -> ProxyHeader | None:
+        calls.append(len(data))
+        return parse_proxy_header(data)
+
+    monkeypatch.setattr(trioserve.server, "parse_proxy_header", counting)
+    header = v2_inet("192.0.2.9", 7, "192.0.2.1", 80, tlv(0x04, b"\0" * 2000))
+    async with proxied_server() as port:
+        with trio.fail_after(TIMEOUT):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(header[:16])
+                await trio.sleep(0.05)
+                for i in range(16, len(header), 100):
+                    await stream.send_all(header[i:i + 100])
+                    await trio.sleep(0.005)
+                await stream.send_all(GET)
+                scope = scope_of(await read_until_closed(stream))
+    assert scope["client"] == ["192.0.2.9", 7]
+    assert calls[-1] == len(header)
+    assert len(calls) <= 3, calls  # the fixed part (perhaps in two peeks), then the whole
+
+
+def _reset_after_send(port: int, data: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(data)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def test_client_reset_before_accept_is_not_trusted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An untrusted TCP client that resets before it is accepted has no peer address: it is
+    closed like any untrusted peer, never taken for a (trusted) Unix socket peer whose PROXY
+    header names the client. A trusted proxy connecting from 127.0.0.2 holds the only
+    connection slot, so the reset lands while the connection waits in the backlog."""
+    caplog.set_level(logging.WARNING, "trioserve")
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["client"])
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    cfg = proxied_config(trusted=("127.0.0.2",), limits={"max_concurrent_connections": 1})
+    async with run_server(app, cfg, lifespan="off") as srv:
+        with trio.fail_after(TIMEOUT):
+            holder = trio.socket.socket()
+            with holder:
+                await holder.bind(("127.0.0.2", 0))
+                await holder.connect(("127.0.0.1", srv.port))
+                await holder.send(b"PROXY TCP4 192.0.2.5 192.0.2.1 5 80\r\n"
+                                  b"GET / HTTP/1.1\r\nhost: h\r\n\r\n")
+                while not seen:  # noqa: ASYNC110 - the app's record, no event to wait on
+                    await trio.sleep(0.02)
+                await trio.to_thread.run_sync(
+                    _reset_after_send, srv.port,
+                    b"PROXY TCP4 10.0.0.1 10.0.0.2 1111 443\r\n" + GET)
+                await trio.sleep(0.2)
+            # the slot is free: the reset connection is accepted now
+            while not closing_warnings(caplog):  # noqa: ASYNC110 - a log record
+                await trio.sleep(0.02)
+    assert seen == [("192.0.2.5", 5)]  # the holder's request only
+    [warning] = closing_warnings(caplog)
+    assert warning == ("PROXY protocol: closing the connection from a peer whose address is "
+                       "not known: the peer is not a trusted proxy (--forwarded-allow-ips)")
+
+
+async def test_unix_socket_peer_is_trusted(tmp_path: Path) -> None:
+    path = str(tmp_path / "pp.sock")
+    from trioserve import Bind
+
+    cfg = proxied_config(trusted=("10.9.9.9",), binds=(Bind.unix(path),))
+    async with run_server(scope_app, cfg, lifespan="off"):
+        with trio.fail_after(TIMEOUT):
+            stream = await trio.open_unix_socket(path)
+            async with stream:
+                await stream.send_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 41234 443\r\n" + GET)
+                scope = scope_of(await read_until_closed(stream))
+    assert scope["client"] == ["203.0.113.7", 41234]

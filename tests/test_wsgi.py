@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import warnings
+import wsgiref.util
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -246,6 +247,30 @@ async def test_environ_is_exact(caplog: pytest.LogCaptureFixture) -> None:
     }
     assert "a line for the error log" in [r.getMessage() for r in caplog.records
                                           if r.name == "trioserve.wsgi"]
+
+
+async def test_script_name_is_bytes_as_latin1_like_path_info() -> None:
+    """PEP 3333: a non-ASCII root path reaches the app as its UTF-8 bytes as latin-1, as
+    PATH_INFO does, so that frameworks' ``.encode("latin-1")`` round trip works (wsgiref's
+    request_uri here) and both decode the same way."""
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        body = json.dumps({"SCRIPT_NAME": environ["SCRIPT_NAME"],
+                           "PATH_INFO": environ["PATH_INFO"],
+                           "uri": wsgiref.util.request_uri(environ)}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    with trio.fail_after(TIMEOUT):
+        async with wsgi_server(app, root_path="/caf\u00e9/\u20ac 100%") as srv:
+            data = await raw_exchange(srv.port, request("GET", "/caf%C3%A9",
+                                                        [("Connection", "close")]))
+    [(resp, body)] = parse_responses(data)
+    assert resp.status_code == 200, body
+    env = json.loads(body)
+    assert env["SCRIPT_NAME"] == "/caf\u00c3\u00a9/\u00e2\u0082\u00ac 100%"
+    assert env["PATH_INFO"] == "/caf\u00c3\u00a9"
+    assert env["SCRIPT_NAME"].encode("latin-1").decode("utf-8") == "/caf\u00e9/\u20ac 100%"
+    assert env["uri"] == "http://test/caf%C3%A9/%E2%82%AC%20100%25/caf%C3%A9"
 
 
 async def test_environ_underscore_header_alone_is_dropped_and_http10() -> None:

@@ -195,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("application")
     g.add_argument("--app-dir", default=".",
                    help="directory added to the import path before loading APP (default '.')")
-    g.add_argument("--factory", action="store_true",
+    g.add_argument("--factory", dest="factory", action="store_true", default=False,
                    help="APP is a factory: call it without arguments to get the application")
+    g.add_argument("--no-factory", dest="factory", action="store_false",
+                   help="APP is the application itself (the default)")
     g.add_argument("--interface", choices=("auto", "asgi", "wsgi", "features"), default="auto",
                    help="application interface (default auto: an async callable taking (scope, "
                         "receive, send) is ASGI 3, a plain callable taking (environ, "
@@ -314,9 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "default unbounded); beyond it 503")
     g = p.add_argument_group("behind a reverse proxy or load balancer")
     px = ProxyConfig()
-    g.add_argument("--proxy-headers", action="store_true", default=False,
+    g.add_argument("--proxy-headers", dest="proxy_headers", action="store_true", default=False,
                    help="apply forwarding headers from trusted proxies to the client address, "
                         "scheme, host and root path (default off)")
+    g.add_argument("--no-proxy-headers", dest="proxy_headers", action="store_false",
+                   help="ignore forwarding headers")
     g.add_argument("--proxy-headers-format", choices=("x-forwarded", "forwarded"),
                    default="x-forwarded",
                    help="the header the proxy writes: X-Forwarded-For/-Proto/-Host/-Prefix "
@@ -324,11 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--forwarded-allow-ips", type=_ip_list, default=px.trusted,
                    metavar="LIST",
                    help="comma-separated IPs and CIDR networks of the trusted proxies, '*' for "
-                        f"any (default {','.join(px.trusted)}; Unix socket peers are always "
-                        "trusted)")
-    g.add_argument("--proxy-protocol", action="store_true", default=False,
+                        "any peer (but not for the hops named in the headers) (default "
+                        f"{','.join(px.trusted)}; Unix socket peers are always trusted)")
+    g.add_argument("--proxy-protocol", dest="proxy_protocol", action="store_true",
+                   default=False,
                    help="every connection starts with a PROXY protocol v1/v2 header "
                         "(HAProxy, cloud load balancers) from a trusted peer (default off)")
+    g.add_argument("--no-proxy-protocol", dest="proxy_protocol", action="store_false",
+                   help="connections start with HTTP or TLS directly")
     g = p.add_argument_group("process management")
     pc = ProcessConfig()
     g.add_argument("--workers", type=_non_negative_int, default=pc.workers, metavar="N",
@@ -343,9 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-requests-jitter", type=_non_negative_int,
                    default=pc.max_requests_jitter, metavar="N",
                    help="add up to N (at random) to --max-requests per worker (default 0)")
-    g.add_argument("--reload", action="store_true", default=False,
+    g.add_argument("--reload", dest="reload", action="store_true", default=False,
                    help="development: restart when a file changes (needs "
                         "'pip install trioserve[reload]')")
+    g.add_argument("--no-reload", dest="reload", action="store_false",
+                   help="do not watch files (the default)")
     g.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
                    dest="reload_dirs",
                    help="directory to watch with --reload (repeatable; default the current "
@@ -752,6 +761,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if settings.file is not None:
         log.info("configuration from %s%s", settings.file,
                  f", profile {settings.profile}" if settings.profile else "")
+    if args.proxy_headers_format != "x-forwarded" and not args.proxy_headers:
+        log.warning("proxy-headers-format %s (%s) has no effect: forwarding headers are off "
+                    "(--proxy-headers)", args.proxy_headers_format,
+                    settings.sources["proxy_headers_format"])
     try:
         config = build_config(args)
         process = build_process_config(args)

@@ -44,6 +44,7 @@ from .protocols.events import RequestHead, ResponseError
 from .protocols.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
     from .protocols.http2 import HTTP2Protocol
 
 __all__ = ["H2Connection", "H2Request", "H2RequestBody", "H2Response", "H2Stream"]
@@ -60,6 +61,8 @@ class H2Connection(Protocol):
     scheme: str
     response_rate: MinDataRate | None
     body_rate: MinDataRate | None
+    metrics: Metrics | None
+    """The server's metrics (``None``: nothing is counted)."""
 
     def kick(self) -> None:
         """Output was queued in the protocol: have it written."""
@@ -201,7 +204,8 @@ class H2Stream:
         """Wait until the peer grants window. The minimum response data rate bounds the time
         spent waiting over the whole response (not per wait, which a client granting one byte
         at a time would defeat): the grace period plus the body bytes sent so far at the
-        minimum rate. Past it the stream is reset (``CANCEL``)."""
+        minimum rate. Past it the stream is reset (``CANCEL``), counted as the
+        ``response_rate`` rejection, and ``ClientDisconnected`` is raised."""
         if self.conn.proto.send_window(self.stream_id) > 0:
             return
         rate = self.conn.response_rate
@@ -220,6 +224,9 @@ class H2Stream:
         if scope.cancelled_caught:
             self.response.mark_done()
             self.reset(CANCEL)
+            metrics = self.conn.metrics
+            if metrics is not None:
+                metrics.reject("response_rate")
             raise ClientDisconnected("the client did not open its flow-control window in time "
                                      "(minimum response data rate)")
 

@@ -1,9 +1,12 @@
 """Forwarding headers from trusted reverse proxies: ``X-Forwarded-For/-Proto/-Host/-Prefix``
 and RFC 7239 ``Forwarded`` (see ``docs/proxies.md``).
 
-:class:`ForwardedHeaders` is built once per server from :class:`~trioserve.config.ProxyConfig`;
-:meth:`ForwardedHeaders.apply` runs before the application for every request whose connection
-comes from a trusted peer, and rewrites that request's features:
+:class:`ForwardedHeaders` is built once per server from :class:`~trioserve.config.ProxyConfig`.
+Whether a connection comes from a trusted proxy is decided once, when it is set up
+(:meth:`ForwardedHeaders.is_trusted`: its peer's address is in ``trusted``, or ``trusted`` has
+``"*"``; the server trusts a Unix socket peer too, and never a TCP peer whose address is not
+known). :meth:`ForwardedHeaders.apply` then runs before the application for every request on
+such a connection, and rewrites that request's features:
 
 - the client address: a request-level ``ConnectionFeature`` (:class:`ForwardedConnection`, the
   connection's id and local address, the client's ``(ip, port)``; port 0 when not forwarded).
@@ -20,22 +23,28 @@ The original forwarding headers stay in the request's headers.
 Hops are read from the right: the right-most ``X-Forwarded-For`` entry (or ``Forwarded``
 element) was written by the proxy the server is talking to. While an entry is a trusted
 address it is another proxy and the walk goes on; the first entry that is not trusted is the
-client (the left-most when all are). Entries that cannot be checked (unparsable, ``unknown``,
-obfuscated ``_name``, a ``Forwarded`` element without ``for``) stop the walk too: the client is
+client (the left-most when all are). Entries are checked against the explicit addresses and
+networks of ``trusted`` only: ``"*"`` trusts any connection peer, never an address written in
+a header (with ``"*"`` alone, the right-most entry is the client). Entries that cannot be
+checked (unparsable, ``unknown``, obfuscated ``_name``, an IPv6 address with a zone id, a
+``Forwarded`` element without ``for`` or a malformed one) stop the walk too: the client is
 then not known and the address stays the connection's. Scheme, host and prefix are taken from
 the hops walked, the one nearest the client that has a valid value winning: the proxies that
 wrote them are trusted. ``X-Forwarded-Proto/-Host/-Prefix`` are lists aligned with
 ``X-Forwarded-For`` from the right (their right-most value is hop 0's); a shorter list (a
 proxy that sets the header rather than appending to it) gives its left-most value to the hops
-beyond it. Only the right-most :data:`MAX_HOPS` entries of each header are read. A malformed
-``Forwarded`` header is ignored as a whole; an invalid value is never applied. Nothing here
-raises on bad input.
+beyond it. Only the right-most :data:`MAX_HOPS` entries of each header are read.
+``Forwarded`` is read element by element from the right (commas inside quoted-strings do not
+split elements; each header line on its own), so a malformed element the client wrote on the
+left does not void what the proxies appended after it. An invalid value is never applied.
+Nothing here raises on bad input.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
@@ -113,7 +122,10 @@ def forwarded_peer_text(ctx: RequestContext) -> str | None:
 def parse_node(text: str) -> tuple[IPAddress, int] | None:
     """An address as proxies write it: ``1.2.3.4``, ``1.2.3.4:80``, ``2001:db8::1``,
     ``[2001:db8::1]``, ``[2001:db8::1]:80`` (an RFC 7239 obfuscated port ``_x`` gives port 0).
-    ``None`` for anything else, ``unknown`` and obfuscated names included."""
+    ``None`` for anything else, ``unknown``, obfuscated names and IPv6 zone ids
+    (``fe80::1%eth0``: a zone means nothing beyond the proxy's host) included."""
+    if "%" in text:
+        return None
     port = 0
     if text.startswith("["):
         end = text.find("]")
@@ -157,46 +169,100 @@ def _port(text: str) -> int | None:
     return None
 
 
-def parse_forwarded(value: str) -> list[dict[str, str]] | None:
-    """The elements of an RFC 7239 ``Forwarded`` field value (header lines joined with
-    ``,``), each a dict of lower-cased parameter names to values (quoted-strings unquoted).
-    Empty elements are skipped. ``None`` when the value is malformed (bad syntax, a parameter
-    twice in one element)."""
-    elements: list[dict[str, str]] = []
-    current: dict[str, str] = {}
+def _quoted_end(text: str, start: int) -> int:
+    """The index of the ``"`` ending the quoted-string that opens at ``text[start]``
+    (quoted-pairs ``\\x`` skipped), -1 when it is not terminated. Linear in the length."""
+    i = start + 1
+    quote = text.find('"', i)
+    while quote >= 0:
+        backslash = text.find("\\", i, quote)
+        if backslash < 0:
+            return quote
+        i = backslash + 2
+        if i > quote:  # that quote was escaped
+            quote = text.find('"', i)
+    return -1
+
+
+def _split_elements(line: str) -> list[str]:
+    """The elements of one ``Forwarded`` field line, split at the commas outside
+    quoted-strings. An unterminated quoted-string (the client's garbage, say) makes the rest
+    of the line, from the start of its element, split at every comma, so that what the
+    proxies appended after it is still found. Linear in the length."""
+    if '"' not in line:
+        return line.split(",")
+    out: list[str] = []
+    start = 0
+    comma = line.find(",")
+    quote = line.find('"')
+    while comma >= 0 or quote >= 0:
+        if quote < 0 or 0 <= comma < quote:
+            out.append(line[start:comma])
+            start = comma + 1
+            comma = line.find(",", start)
+            continue
+        end = _quoted_end(line, quote)
+        if end < 0:
+            out.extend(line[start:].split(","))
+            return out
+        quote = line.find('"', end + 1)
+        if 0 <= comma < end:
+            comma = line.find(",", end + 1)
+    out.append(line[start:])
+    return out
+
+
+def _parse_element(text: str) -> dict[str, str] | None:
+    """One ``Forwarded`` element: its parameters (lower-cased names to values, quoted-strings
+    unquoted); ``{}`` for an empty one; ``None`` when it is malformed (bad syntax, a
+    parameter twice)."""
+    element: dict[str, str] = {}
     pos = 0
-    n = len(value)
+    n = len(text)
     while True:
-        while pos < n and value[pos] in _OWS:
+        while pos < n and text[pos] in _OWS:
             pos += 1
         if pos >= n:
-            break
-        c = value[pos]
-        if c == ",":
-            if current:
-                elements.append(current)
-                current = {}
+            return element
+        if text[pos] == ";":
             pos += 1
             continue
-        if c == ";":
-            pos += 1
-            continue
-        m = _PAIR_RE.match(value, pos)
+        m = _PAIR_RE.match(text, pos)
         if m is None:
             return None
         name = m[1].lower()
-        if name in current:
+        if name in element:
             return None
         raw = m[2]
-        current[name] = _ESCAPE_RE.sub(r"\1", raw[1:-1]) if raw[0] == '"' else raw
+        element[name] = _ESCAPE_RE.sub(r"\1", raw[1:-1]) if raw[0] == '"' else raw
         pos = m.end()
-        while pos < n and value[pos] in _OWS:
+        while pos < n and text[pos] in _OWS:
             pos += 1
-        if pos < n and value[pos] not in ",;":
+        if pos < n and text[pos] != ";":
             return None
-    if current:
-        elements.append(current)
+
+
+def parse_forwarded(value: str) -> list[dict[str, str]] | None:
+    """The elements of an RFC 7239 ``Forwarded`` field value, each a dict of lower-cased
+    parameter names to values (quoted-strings unquoted). Empty elements are skipped. ``None``
+    when any element is malformed (bad syntax, a parameter twice in one element); the
+    server's resolution is more lenient (see the module docs)."""
+    elements: list[dict[str, str]] = []
+    for text in _split_elements(value):
+        element = _parse_element(text)
+        if element is None:
+            return None
+        if element:
+            elements.append(element)
     return elements
+
+
+def _elements_from_right(lines: list[bytes]) -> Iterator[dict[str, str] | None]:
+    """The elements of ``Forwarded`` header lines (in order), right-most first: each parsed
+    (``{}`` when empty, ``None`` when malformed)."""
+    for line in reversed(lines):
+        for text in reversed(_split_elements(line.decode("latin-1"))):
+            yield _parse_element(text)
 
 
 def _valid_scheme(value: str | None) -> str | None:
@@ -234,9 +300,11 @@ def _valid_prefix(value: str | None) -> str | None:
         return None
     if _CONTROL_RE.search(decoded):
         return None
-    if any(seg in (".", "..") for seg in decoded.split("/")):
+    decoded = decoded.rstrip("/")
+    # "", ".", "..": an empty segment would make "//host" (a network-path reference) possible
+    if any(seg in ("", ".", "..") for seg in decoded.split("/")[1:]):
         return None
-    return decoded.rstrip("/")
+    return decoded
 
 
 def _list(values: list[bytes]) -> list[str]:
@@ -262,7 +330,8 @@ class ForwardedHeaders:
     """Applies forwarding headers to requests from trusted peers (see the module docs).
 
     ``config.headers`` picks the format (``"off"``: :meth:`apply` does nothing);
-    ``config.trusted`` the peers believed (IPs, CIDR networks, ``"*"``)."""
+    ``config.trusted`` the peers believed (IPs, CIDR networks, ``"*"``: any connection
+    peer, but never an address written in a header)."""
 
     __slots__ = ("_cache", "_exact", "_nets4", "_nets6", "_trust_all", "format")
 
@@ -288,10 +357,16 @@ class ForwardedHeaders:
         self._cache: dict[str, bool] = {}
 
     def is_trusted(self, peer: Address | None) -> bool:
-        """Whether a connection's peer is a trusted proxy: ``None`` (a Unix socket peer) always
-        is; an address when it is in ``trusted`` (an IPv4-mapped IPv6 address ``::ffff:a.b.c.d``
-        matches the IPv4 entries)."""
-        if peer is None or self._trust_all:
+        """Whether a connection's peer (its address as the socket gives it) is a trusted
+        proxy: any address when ``trusted`` has ``"*"``, else one in ``trusted`` (an
+        IPv4-mapped IPv6 address ``::ffff:a.b.c.d`` matches the IPv4 entries). ``None``, an
+        address that is not known, never is: a TCP client that resets its connection before
+        it is accepted has none, and must not pass for a trusted one. (A Unix socket peer,
+        which has no address either, is trusted by the server, which knows the socket's
+        family.)"""
+        if peer is None:
+            return False
+        if self._trust_all:
             return True
         host = peer[0]
         if host in self._exact:
@@ -310,10 +385,24 @@ class ForwardedHeaders:
         self._cache[host] = trusted
         return trusted
 
+    def is_trusted_hop(self, address: Address) -> bool:
+        """Whether an address another proxy vouches for (a PROXY protocol header's source) is
+        a trusted proxy itself, so that the forwarding headers it sent are believed: checked
+        like a header's hops, against the explicit addresses and networks of ``trusted`` only
+        (:meth:`is_trusted_ip`). ``False`` for anything that is not an IP address."""
+        if "%" in address[0]:
+            return False
+        try:
+            ip = ipaddress.ip_address(address[0])
+        except ValueError:
+            return False
+        return self.is_trusted_ip(ip)
+
     def is_trusted_ip(self, ip: IPAddress) -> bool:
-        """Whether ``ip`` is in ``trusted`` (see :meth:`is_trusted`)."""
-        if self._trust_all:
-            return True
+        """Whether ``ip`` is in the explicit addresses and networks of ``trusted`` (an
+        IPv4-mapped IPv6 address matches the IPv4 entries). ``"*"`` is not looked at: it
+        trusts connection peers (:meth:`is_trusted`), not the hops a header names, which a
+        client may have written."""
         if isinstance(ip, ipaddress.IPv6Address):
             if any(ip in net for net in self._nets6):
                 return True
@@ -325,7 +414,7 @@ class ForwardedHeaders:
 
     def resolve(self, headers: list[tuple[bytes, bytes]]) -> Resolved | None:
         """What the forwarding headers among ``headers`` say, for a request from a trusted
-        peer; ``None`` when they say nothing usable."""
+        peer; ``None`` when they say nothing usable. Never raises for bad input."""
         if self.format == "forwarded":
             return self._resolve_forwarded(headers)
         if self.format == "x-forwarded":
@@ -333,8 +422,8 @@ class ForwardedHeaders:
         return None
 
     def _walk(self, nodes: list[str | None]) -> tuple[int, Address | None]:
-        """The client's hop (index from the right) among ``nodes`` (right-most last) and its
-        address (``None``: not known)."""
+        """The client's hop (index from the right) among ``nodes`` (right-most last; ``None``:
+        an entry that cannot be checked) and its address (``None``: not known)."""
         last = len(nodes) - 1
         for i in range(len(nodes)):
             text = nodes[last - i]
@@ -383,11 +472,26 @@ class ForwardedHeaders:
         lines = [value for name, value in headers if name == b"forwarded"]
         if not lines:
             return None
-        elements = parse_forwarded(b",".join(lines).decode("latin-1"))
+        # Right-most first, up to the first malformed element: left of it nothing can be
+        # checked (it is the client's own text, or it hides where one element ends).
+        elements: list[dict[str, str]] = []
+        malformed = False
+        for element in _elements_from_right(lines):
+            if element is None:
+                malformed = True
+                break
+            if element:
+                elements.append(element)
+                if len(elements) == MAX_HOPS:
+                    break
         if not elements:
             return None
-        elements = elements[-MAX_HOPS:]
-        hop, client = self._walk([e.get("for") for e in elements])
+        elements.reverse()
+        nodes = [e.get("for") for e in elements]
+        if malformed:
+            elements.insert(0, {})
+            nodes.insert(0, None)
+        hop, client = self._walk(nodes)
         scheme = host = None
         last = len(elements) - 1
         for i in range(hop + 1):
@@ -396,16 +500,17 @@ class ForwardedHeaders:
             host = _valid_host(element.get("host")) or host
         return Resolved(client, scheme, host, None)
 
-    def apply(self, ctx: RequestContext, peer: Address | None) -> None:
-        """Rewrite the request's features from its forwarding headers when ``peer`` (the
-        connection's) is trusted; otherwise, or when the headers say nothing usable, leave the
-        request as it is. Never raises for bad input.
+    def apply(self, ctx: RequestContext) -> None:
+        """Rewrite the features of a request that came over a connection from a trusted proxy
+        (the caller decides: see :meth:`is_trusted`) from its forwarding headers; when they
+        say nothing usable (or the format is ``"off"``), leave the request as it is. Never
+        raises for bad input.
 
         Post-conditions: a forwarded client sets a request-level ``ConnectionFeature``; a
         forwarded scheme sets ``RequestFeature.scheme``; a forwarded host replaces the
         ``host`` header (``RequestFeature.headers`` becomes a new list); a forwarded prefix
         is put in front of ``RequestFeature.root_path``."""
-        if self.format == "off" or not self.is_trusted(peer):
+        if self.format == "off":
             return
         features = ctx.features
         req = features.get(RequestFeature)

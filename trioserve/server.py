@@ -92,6 +92,7 @@ from .protocols.proxy_protocol import (
     MAX_HEADER_SIZE,
     ProxyHeader,
     ProxyProtocolError,
+    header_size,
     parse_proxy_header,
 )
 from .protocols.websocket import HandshakeError, check_handshake, is_websocket_upgrade
@@ -121,18 +122,23 @@ _ids = itertools.count(1)
 
 
 class ConnectionInfo:
-    """``ConnectionFeature`` of one connection."""
+    """``ConnectionFeature`` of one connection. ``trusted_proxy``: the connection comes from a
+    trusted proxy, so its requests' forwarding headers are applied (decided once, when the
+    connection is set up: :func:`_connection_task`)."""
 
-    __slots__ = ("connection_id", "local", "peer")
+    __slots__ = ("connection_id", "local", "peer", "trusted_proxy")
 
     def __init__(self, connection_id: str, peer: tuple[str, int] | None,
-                 local: tuple[str, int] | None) -> None:
+                 local: tuple[str, int] | None, trusted_proxy: bool = False) -> None:
         self.connection_id = connection_id
         self.peer = peer
         self.local = local
+        self.trusted_proxy = trusted_proxy
 
 
 def _address(sock: Any, peer: bool) -> tuple[str, int] | None:
+    """The socket's peer (or local) ``(ip, port)``; ``None`` for a Unix socket, and when it
+    cannot be had (a client that reset the connection before it was accepted)."""
     try:
         addr = sock.getpeername() if peer else sock.getsockname()
     except OSError:
@@ -256,12 +262,13 @@ class _Server:
         """Run the app for a request (through :meth:`run_upgrade` for one that asks to switch
         protocols), counted against ``max_concurrent_requests``: over it, the request gets
         503 instead (:meth:`_refuse_busy`). Forwarding headers from a trusted proxy are
-        applied first (:class:`~trioserve.proxy.ForwardedHeaders`). The app's exceptions
-        propagate."""
+        applied first (:class:`~trioserve.proxy.ForwardedHeaders`) when the connection is
+        from one (``ConnectionInfo.trusted_proxy``). The app's exceptions propagate."""
         forwarded = self.forwarded_headers
         if forwarded is not None:
             conn = ctx.features.get(ConnectionFeature)
-            forwarded.apply(ctx, conn.peer if conn is not None else None)
+            if type(conn) is ConnectionInfo and conn.trusted_proxy:
+                forwarded.apply(ctx)
         limit = self.request_limit
         if limit is not None and self.requests >= limit:
             await self._refuse_busy(ctx)
@@ -644,10 +651,10 @@ class _H1Connection:
         self.sniff = config.http2 and tls is None
         self.h2_handover: _H2Handover | None = None  # set when the connection turns HTTP/2
         self.timer = trio.CancelScope()
-        # (the PROXY protocol's addresses when it gave some)
-        peer, local = addresses or (_address(sock, True), _address(sock, False))
+        # (the PROXY protocol's addresses when it gave some; whether a proxy is trusted)
+        peer, local, trusted = addresses or (_address(sock, True), _address(sock, False), False)
         self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
-        info = ConnectionInfo(f"{next(_ids):x}", peer, local)
+        info = ConnectionInfo(f"{next(_ids):x}", peer, local, trusted)
         items: dict[type, object] = {ConnectionFeature: info}
         if tls is not None:
             items[TlsFeature] = tls
@@ -1271,6 +1278,7 @@ class _H2Connection:
         self.max_body_size = limits.max_request_body_size
         self.response_rate = limits.min_response_data_rate
         self.body_rate = limits.min_request_body_data_rate
+        self.metrics = server.metrics  # (for the streams: H2Connection)
         self.root_path = config.root_path
         self.scheme = "http" if tls is None else "https"
         self.streams: dict[int, H2Stream] = {}
@@ -1295,10 +1303,10 @@ class _H2Connection:
         self._no_streams: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         sock = io.sock
-        # (the PROXY protocol's addresses when it gave some)
-        peer, local = addresses or (_address(sock, True), _address(sock, False))
+        # (the PROXY protocol's addresses when it gave some; whether a proxy is trusted)
+        peer, local, trusted = addresses or (_address(sock, True), _address(sock, False), False)
         self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
-        info = ConnectionInfo(f"{next(_ids):x}", peer, local)
+        info = ConnectionInfo(f"{next(_ids):x}", peer, local, trusted)
         items: dict[type, object] = {ConnectionFeature: info}
         if tls is not None:
             items[TlsFeature] = tls
@@ -1761,8 +1769,30 @@ async def _accept_loop(server: _Server, bound: BoundListener, nursery: trio.Nurs
         nursery.start_soon(_connection_task, server, stream)
 
 
-_Addresses = tuple[tuple[str, int] | None, tuple[str, int] | None]
-"""A connection's (peer, local) addresses as a PROXY protocol header gave them."""
+_Addresses = tuple[tuple[str, int] | None, tuple[str, int] | None, bool]
+"""A connection's (peer, local) addresses (a PROXY protocol header's when it gave some), and
+whether its requests' forwarding headers are to be believed (``ConnectionInfo.trusted_proxy``)."""
+
+
+def _peer_trusted(proxy: ForwardedHeaders, sock: trio.socket.SocketType,
+                  peer: tuple[str, int] | None) -> bool:
+    """Whether the peer of a connection is a trusted proxy: a Unix socket peer always is (only
+    local processes can connect); a TCP peer when its address is trusted, never when the
+    address is not known (``peer`` ``None``: a client that reset its connection before it was
+    accepted, whose request may still be read)."""
+    return sock.family == socket.AF_UNIX or proxy.is_trusted(peer)
+
+
+async def _recv_exactly(tsock: trio.socket.SocketType, size: int) -> bytes:
+    """Consume exactly ``size`` bytes. Raises ``OSError`` when the peer closes first."""
+    chunks: list[bytes] = []
+    while size > 0:
+        got = await tsock.recv(size)
+        if not got:
+            raise OSError("closed in the middle of the PROXY protocol header")
+        chunks.append(got)
+        size -= len(got)
+    return b"".join(chunks)
 
 
 async def _read_proxy_header(server: _Server, tsock: trio.socket.SocketType
@@ -1774,14 +1804,16 @@ async def _read_proxy_header(server: _Server, tsock: trio.socket.SocketType
     ``DRAIN_GRACE`` by a graceful shutdown, like a first request's).
 
     Returns the header, or ``None`` when the connection is to be closed: the peer is not
-    trusted (``ProxyConfig.trusted``; checked before reading), it sent something else or an
-    invalid header, closed, or was too slow. Each is logged at WARNING (at most once a second)
-    with the peer and the reason; nothing is sent (the peer does not speak HTTP to us yet)."""
+    trusted (``ProxyConfig.trusted``, :func:`_peer_trusted`; checked before reading), it sent
+    something else or an invalid header, closed, or was too slow. Each is logged at WARNING (at
+    most once a second) with the peer and the reason, and counted as the ``proxy_protocol``
+    rejection unless the server is draining; nothing is sent (the peer does not speak HTTP to
+    us yet). Reading costs time linear in the header's size, however it is split."""
     assert server.proxy_protocol is not None
     peer = _address(tsock, True)
     failure: str | None = None
     header: ProxyHeader | None = None
-    if not server.proxy_protocol.is_trusted(peer):
+    if not _peer_trusted(server.proxy_protocol, tsock, peer):
         failure = "the peer is not a trusted proxy (--forwarded-allow-ips)"
     else:
         with trio.move_on_after(server.config.timeouts.request_headers) as scope:
@@ -1791,6 +1823,15 @@ async def _read_proxy_header(server: _Server, tsock: trio.socket.SocketType
             try:
                 buf = b""
                 while header is None:
+                    total = header_size(buf)
+                    if total is not None:
+                        # v2, its fixed part in: the rest is exactly this long (parsing a
+                        # growing buffer on every arrival would be quadratic)
+                        buf += await _recv_exactly(tsock, total - len(buf))
+                        header = parse_proxy_header(buf)
+                        if header is None:  # (cannot be: every byte of it is in)
+                            raise ProxyProtocolError("incomplete header")
+                        break
                     data = await tsock.recv(MAX_HEADER_SIZE - len(buf), socket.MSG_PEEK)
                     if not data:
                         failure = "closed before the PROXY protocol header"
@@ -1815,18 +1856,25 @@ async def _read_proxy_header(server: _Server, tsock: trio.socket.SocketType
             failure = ("the server is shutting down" if server.draining
                        else "timed out waiting for the PROXY protocol header")
     if failure is not None:
+        if server.metrics is not None and not server.draining:
+            server.metrics.reject("proxy_protocol")
         now = trio.current_time()
         if now - server.proxy_logged >= 1.0:
             server.proxy_logged = now
-            log.warning("PROXY protocol: closing the connection from %s: %s",
-                        f"{peer[0]}:{peer[1]}" if peer else "a Unix socket peer", failure)
+            if peer is not None:
+                who = f"{peer[0]}:{peer[1]}"
+            else:
+                who = ("a Unix socket peer" if tsock.family == socket.AF_UNIX
+                       else "a peer whose address is not known")
+            log.warning("PROXY protocol: closing the connection from %s: %s", who, failure)
         return None
     return header
 
 
 async def _connection_task(server: _Server, stream: trio.SocketStream) -> None:
     try:
-        addresses: _Addresses | None = None
+        addresses: _Addresses | None = None  # None: the socket's, not trusted
+        forwarded = server.forwarded_headers
         if server.proxy_protocol is not None:
             try:
                 header = await _read_proxy_header(server, stream.socket)
@@ -1836,8 +1884,19 @@ async def _connection_task(server: _Server, stream: trio.SocketStream) -> None:
             if header is None:
                 stream.socket.close()
                 return
-            if header.source is not None:  # (LOCAL, UNKNOWN: keep the real addresses)
-                addresses = (header.source, header.destination)
+            if header.source is not None:
+                # Forwarding headers are the source's (behind a TCP-mode proxy, the client's):
+                # believed when the source is a trusted proxy itself ("*" does not make it
+                # one: the source is named by the proxy, like a header's hop).
+                addresses = (header.source, header.destination,
+                             forwarded is not None and forwarded.is_trusted_hop(header.source))
+            # (LOCAL, UNKNOWN, UNSPEC, UNIX: the real addresses are kept, which are the
+            # proxy's; the client is not known, so its forwarding headers are not believed.)
+        elif forwarded is not None:
+            accepted = stream.socket
+            peer = _address(accepted, True)
+            addresses = (peer, _address(accepted, False),
+                         _peer_trusted(forwarded, accepted, peer))
         if server.ssl_context is not None:
             await _tls_connection(server, stream, addresses)
             return

@@ -73,22 +73,35 @@ class NumberType:
     def __call__(self, text: str) -> Any:
         try:
             value: Any = self.convert(text)
-        except ValueError:
+        except (ValueError, OverflowError):  # (ValueError: over 4300 digits too)
             value = None
         if value is None or not self.accept(value):
-            raise argparse.ArgumentTypeError(f"expected {self.wanted}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {self.wanted}, got {_shown(text)}")
         return value
 
     def check(self, value: object) -> Any:
         """``value`` (an ``int``, or for a float option an ``int`` or ``float``; never a
-        ``bool``) converted and accepted. Raises :class:`argparse.ArgumentTypeError`."""
+        ``bool``) converted and accepted. Raises :class:`argparse.ArgumentTypeError`, also
+        for an integer too large for a float option."""
         kinds: tuple[type, ...] = (int,) if self.convert is int else (int, float)
         if not isinstance(value, bool) and isinstance(value, kinds):
             assert isinstance(value, int | float)
-            converted = self.convert(value)
-            if self.accept(converted):
+            try:
+                converted = self.convert(value)
+            except OverflowError:  # float(10**400)
+                converted = None
+            if converted is not None and self.accept(converted):
                 return converted
-        raise argparse.ArgumentTypeError(f"expected {self.wanted}, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected {self.wanted}, got {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` for an error message, shortened past 40 characters (a 400-digit
+    number is not worth repeating whole)."""
+    text = repr(value)
+    if len(text) <= 40:
+        return text
+    return f"{text[:20]}...{text[-8:]} ({len(str(value))} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,10 +287,10 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{label}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise SettingsError(f"{label}: invalid TOML: the file is not UTF-8") from None
+    except ValueError as exc:  # TOMLDecodeError, and an integer of over 4300 digits
+        raise SettingsError(f"{label}: invalid TOML: {exc}") from None
     except OSError as exc:
         raise SettingsError(f"{label}: cannot read it: {exc.strerror or exc}") from None
 

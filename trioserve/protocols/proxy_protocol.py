@@ -8,6 +8,10 @@ a :class:`ProxyHeader` out.
     if header is not None:
         consume(header.length)               # what follows is the client's own bytes
 
+A reader that consumed the bytes of an incomplete header asks :func:`header_size` how many
+there are in all once a v2 header's fixed part is in, and reads exactly the rest (parsing a
+growing buffer again on every arrival would cost quadratic time for a header sent in pieces).
+
 - v1 (text): ``PROXY TCP4|TCP6 <src> <dst> <sport> <dport>\\r\\n`` or ``PROXY UNKNOWN ...\\r\\n``,
   at most 107 bytes with the CRLF.
 - v2 (binary): the 12-byte signature, version/command, family/transport, a 16-bit length, then
@@ -15,7 +19,9 @@ a :class:`ProxyHeader` out.
 
 A ``LOCAL`` command (v2: the proxy's own health check) has no addresses and ``local=True``;
 ``UNKNOWN`` (v1), and the ``UNSPEC`` and ``UNIX`` families (v2), have no TCP addresses:
-``source`` and ``destination`` are ``None`` and the receiver keeps the connection's real ones.
+``source`` and ``destination`` are ``None`` and the receiver keeps the connection's real ones
+(the server then believes no forwarding header on that connection: the client is not known).
+An address with an IPv6 zone id (``fe80::1%eth0``) is invalid.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ __all__ = [
     "V2_SIGNATURE",
     "ProxyHeader",
     "ProxyProtocolError",
+    "header_size",
     "parse_proxy_header",
 ]
 
@@ -87,6 +94,16 @@ def parse_proxy_header(data: bytes) -> ProxyHeader | None:
     raise ProxyProtocolError("not a PROXY protocol header")
 
 
+def header_size(data: bytes) -> int | None:
+    """The total size of the v2 header ``data`` starts with, once its 16-byte fixed part is
+    in (the signature and the length field); ``None`` before that, and for v1 (whose end is
+    its CRLF). Nothing is validated: ``data`` is meant to be bytes
+    :func:`parse_proxy_header` accepted as the start of a header."""
+    if len(data) >= V2_FIXED_SIZE and data.startswith(V2_SIGNATURE):
+        return V2_FIXED_SIZE + int.from_bytes(data[14:16], "big")
+    return None
+
+
 def _parse_v1(data: bytes) -> ProxyHeader | None:
     n = min(len(data), len(V1_PREFIX))
     if data[:n] != V1_PREFIX[:n]:
@@ -124,6 +141,8 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
 
 
 def _v1_ip(text: bytes, version: int) -> str:
+    if b"%" in text:  # an IPv6 zone id (fe80::1%eth0): meaningless beyond the proxy's host
+        raise ProxyProtocolError(f"v1: invalid address {text[:50]!r} (a zone id)")
     try:
         ip = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
