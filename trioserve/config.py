@@ -281,9 +281,11 @@ class ProxyConfig:
       write) or ``"forwarded"`` (RFC 7239 ``Forwarded``). Only the header the proxy itself
       writes may be chosen: a client can send the other one through it unchanged.
     - ``trusted``: the peers whose forwarding headers (and PROXY protocol headers) are
-      believed: IP addresses and CIDR networks, or ``"*"`` for every peer. Hops are read from
-      the right: the first address that is not trusted is the client. Unix socket peers are
-      always trusted (only local processes can connect). Default: ``("127.0.0.1",)``.
+      believed: IP addresses and CIDR networks, or ``"*"`` for every connection peer (hops
+      named in the headers, and a PROXY header's source, are checked against the addresses and
+      networks only). Hops are read from the right: the first address that is not trusted is
+      the client. Unix socket peers are always trusted (only local processes can connect); a
+      TCP peer whose address is unknown is not. Default: ``("127.0.0.1",)``.
     - ``proxy_protocol``: every connection starts with a PROXY protocol header (v1 or v2,
       HAProxy's), which gives the original client address. A connection without one, or from
       a peer not in ``trusted``, is closed.
