@@ -96,6 +96,10 @@ def test_valid_connections_reach_the_application_exactly(conn: GeneratedConnecti
 @example(ATTACKS["rapid-reset"], [1000, 5000])
 @example(PREFACE + raw_frame(4, 0, 0) + raw_frame(1, 5, 1, b"\x82\x86\x84\x41\x01a")
          + raw_frame(1, 5, 3, b"\x82\x86\x84\xbe") + raw_frame(1, 5, 1, b""), [])
+# trailers with a pseudo-header reset the stream; DATA after them drew a second StreamReset
+@example(PREFACE + raw_frame(4, 0, 0) + raw_frame(1, 4, 1, b"\x83\x86\x84\x41\x01a")
+         + raw_frame(0, 0, 1, b"x") + raw_frame(1, 5, 1, b"\x82") + raw_frame(0, 1, 1, b"y"),
+         [])
 def test_client_connections_parse_or_connection_error(raw: bytes, points: list[int]) -> None:
     """Connections mixing valid and damaged frames: events or a ProtocolError (GOAWAY queued)
     and nothing else, consistent events, well-formed output, bounded output, and the same

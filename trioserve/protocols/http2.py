@@ -433,6 +433,7 @@ class HTTP2Protocol:
         "_opening",
         "_out",
         "_outs",
+        "_reset_told",
         "_server_header",
         "_streams",
         "closed",
@@ -510,6 +511,8 @@ class HTTP2Protocol:
         # or not): the concurrency limit counts these, with the answered ones still draining.
         self._streams: set[int] = set()
         self._active: set[int] = set()
+        # streams of _active the caller was told were reset (StreamReset is said once)
+        self._reset_told: set[int] = set()
         self._last_stream_id: int | None = None  # set by a graceful GOAWAY
         self._goaway_sent = False
         self.closed = False  # a connection error or the peer's GOAWAY: no more streams
@@ -643,7 +646,8 @@ class HTTP2Protocol:
             elif isinstance(ev, h2.events.StreamReset):
                 self._draining.pop(ev.stream_id, None)
                 self._forget(ev.stream_id)
-                if ev.stream_id in self._active:
+                if ev.stream_id in self._active and ev.stream_id not in self._reset_told:
+                    self._reset_told.add(ev.stream_id)
                     events.append(StreamReset(ev.stream_id, int(ev.error_code), ev.remote_reset))
             elif isinstance(ev, h2.events.WindowUpdated):
                 events.append(WindowOpened(ev.stream_id or 0))
@@ -829,6 +833,7 @@ class HTTP2Protocol:
         if fault is not None:
             self.reset(ev.stream_id, PROTOCOL_ERROR)
             self.malformed += 1
+            self._reset_told.add(ev.stream_id)
             events.append(StreamReset(ev.stream_id, PROTOCOL_ERROR, False))
             return
         # StreamEnded follows (trailers always end the stream); keep the fields.
@@ -1067,6 +1072,7 @@ class HTTP2Protocol:
         """The caller is done with the stream (its response ended or it was reset)."""
         self._forget(stream_id)
         self._active.discard(stream_id)
+        self._reset_told.discard(stream_id)
 
     def finish_unread(self, stream_id: int, allowance: int) -> None:
         """The response is complete, the request body is not: accept and discard up to
