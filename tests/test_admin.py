@@ -2,10 +2,14 @@
 sockets: real traffic (httpx over HTTP/1.1 and HTTP/2 with prior knowledge, trio-websocket,
 raw sockets, the raw HTTP/2 frame client of ``test_http2_bad_input``) and then a scrape of
 ``/metrics``, parsed by ``prometheus_client``'s own parser so the exposition format is proven;
-every limit's rejection counted; ``/readyz`` 503 from the moment a drain begins while
-``/livez`` and ``/metrics`` go on, the admin endpoint closing last; the admin listener apart
-from the public ones; ``sd_notify`` (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``) received on a
-real datagram socket; and :mod:`trioserve.metrics` itself (merge, retire, rendering).
+every limit's rejection counted (also when the client is gone before the answer, or the
+response had begun); responses cut short (the application failing mid-response, clients
+resetting, the graceful shutdown's deadline) counted as aborted, not under a status;
+``/readyz`` 503 from the moment a drain begins while ``/livez`` and ``/metrics`` go on, the
+admin endpoint closing last; the admin listener apart from the public ones; ``sd_notify``
+(``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``) received on a real datagram socket when asked for
+(``systemd_notify=True``) and only then; and :mod:`trioserve.metrics` itself (merge, retire,
+rendering).
 
 The admin endpoint is bound to ``127.0.0.1:0`` next to the public ``127.0.0.1:0`` (two port-0
 binds are two listeners; Config refuses an ``admin_bind`` equal to a public bind otherwise).
@@ -19,21 +23,33 @@ import os
 import socket
 import struct
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
+import trio.testing
+import trustme
 from conftest import make_config, raw_exchange, run_server
 from hyperframe.frame import RstStreamFrame
 from procs import module_command, server_process
 from prometheus_client.parser import text_string_to_metric_families
-from test_http2_bad_input import CANCEL, INITIAL_WINDOW_SIZE, PING, h2_client, raw_frame
+from test_http2_bad_input import (
+    CANCEL,
+    DATA,
+    INITIAL_WINDOW_SIZE,
+    INTERNAL_ERROR,
+    PING,
+    PROTOCOL_ERROR,
+    h2_client,
+    raw_frame,
+)
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from trioserve import Bind, Http2Limits, MinDataRate, serve
+import trioserve.server as server_module
+from trioserve import Bind, Config, Http2Limits, MinDataRate, Tls, serve
 from trioserve.admin import AdminApp
 from trioserve.config import ProxyConfig
 from trioserve.features import (
@@ -46,6 +62,7 @@ from trioserve.features import (
 )
 from trioserve.listeners import ListenError
 from trioserve.metrics import LIMITS, Metrics, merge, render_prometheus, retire
+from trioserve.server import ListeningAddresses
 
 TIMEOUT = 20
 ADMIN = Bind.tcp("127.0.0.1", 0)
@@ -56,10 +73,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class App:
-    """A features app: ``/echo`` returns the request body, ``/wait`` waits for :attr:`gate`,
-    ``/big`` sends :attr:`big` bytes (``/pieces`` in 128-byte writes), a WebSocket echoes one
-    message and waits for the close; anything else answers ``hello <path>``. :attr:`started`
-    counts the calls in progress."""
+    """A features app: ``/echo`` returns the request body (``/stream`` too, as it arrives,
+    after starting the response), ``/wait`` waits for :attr:`gate`, ``/big`` sends :attr:`big`
+    bytes (``/pieces`` in 128-byte writes), ``/boom`` raises after 64 KiB of its response, a
+    WebSocket echoes one message and waits for the close; anything else answers
+    ``hello <path>``. :attr:`started` counts the calls in progress."""
 
     def __init__(self, big: int = 0) -> None:
         self.gate = trio.Event()
@@ -86,6 +104,14 @@ class App:
                 while chunk := await features[RequestBodyFeature].receive():
                     data += chunk
                 await body.complete(data)
+            elif path == "/stream":
+                await body.start()
+                while chunk := await features[RequestBodyFeature].receive():
+                    await body.send(chunk)
+                await body.complete()
+            elif path == "/boom":
+                await body.send(b"x" * 65536)
+                raise RuntimeError("the application fails in the middle of its response")
             elif path == "/wait":
                 await self.gate.wait()
                 await body.complete(b"done")
@@ -153,6 +179,21 @@ async def admin_server(app: App, **kw: Any) -> AsyncIterator[tuple[str, str]]:
 
 def port_of(url: str) -> int:
     return int(url.rpartition(":")[2])
+
+
+@asynccontextmanager
+async def serving(app: Any, config: Config, **kw: Any) -> AsyncIterator[ListeningAddresses]:
+    """``serve(app, config, **kw)`` in the background (no signal handlers), shut down
+    gracefully on exit; yields what it passed to ``task_status.started()``."""
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(lambda task_status: serve(
+            app, config, shutdown=shutdown, install_signal_handlers=False,
+            task_status=task_status, **kw))
+        try:
+            yield addresses
+        finally:
+            shutdown.set()
 
 
 # ------------------------------------------------------------------------------ traffic
@@ -421,6 +462,199 @@ async def test_proxy_protocol_failures_are_counted() -> None:
                 s, "trioserve_rejected_total", limit="proxy_protocol") == 1)
 
 
+def send_and_reset(port: int, data: bytes) -> None:
+    """A client that sends ``data`` and is gone at once: a reset (``SO_LINGER`` 0) right
+    behind the request, before the server reads it (blocking calls: the server's task cannot
+    run in between)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.sendall(data)
+
+
+WS_HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def test_limits_count_refusals_of_clients_already_gone() -> None:
+    """A request over ``max_concurrent_requests`` and a WebSocket over
+    ``max_concurrent_upgraded_connections`` from clients that reset right behind their
+    request: the 503 cannot be sent, the refusal is counted all the same (and the request as
+    aborted, not as a 503)."""
+    app = App()
+    async with admin_server(app, limits={"max_concurrent_requests": 2,
+                                         "max_concurrent_upgraded_connections": 1}) \
+            as (url, admin):
+        port = port_of(url)
+        with trio.fail_after(TIMEOUT):
+            async with open_websocket_url(url.replace("http://", "ws://") + "/ws") as ws, \
+                    httpx.AsyncClient() as c, trio.open_nursery() as nursery:
+                await ws.send_message("x")
+                assert await ws.get_message() == "x"
+                for _ in range(3):
+                    send_and_reset(port, WS_HANDSHAKE)  # 1 request of 2: the WebSocket limit
+                await scrape_until(admin, lambda s: value(
+                    s, "trioserve_requests_aborted_total", protocol="1.1") == 3)
+                nursery.start_soon(c.get, url + "/wait")
+                await wait_for(lambda: app.started == 2)
+                for _ in range(3):
+                    send_and_reset(port, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+                m = await scrape_until(admin, lambda s: value(
+                    s, "trioserve_requests_aborted_total", protocol="1.1") == 6)
+                app.gate.set()
+        assert value(m, "trioserve_rejected_total", limit="websockets") == 3
+        assert value(m, "trioserve_rejected_total", limit="concurrency") == 3
+        assert ("trioserve_requests_total", (("protocol", "1.1"), ("status", "503"))) not in m
+
+
+def answered(m: Samples, protocol: str) -> float:
+    """The requests of ``trioserve_requests_total`` over ``protocol``, all statuses."""
+    return sum(v for (name, labels), v in m.items()
+               if name == "trioserve_requests_total" and ("protocol", protocol) in labels)
+
+
+async def test_responses_cut_short_are_counted_as_aborted() -> None:
+    """Requests whose response never completed, counted in
+    ``trioserve_requests_aborted_total`` and not under the status they would have had (nor in
+    the duration histogram): an application that fails in the middle of its response (HTTP/1.1
+    and HTTP/2), a client that resets its connection while the application works (HTTP/1.1),
+    an HTTP/2 client that cancels its stream (RST_STREAM CANCEL). Their bytes still count."""
+    app = App()
+    async with admin_server(app) as (url, admin):
+        port = port_of(url)
+        with trio.fail_after(TIMEOUT):
+            for kw in ({}, {"http1": False, "http2": True}):
+                async with httpx.AsyncClient(**kw) as c:
+                    with pytest.raises(httpx.TransportError):
+                        await c.get(url + "/boom")
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+                await wait_for(lambda: app.started == 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await trio.sleep(0.1)  # (the reset reaches the server before the response)
+            app.gate.set()
+            await wait_for(lambda: app.started == 0)
+            app.gate = trio.Event()
+            async with h2_client(port) as h2:
+                await h2.send(h2.get(1, "/wait"))
+                await wait_for(lambda: app.started == 1)
+                await h2.send(RstStreamFrame(1, error_code=CANCEL))
+                await trio.sleep(0.1)
+                app.gate.set()
+                await wait_for(lambda: app.started == 0)
+            m = await scrape_until(admin, lambda s: value(
+                s, "trioserve_http2_streams_active") == 0 and value(
+                s, "trioserve_connections_active", protocol="http1") == 0)
+            # one that completes, for contrast
+            async with httpx.AsyncClient() as c:
+                assert (await c.get(url + "/wait")).status_code == 200
+            done = await scrape_until(admin, lambda s: answered(s, "1.1") == 1)
+    for protocol in ("1.1", "2"):
+        assert value(m, "trioserve_requests_aborted_total", protocol=protocol) == 2
+        assert answered(m, protocol) == 0
+        assert ("trioserve_request_duration_seconds_count", (("protocol", protocol),)) not in m
+    assert value(m, "trioserve_response_bytes_total") >= 2 * 65536
+    assert value(done, "trioserve_requests_total", protocol="1.1", status="200") == 1
+    assert value(done, "trioserve_request_duration_seconds_count", protocol="1.1") == 1
+    assert value(done, "trioserve_requests_aborted_total", protocol="1.1") == 2
+
+
+async def test_body_limits_firing_after_the_response_began_are_counted_once() -> None:
+    """``max_request_body_size`` and the minimum request body data rate firing while the
+    response is already under way (no 413 or 408 can be sent: the exchange is cut short),
+    over HTTP/1.1 and HTTP/2: each counted once by its limit, the request as aborted. A 413
+    answered before any response is counted once too, under its status."""
+    app = App()
+    async with admin_server(app, limits={
+            "max_request_body_size": 1000,
+            "min_request_body_data_rate": MinDataRate(bytes_per_second=1000,
+                                                      grace_period=0.5)}) as (url, admin):
+        port = port_of(url)
+        with trio.fail_after(TIMEOUT):
+            for kw in ({}, {"http1": False, "http2": True}):
+                async with httpx.AsyncClient(**kw) as c:
+                    with pytest.raises(httpx.TransportError):
+                        await c.post(url + "/stream", content=b"a" * 5000)
+            async with httpx.AsyncClient() as c:
+                r = await c.post(url + "/echo", content=b"b" * 2000)
+                assert r.status_code == 413
+            # a body that stops arriving, its response begun
+            stalled = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stalled, h2_client(port) as h2:
+                await stalled.send_all(b"POST /stream HTTP/1.1\r\nHost: x\r\n"
+                                       b"Content-Length: 100\r\n\r\n0123456789")
+                await h2.send(h2.get(1, "/stream", end_stream=False),
+                              raw_frame(DATA, 0, 1, b"0123456789"))
+                assert await h2.expect_reset(1) == INTERNAL_ERROR
+                m = await scrape_until(admin, lambda s: value(
+                    s, "trioserve_rejected_total", limit="body_rate") == 2 and value(
+                    s, "trioserve_requests_aborted_total", protocol="1.1") == 2)
+    assert value(m, "trioserve_rejected_total", limit="body_size") == 3
+    assert value(m, "trioserve_rejected_total", limit="body_rate") == 2
+    assert value(m, "trioserve_requests_total", protocol="1.1", status="413") == 1
+    assert value(m, "trioserve_requests_aborted_total", protocol="2") == 2
+    assert answered(m, "2") == 0
+
+
+async def test_requests_cancelled_at_the_graceful_deadline_are_counted_as_aborted() -> None:
+    """Requests still running when the graceful shutdown's deadline cancels them (HTTP/1.1,
+    HTTP/2, a WebSocket whose client never answers the close): counted as aborted, once, in
+    the ``Metrics`` the embedding program passed (read after ``serve()`` returned)."""
+    metrics = Metrics()
+    config = make_config(timeouts={"graceful": 0.5})
+    app = App()
+    with trio.fail_after(TIMEOUT):
+        async with AsyncExitStack() as clients:  # (closed once serve() has returned)
+            async with serving(app, config, metrics=metrics) as addresses:
+                port = port_of(addresses[0])
+                h1 = await clients.enter_async_context(
+                    await trio.open_tcp_stream("127.0.0.1", port))
+                ws = await clients.enter_async_context(
+                    await trio.open_tcp_stream("127.0.0.1", port))
+                h2 = await clients.enter_async_context(h2_client(port))
+                await h1.send_all(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+                await h2.send(h2.get(1, "/wait"))
+                await ws.send_all(WS_HANDSHAKE)
+                assert (await ws.receive_some(4096)).startswith(b"HTTP/1.1 101 ")
+                await wait_for(lambda: app.started == 3)
+                assert metrics.snapshot()["counters"]["requests_aborted"] == {}
+                # serve() shuts down: the apps never return, the clients never answer
+    counters = metrics.snapshot()["counters"]
+    assert counters["requests_aborted"] == {"1.1": 2, "2": 1}
+    assert counters["requests"] == {}
+    assert metrics.requests == 3
+
+
+async def test_malformed_requests_are_bad_requests(tmp_path: Path) -> None:
+    """Plain HTTP sent to a TLS port (answered 400 in words) and a malformed HTTP/2 request
+    (reset with PROTOCOL_ERROR) are counted in ``trioserve_bad_requests_total`` as 400."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    config = make_config(tls=Tls(certfile=str(certfile)), admin_bind=ADMIN)
+    async with serving(App(), config) as addresses:
+        url, admin = addresses[0], addresses.admin[0]
+        assert url.startswith("https://")
+        with trio.fail_after(TIMEOUT):
+            answer = await raw_exchange(port_of(url), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400 ")
+            m = await scrape_until(admin, lambda s: (
+                "trioserve_bad_requests_total", (("protocol", "http1"), ("status", "400"))) in s)
+        assert value(m, "trioserve_bad_requests_total", protocol="http1", status="400") == 1
+    async with admin_server(App()) as (url, admin):
+        with trio.fail_after(TIMEOUT):
+            async with h2_client(port_of(url)) as h2:
+                fields = [*h2.request_headers(), (b"connection", b"keep-alive")]
+                await h2.send(h2.headers_frame(1, fields))
+                assert await h2.expect_reset(1) == PROTOCOL_ERROR
+                await h2.send(h2.get(3, "/"))
+                assert (await h2.response(3)).status == 200
+            m = await scrape_until(admin, lambda s: answered(s, "2") == 1)
+        assert value(m, "trioserve_bad_requests_total", protocol="http2", status="400") == 1
+        assert ("trioserve_requests_aborted_total", (("protocol", "2"),)) not in m
+
+
 # ------------------------------------------------------------------------------ endpoints
 
 
@@ -546,38 +780,102 @@ async def test_readiness_through_start_up_and_drain(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ systemd
 
 
+def notify_socket(path: Path, monkeypatch: pytest.MonkeyPatch,
+                  watchdog_usec: int) -> socket.socket:
+    """systemd's end of ``NOTIFY_SOCKET`` (a non-blocking datagram socket bound at ``path``),
+    with the watchdog on for this process."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", str(watchdog_usec))
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    return sock
+
+
+def notifications(sock: socket.socket) -> list[str]:
+    """The lines of every message waiting on ``sock``."""
+    lines = []
+    while True:
+        try:
+            lines.extend(sock.recv(4096).decode().split("\n"))
+        except BlockingIOError:
+            return lines
+
+
 async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``NOTIFY_SOCKET`` (a real datagram socket) and ``WATCHDOG_USEC=200000``: READY=1
-    with a STATUS naming the address once listening, WATCHDOG=1 about every 0.1 s, STOPPING=1
-    when the graceful shutdown begins."""
-    path = str(tmp_path / "notify")
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    """``serve(..., systemd_notify=True)`` (what the command line passes) with
+    ``NOTIFY_SOCKET`` (a real datagram socket) and ``WATCHDOG_USEC=200000``: READY=1 with a
+    STATUS naming the address once listening, WATCHDOG=1 about every 0.1 s, STOPPING=1 when the
+    graceful shutdown begins."""
     received: list[str] = []
-    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        await sock.bind(path)
+    with notify_socket(tmp_path / "notify", monkeypatch, 200_000) as sock:
 
-        async def collect() -> None:
-            while True:
-                received.append((await sock.recv(4096)).decode())
-
-        def states() -> list[str]:
-            return [line for msg in received for line in msg.split("\n")]
+        async def states() -> list[str]:
+            received.extend(notifications(sock))
+            await trio.sleep(0.01)
+            return received
 
         with trio.fail_after(TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(collect)
-                async with run_server(App(), make_config(), asgi=False) as srv:
-                    await wait_for(lambda: "READY=1" in states())
-                    assert f"STATUS=listening on {srv.url}" in states()
-                    await wait_for(lambda: states().count("WATCHDOG=1") >= 3)
-                    assert "STOPPING=1" not in states()
-                await wait_for(lambda: "STOPPING=1" in states())
-                nursery.cancel_scope.cancel()
-    order = states()
-    assert order.index("READY=1") < order.index("STOPPING=1")
+            async with serving(App(), make_config(), systemd_notify=True) as addresses:
+                while "READY=1" not in await states():
+                    pass
+                assert f"STATUS=listening on {addresses[0]}" in received
+                while (await states()).count("WATCHDOG=1") < 3:
+                    pass
+                assert "STOPPING=1" not in received
+            while "STOPPING=1" not in await states():
+                pass
+    assert received.index("READY=1") < received.index("STOPPING=1")
+
+
+async def test_embedded_serve_does_not_notify_systemd(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program embedding ``serve()`` (without ``systemd_notify``) under a systemd unit with
+    the watchdog on: it may run several servers one after another, so none of them speaks for
+    the service: no READY=1, WATCHDOG=1 or STOPPING=1."""
+    with notify_socket(tmp_path / "notify", monkeypatch, 20_000) as sock:
+        with trio.fail_after(TIMEOUT):
+            for _ in range(2):
+                async with serving(App(), make_config()) as addresses, \
+                        httpx.AsyncClient() as c:
+                    assert (await c.get(addresses[0] + "/")).status_code == 200
+                    await trio.sleep(0.1)  # five watchdog periods
+        # (serve() sends synchronously: anything sent is waiting by now)
+        assert notifications(sock) == []
+
+
+async def test_stop_at_the_end_of_start_up_is_never_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop requested when start-up can no longer be cancelled (the listeners are open, the
+    server has not reported them yet): ``task_status.started()`` is not called and READY=1 is
+    not sent, only STOPPING=1; ``serve()`` returns."""
+    shutdown = trio.Event()
+    open_listeners = server_module.open_listeners
+
+    async def open_then_stop(*args: Any) -> Any:
+        listeners = await open_listeners(*args)
+        shutdown.set()
+        with trio.CancelScope(shield=True):  # the stop arrives while nothing can cancel
+            await trio.testing.wait_all_tasks_blocked()
+        return listeners
+
+    monkeypatch.setattr(server_module, "open_listeners", open_then_stop)
+    started: list[object] = []
+
+    class Status:
+        def started(self, value: object = None) -> None:
+            started.append(value)
+
+    with notify_socket(tmp_path / "notify", monkeypatch, 0) as sock:
+        with trio.fail_after(TIMEOUT):
+            await serve(App(), make_config(), shutdown=shutdown, install_signal_handlers=False,
+                        systemd_notify=True, task_status=Status())  # type: ignore[arg-type]
+        assert started == []
+        states = notifications(sock)
+    assert "STOPPING=1" in states
+    assert "READY=1" not in states
 
 
 # ------------------------------------------------------------------------------ embedding
@@ -663,6 +961,9 @@ def test_merge_and_retire() -> None:
     a.request("1.1", 200, 0.01, 5, 50)
     b.request("1.1", 200, 0.2, 0, 60)
     b.request("2", 404, 3.0, 0, 10)
+    a.request_aborted("2", 7, 5)
+    b.request_aborted("2", 0, 0)
+    b.request_aborted("1.1", 0, 0)
     a.connection_opened("http1")
     b.connection_opened("http2")
     b.reject("concurrency")
@@ -672,7 +973,11 @@ def test_merge_and_retire() -> None:
     s = parse(render_prometheus(total))
     assert value(s, "trioserve_requests_total", protocol="1.1", status="200") == 2
     assert value(s, "trioserve_requests_total", protocol="2", status="404") == 1
-    assert value(s, "trioserve_response_bytes_total") == 120
+    assert value(s, "trioserve_response_bytes_total") == 125
+    assert value(s, "trioserve_request_body_bytes_total") == 12
+    assert value(s, "trioserve_requests_aborted_total", protocol="2") == 2
+    assert value(s, "trioserve_requests_aborted_total", protocol="1.1") == 1
+    assert (a.requests, b.requests) == (2, 4)  # answered and aborted alike (--max-requests)
     assert value(s, "trioserve_connections_active", protocol="http1") == 1
     assert value(s, "trioserve_connections_active", protocol="http2") == 1
     assert value(s, "trioserve_rejected_total", limit="concurrency") == 1
@@ -708,7 +1013,15 @@ def test_rendering_escapes_and_extra_gauges() -> None:
     assert text.endswith("\n")
     with pytest.raises(ValueError, match="invalid metric name"):
         render_prometheus(m.snapshot(), {"bad name": 1})
-    with pytest.raises(ValueError, match="clashes"):
-        render_prometheus(m.snapshot(), {"trioserve_requests_total": 1})
+    for clash in ({"trioserve_requests_total": 1},
+                  {"trioserve_requests": 1},  # the counter trioserve_requests_total's family
+                  {"trioserve_ready_total": 1, "trioserve_ready": 1},
+                  {"trioserve_request_duration_seconds_count": 1}):
+        with pytest.raises(ValueError, match="clashes"):
+            render_prometheus(m.snapshot(), clash)
+    text = render_prometheus(m.snapshot(), {"trioserve_workers": 2, "trioserve_workers_ready": 1})
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["trioserve_workers_ready"].documentation == \
+        "Worker processes ready and serving (not starting, not leaving)."
     assert "NaN" in render_prometheus(m.snapshot(), {"x_nan": math.nan})
 

@@ -14,6 +14,7 @@ error).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import logging
@@ -784,7 +785,7 @@ def _main(argv: Sequence[str] | None) -> int:
             traceback.print_exception(exc.__cause__)
         return 1
     try:
-        trio.run(serve, app, config)
+        trio.run(functools.partial(serve, systemd_notify=True), app, config)
     except LifespanFailure as exc:
         print(f"trioserve: error: application start-up failed: {exc}", file=sys.stderr)
         return 1

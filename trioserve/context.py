@@ -45,6 +45,7 @@ from .protocols.events import (
 )
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
     from .protocols.http1 import HTTP1Protocol
 
 __all__ = [
@@ -84,6 +85,10 @@ class Connection(Protocol):
 
     @property
     def draining(self) -> bool: ...
+    @property
+    def metrics(self) -> Metrics | None:
+        """The server's metrics (``None``: nothing is counted)."""
+        ...
     @property
     def stream(self) -> trio.abc.Stream: ...
     async def send_all(self, data: bytes) -> None: ...
@@ -389,6 +394,9 @@ class H1RequestBody:
             while type(ev) is BodyData and not ev.data:
                 ev = await conn.receive_body_event(ex)
         except ProtocolError as exc:
+            metrics = conn.metrics
+            if metrics is not None:  # (431: trailers over the limit; 400 is no limit)
+                metrics.body_rejected(exc.status_hint)
             await ex.reject(exc.status_hint, exc.message)
             raise BadRequestBody(exc.message, exc.status_hint) from None
         if type(ev) is EndOfBody:
@@ -420,6 +428,11 @@ class H1RequestBody:
             await self._too_large(self._max_size)
 
     async def _too_large(self, limit: int) -> None:
+        # Counted here, once (every later read raises ClientDisconnected), even when the
+        # response has begun and the 413 cannot be sent (the exchange is aborted instead).
+        metrics = self._ex.conn.metrics
+        if metrics is not None:
+            metrics.reject("body_size")
         msg = f"request body larger than the limit of {limit} bytes"
         await self._ex.reject(413, msg)
         raise RequestBodyTooLarge(msg)
@@ -434,10 +447,13 @@ class ResponseState:
     Subclasses say when the response has started (:attr:`has_started`)."""
 
     __slots__ = ("_completed_cbs", "_done", "_headers", "_reason", "_starting_cbs", "_status",
-                 "bytes_sent")
+                 "bytes_sent", "delivered")
 
     def __init__(self) -> None:
         self._done = False
+        # The whole response went to the connection (HTTP/2: queued), as complete() does it;
+        # the metrics count a request without this (nor a server's error answer) as aborted.
+        self.delivered = False
         self._starting_cbs: list[Callback] | None = None
         self._completed_cbs: list[Callback] | None = None
         self._status = 200
@@ -601,6 +617,7 @@ class H1Response(ResponseState):
         self._done = True
         if out:
             await self._send(out)
+        self.delivered = True
         self._ex.signal_done()
 
     async def send_file(

@@ -440,12 +440,21 @@ class H2RequestBody:
             await event.wait()
         self.waited += trio.current_time() - started
         if scope.cancelled_caught:
+            metrics = self._s.conn.metrics
+            if metrics is not None:  # once: every later read raises ClientDisconnected
+                metrics.reject("body_rate")
             msg = (f"request body arrived more slowly than {rate.bytes_per_second:g} bytes per "
                    "second")
             await self._s.reject(408, msg)
             raise BadRequestBody(msg, 408)
 
     async def _too_large(self, limit: int) -> None:
+        # Counted here, even when the response has begun and the stream is reset instead of
+        # answered 413; once: a reset stream's buffered chunks can still be read (and go
+        # over the limit again), a stream answered 413 cannot be read.
+        metrics = self._s.conn.metrics
+        if metrics is not None and not self._s.aborted:
+            metrics.reject("body_size")
         msg = f"request body larger than the limit of {limit} bytes"
         await self._s.reject(413, msg)
         raise RequestBodyTooLarge(msg)
@@ -535,6 +544,7 @@ class H2Response(ResponseState):
             await self._head(len(data) if not trailers else None)
         if self._no_body:
             self._done = True
+            self.delivered = True
             s.signal_done()
             await trio.lowlevel.checkpoint()
             return
@@ -557,6 +567,7 @@ class H2Response(ResponseState):
             except BaseException:
                 s.reset(INTERNAL_ERROR)
                 raise
+        self.delivered = True
         s.signal_done()
 
     async def send_file(

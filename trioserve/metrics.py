@@ -7,6 +7,7 @@ Prometheus scrapes:
 
 - :meth:`Metrics.snapshot`: a JSON-serialisable ``dict`` (what a worker process sends to its
   supervisor);
+- :func:`check_snapshot`: a snapshot from another process, checked before it is kept;
 - :func:`merge`: the sum of several snapshots (a supervisor's workers);
   :func:`retire` first zeroes the gauges of a worker that exited, so its counters still count
   (totals never go backwards) while its connections no longer do;
@@ -29,6 +30,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "LIMITS",
     "Metrics",
+    "check_snapshot",
     "merge",
     "render_prometheus",
     "retire",
@@ -76,11 +78,12 @@ class Metrics:
     """Counters and gauges of one server process.
 
     The server calls the methods below; each is a few additions, cheap enough for every
-    request. :attr:`requests` is the number of requests completed so far (the supervisor's
-    ``--max-requests`` reads it). Not thread-safe: one Trio run updates it.
+    request. :attr:`requests` is the number of requests ended so far, answered or aborted (the
+    supervisor's ``--max-requests`` reads it). Not thread-safe: one Trio run updates it.
     """
 
     __slots__ = (
+        "_aborted",
         "_bounds",
         "_durations",
         "_statuses",
@@ -106,6 +109,7 @@ class Metrics:
         self._bounds = bounds
         self.requests = 0
         self._statuses: dict[tuple[str, int], int] = {}
+        self._aborted: dict[str, int] = {}
         self._durations: dict[str, _Histogram] = {}
         self.request_body_bytes = 0
         self.response_bytes = 0
@@ -137,6 +141,18 @@ class Metrics:
         self.request_body_bytes += received
         self.response_bytes += sent
 
+    def request_aborted(self, protocol: str, received: int, sent: int) -> None:
+        """A request ended without a complete response (the access log's line all the same):
+        the client left or reset it, the application failed or aborted after the response
+        began, or it was cancelled at the end of a graceful shutdown. Counted by ``protocol``
+        apart from :meth:`request`'s statuses and durations; its ``received`` and ``sent``
+        bytes count as any request's."""
+        self.requests += 1
+        aborted = self._aborted
+        aborted[protocol] = aborted.get(protocol, 0) + 1
+        self.request_body_bytes += received
+        self.response_bytes += sent
+
     def reject(self, limit: str, count: int = 1) -> None:
         """``count`` requests or connections were refused by ``limit`` (one of
         :data:`LIMITS`; another name is counted under its own label all the same)."""
@@ -144,21 +160,23 @@ class Metrics:
         rejected[limit] = rejected.get(limit, 0) + count
 
     def body_rejected(self, status: int) -> None:
-        """The server answered a request ``status`` because of its body (413 too large, 408
-        too slow, 431 trailers too large); other statuses are not limits and count nothing."""
+        """A limit on a request's body fired with ``status`` (413 too large, 408 too slow, 431
+        trailers too large), whether or not its response had begun; other statuses are not
+        limits and count nothing. Once per request: where the limit fires."""
         limit = _BODY_LIMITS.get(status)
         if limit is not None:
             self.reject(limit)
 
-    def bad_request(self, protocol: str, status: int) -> None:
-        """The server answered a request head itself, without the application: a malformed
-        request (400 …) or a head over a limit (408, 414, 431, also counted in
-        :attr:`rejected`)."""
+    def bad_request(self, protocol: str, status: int, count: int = 1) -> None:
+        """The server answered ``count`` request heads itself, without the application:
+        ``protocol`` ``"http1"`` or ``"http2"``; a malformed request (400 …, also an HTTP/2
+        request reset with ``PROTOCOL_ERROR``) or a head over a limit (408, 414, 431, also
+        counted in :attr:`rejected`)."""
         key = (protocol, status)
-        self.bad_requests[key] = self.bad_requests.get(key, 0) + 1
+        self.bad_requests[key] = self.bad_requests.get(key, 0) + count
         limit = _HEAD_LIMITS.get(status)
         if limit is not None:
-            self.reject(limit)
+            self.reject(limit, count)
 
     def connection_opened(self, kind: str) -> None:
         """A connection began speaking ``kind`` (``"http1"`` or ``"http2"``)."""
@@ -184,6 +202,7 @@ class Metrics:
             "version": _SNAPSHOT_VERSION,
             "counters": {
                 "requests": requests,
+                "requests_aborted": dict(self._aborted),
                 "bad_requests": bad,
                 "request_body_bytes": self.request_body_bytes,
                 "response_bytes": self.response_bytes,
@@ -257,6 +276,83 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return total
 
 
+_INT_RANGE = 2**63  # beyond any real count; keeps sums printable (int max str digits)
+_TABLES = {  # section -> key -> depth of its tables of numbers (0: a number)
+    "counters": {"requests": 2, "requests_aborted": 1, "bad_requests": 2,
+                 "request_body_bytes": 0, "response_bytes": 0, "connections_accepted": 0,
+                 "websockets": 0, "rejected": 1},
+    "gauges": {"connections_active": 1, "h2_streams_active": 0, "websockets_active": 0},
+}
+_STATUS_TABLES = {"requests", "bad_requests"}  # their inner keys are status codes
+
+
+def _check_number(value: object, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where}: expected a number, got {type(value).__name__}")
+    if isinstance(value, int) and not -_INT_RANGE < value < _INT_RANGE:
+        raise ValueError(f"{where}: {value} is out of range")
+
+
+def _check_table(value: object, depth: int, where: str, status_keys: bool) -> None:
+    if depth == 0:
+        _check_number(value, where)
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    for key, inner in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: a key that is not a string")
+        if status_keys and depth == 1 and not (key.isascii() and key.isdigit()):
+            raise ValueError(f"{where}: {key[:20]!r} is not a status code")
+        _check_table(inner, depth - 1, f"{where}.{key[:20]}", status_keys)
+
+
+def _check_keys(value: object, expected: Iterable[str], where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    if set(value) != set(expected):
+        raise ValueError(f"{where}: expected the keys {sorted(expected)}, got "
+                         f"{sorted(str(k)[:20] for k in value)[:20]}")
+    return value
+
+
+def check_snapshot(snapshot: object,
+                   buckets: Iterable[float] = DURATION_BUCKETS) -> dict[str, Any]:
+    """``snapshot``, from another process (after a JSON round trip), if it has exactly the
+    shape of :meth:`Metrics.snapshot` with the duration histogram's ``buckets``: then
+    :func:`merge` and :func:`render_prometheus` cannot fail on it, with any other such
+    snapshot. Raises ``ValueError`` saying where it differs (another version, a missing or
+    unknown key, a string, a boolean or an integer beyond 2**63 where a number belongs, a
+    table nested deeper, a status that is not decimal digits, other bucket bounds)."""
+    snap = _check_keys(snapshot, ("version", "counters", "gauges", "histograms"), "snapshot")
+    if snap["version"] != _SNAPSHOT_VERSION or isinstance(snap["version"], bool):
+        raise ValueError(f"unknown metrics snapshot version {snap['version']!r:.20} "
+                         f"(expected {_SNAPSHOT_VERSION})")
+    for section, tables in _TABLES.items():
+        values = _check_keys(snap[section], tables, section)
+        for key, depth in tables.items():
+            _check_table(values[key], depth, f"{section}.{key}", key in _STATUS_TABLES)
+    histograms = _check_keys(snap["histograms"], ("request_duration_seconds",), "histograms")
+    bounds = [float(b) for b in buckets]
+    durations = histograms["request_duration_seconds"]
+    if not isinstance(durations, dict):
+        raise ValueError("histograms.request_duration_seconds: expected an object")
+    for protocol, hist in durations.items():
+        where = f"histograms.request_duration_seconds.{str(protocol)[:20]}"
+        if not isinstance(protocol, str):
+            raise ValueError(f"{where}: a key that is not a string")
+        hist = _check_keys(hist, ("bounds", "counts", "sum"), where)
+        if hist["bounds"] != bounds:
+            raise ValueError(f"{where}.bounds: other bucket bounds than {bounds}")
+        counts = hist["counts"]
+        if not isinstance(counts, list) or len(counts) != len(bounds) + 1:
+            raise ValueError(f"{where}.counts: expected {len(bounds) + 1} numbers")
+        for count in counts:
+            _check_number(count, f"{where}.counts")
+        _check_number(hist["sum"], f"{where}.sum")
+    return snap
+
+
 def retire(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """``snapshot`` with every gauge zeroed: what to keep of a process that exited, so that
     :func:`merge` still counts its requests (counters never go backwards) but not its
@@ -278,6 +374,7 @@ _NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 EXTRA_HELP = {
     "trioserve_workers": "Worker processes running.",
+    "trioserve_workers_ready": "Worker processes ready and serving (not starting, not leaving).",
     "trioserve_workers_desired": "Worker processes the supervisor keeps running.",
     "trioserve_worker_restarts_total": "Worker processes replaced after exiting or hanging.",
     "trioserve_ready": "1 while the server accepts traffic, 0 while starting or draining.",
@@ -346,22 +443,32 @@ def render_prometheus(snapshot: Mapping[str, Any],
 
     ``extra_gauges`` adds one gauge per entry (a supervisor's ``trioserve_workers`` …); a name
     ending in ``_total`` is written as a counter. Raises ``ValueError`` for a name that is not
-    a valid metric name or that clashes with one of the snapshot's, and ``KeyError`` for a
-    snapshot missing a section."""
+    a valid metric name or that clashes with one already written (the same name, ``X`` next to
+    a counter ``X_total`` or the reverse, a family's name followed by ``_…``), and
+    ``KeyError`` for a snapshot missing a section."""
     counters = snapshot["counters"]
     gauges = snapshot["gauges"]
     w = _Writer()
 
     w.family("trioserve_requests_total", "counter",
-             "Requests answered (one per access log line), by HTTP version and status code. "
-             "Heads the server refused itself are in trioserve_bad_requests_total.")
+             "Requests answered with a complete response, by HTTP version and status code. "
+             "Aborted ones are in trioserve_requests_aborted_total, heads the server refused "
+             "itself in trioserve_bad_requests_total.")
     for protocol, by_status in sorted(counters["requests"].items(), key=_protocol_sort):
         for status, n in sorted(by_status.items(), key=_status_sort):
             w.sample("trioserve_requests_total", n, (("protocol", protocol), ("status", status)))
 
+    w.family("trioserve_requests_aborted_total", "counter",
+             "Requests that ended without a complete response (the client left or reset it, "
+             "the application failed after the response began, cancelled at the end of a "
+             "graceful shutdown), by HTTP version.")
+    for protocol, n in sorted(counters["requests_aborted"].items(), key=_protocol_sort):
+        w.sample("trioserve_requests_aborted_total", n, (("protocol", protocol),))
+
     name = "trioserve_request_duration_seconds"
     w.family(name, "histogram",
-             "Time from a request's head to the end of its response, by HTTP version.")
+             "Time from a request's head to the end of its response, by HTTP version "
+             "(the requests of trioserve_requests_total).")
     durations = snapshot["histograms"]["request_duration_seconds"]
     for protocol, hist in sorted(durations.items(), key=_protocol_sort):
         cumulative = 0
@@ -377,7 +484,8 @@ def render_prometheus(snapshot: Mapping[str, Any],
 
     w.family("trioserve_bad_requests_total", "counter",
              "Request heads the server answered itself, without the application (malformed: "
-             "400; over a limit: 408, 414, 431), by HTTP version and status code.")
+             "400, also plain HTTP on a TLS port and HTTP/2 streams reset with PROTOCOL_ERROR; "
+             "over a limit: 408, 414, 431), by protocol (http1, http2) and status code.")
     for protocol, by_status in sorted(counters["bad_requests"].items(), key=_protocol_sort):
         for status, n in sorted(by_status.items(), key=_status_sort):
             w.sample("trioserve_bad_requests_total", n,
@@ -417,11 +525,19 @@ def render_prometheus(snapshot: Mapping[str, Any],
 
     if extra_gauges:
         taken = {line.split(" ")[2] for line in w.lines if line.startswith("# TYPE ")}
+        bases: set[str] = set()  # the extras' names without _total
         for extra, value in extra_gauges.items():
             if not _NAME_RE.match(extra):
                 raise ValueError(f"invalid metric name {extra!r}")
-            if extra in taken or any(extra.startswith(t + "_") for t in taken):
+            # A family's samples are named after it (X_total, X_bucket …) and parsers name a
+            # counter X_total's family X: a gauge X would be read as the same family.
+            base = extra.removesuffix("_total")
+            if extra in taken or base in taken or base + "_total" in taken or any(
+                    extra.startswith(t + "_") for t in taken):
                 raise ValueError(f"metric {extra!r} clashes with one of the server's")
+            if base in bases:
+                raise ValueError(f"metric {extra!r} clashes with another extra metric")
+            bases.add(base)
             kind = "counter" if extra.endswith("_total") else "gauge"
             w.family(extra, kind, EXTRA_HELP.get(extra, f"{extra} (from the supervisor)."))
             w.sample(extra, value)

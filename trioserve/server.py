@@ -214,10 +214,10 @@ class _Server:
         if limit is not None and self.websockets >= limit:
             log.warning("WebSocket refused: %d open, the limit "
                         "(max_concurrent_upgraded_connections)", self.websockets)
+            if self.metrics is not None:  # before the answer, which a gone client makes raise
+                self.metrics.reject("websockets")
             await _plain_response(ctx, 503, "too many WebSocket connections; retry later",
                                   [(b"retry-after", b"5")])
-            if self.metrics is not None:
-                self.metrics.reject("websockets")
             return
         self.websockets += 1
         metrics = self.metrics
@@ -290,10 +290,10 @@ class _Server:
             self._busy_logged = now
             log.warning("request refused with 503: %d requests in progress, the limit "
                         "(--limit-concurrency)", self.requests)
+        if self.metrics is not None:  # before the answer, which a gone client makes raise
+            self.metrics.reject("concurrency")
         await _plain_response(ctx, 503, f"server busy: {self.requests} requests in progress; "
                               "retry later", [(b"retry-after", b"1")])
-        if self.metrics is not None:
-            self.metrics.reject("concurrency")
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -665,6 +665,10 @@ class _H1Connection:
         return self.server.draining
 
     @property
+    def metrics(self) -> Metrics | None:
+        return self.server.metrics
+
+    @property
     def stream(self) -> trio.abc.Stream:
         return _UpgradedStream(self.io, self.response_rate, self.server.metrics)
 
@@ -715,6 +719,8 @@ class _H1Connection:
                         data = await self._receive_body_bytes(exchange)
                     body.waited += trio.current_time() - started
                     if scope.cancelled_caught:
+                        if self.server.metrics is not None:  # once: later reads raise
+                            self.server.metrics.reject("body_rate")
                         msg = (f"request body arrived more slowly than "
                                f"{rate.bytes_per_second:g} bytes per second")
                         await exchange.reject(408, msg)
@@ -1094,39 +1100,50 @@ class _H1Connection:
             proto.next_event()  # the (empty) body's end
         response = ex.response
         try:
-            if head.upgrade is not None and self.sniff:
-                settings = self._h2c_settings(head)
-                if settings is not None:
-                    await self._h2c_upgrade(ex, settings)
-                    return
-            await server.call_app(ex.context, head)
-        except (ClientDisconnected, RequestBodyTooLarge):
-            if not response.is_complete:
-                ex.mark_aborted()
-        except (Exception, SystemExit) as exc:
-            # SystemExit too: one request must not stop the server.
-            await self._app_failed(ex, exc)
-        if not response.is_complete and not ex.aborted and not ex.rejected:
-            # The app returned without completing: finish what it started.
             try:
-                await response.complete()
-            except ClientDisconnected:
-                pass
-            except Exception as exc:  # an on_starting callback, an invalid header …
+                if head.upgrade is not None and self.sniff:
+                    settings = self._h2c_settings(head)
+                    if settings is not None:
+                        await self._h2c_upgrade(ex, settings)
+                        return
+                await server.call_app(ex.context, head)
+            except (ClientDisconnected, RequestBodyTooLarge):
+                if not response.is_complete:
+                    ex.mark_aborted()
+            except (Exception, SystemExit) as exc:
+                # SystemExit too: one request must not stop the server.
                 await self._app_failed(ex, exc)
-        callbacks = response.take_completed_callbacks()
-        for cb in reversed(callbacks):
-            try:
-                await cb()
-            except Exception:
-                log.exception("an on_completed callback failed")
+            if not response.is_complete and not ex.aborted and not ex.rejected:
+                # The app returned without completing: finish what it started.
+                try:
+                    await response.complete()
+                except ClientDisconnected:
+                    pass
+                except Exception as exc:  # an on_starting callback, an invalid header …
+                    await self._app_failed(ex, exc)
+            callbacks = response.take_completed_callbacks()
+            for cb in reversed(callbacks):
+                try:
+                    await cb()
+                except Exception:
+                    log.exception("an on_completed callback failed")
+        except BaseException:
+            # Cancelled (the graceful shutdown's deadline, a second signal), a WebSocket too.
+            if server.metrics is not None:
+                server.metrics.request_aborted(ex.request.http_version, ex.body.received,
+                                               response.bytes_sent)
+            raise
         metrics = server.metrics
         if metrics is not None:
-            metrics.request(ex.request.http_version, response.status,
-                            time.perf_counter() - ex.start_time, ex.body.received,
-                            response.bytes_sent)
-            if ex.rejected:
-                metrics.body_rejected(response.status)
+            # Body limits were counted where they fired; a server's error answer (ex.rejected)
+            # is an answer, an upgrade's 101 too.
+            if response.delivered or ex.rejected or ex.upgraded:
+                metrics.request(ex.request.http_version, response.status,
+                                time.perf_counter() - ex.start_time, ex.body.received,
+                                response.bytes_sent)
+            else:
+                metrics.request_aborted(ex.request.http_version, ex.body.received,
+                                        response.bytes_sent)
         if server.access_log:
             self._log_access(ex)
         if ex.upgraded or ex.aborted:
@@ -1526,6 +1543,8 @@ class _H2Connection:
         if proto.malformed != malformed:
             log.debug("malformed HTTP/2 request(s) from %s: stream reset (PROTOCOL_ERROR)",
                       self.peer_text)
+            if self.server.metrics is not None:  # (as the 400 it would be over HTTP/1.1)
+                self.server.metrics.bad_request("http2", 400, proto.malformed - malformed)
         if proto.refused != refused and self.server.metrics is not None:
             self.server.metrics.reject("h2_streams", proto.refused - refused)
         control = proto.control_frames
@@ -1635,32 +1654,43 @@ class _H2Connection:
         response = stream.response
         try:
             try:
-                if stream.head.upgrade is not None:
-                    stream.tunnel = True
-                await server.call_app(stream.context, stream.head)
-            except (ClientDisconnected, RequestBodyTooLarge):
-                if not response.is_complete:
-                    stream.request.abort()
-            except (Exception, SystemExit) as exc:
-                await self._app_failed(stream, exc)
-            if not response.is_complete and not stream.aborted and not stream.rejected:
                 try:
-                    await response.complete()
-                except ClientDisconnected:
-                    pass
-                except Exception as exc:
+                    if stream.head.upgrade is not None:
+                        stream.tunnel = True
+                    await server.call_app(stream.context, stream.head)
+                except (ClientDisconnected, RequestBodyTooLarge):
+                    if not response.is_complete:
+                        stream.request.abort()
+                except (Exception, SystemExit) as exc:
                     await self._app_failed(stream, exc)
-            for cb in reversed(response.take_completed_callbacks()):
-                try:
-                    await cb()
-                except Exception:
-                    log.exception("an on_completed callback failed")
+                if not response.is_complete and not stream.aborted and not stream.rejected:
+                    try:
+                        await response.complete()
+                    except ClientDisconnected:
+                        pass
+                    except Exception as exc:
+                        await self._app_failed(stream, exc)
+                for cb in reversed(response.take_completed_callbacks()):
+                    try:
+                        await cb()
+                    except Exception:
+                        log.exception("an on_completed callback failed")
+            except BaseException:
+                # Cancelled (the graceful shutdown's deadline, a second signal), a WebSocket too.
+                if server.metrics is not None:
+                    server.metrics.request_aborted("2", stream.body.received, response.bytes_sent)
+                raise
             metrics = server.metrics
             if metrics is not None:
-                metrics.request("2", response.status, time.perf_counter() - stream.start_time,
-                                stream.body.received, response.bytes_sent)
-                if stream.rejected:
-                    metrics.body_rejected(response.status)
+                # Body limits were counted where they fired. A WebSocket (extended CONNECT)
+                # that was accepted counts as its 200 however it ended, as over HTTP/1.1.
+                if response.delivered or stream.rejected or (stream.tunnel
+                                                              and response.has_started):
+                    metrics.request("2", response.status,
+                                    time.perf_counter() - stream.start_time,
+                                    stream.body.received, response.bytes_sent)
+                else:
+                    metrics.request_aborted("2", stream.body.received, response.bytes_sent)
             if server.access_log:
                 request = stream.request
                 peer_text = self.peer_text
@@ -1980,6 +2010,8 @@ async def _tls_handshake(server: _Server, stream: trio.SocketStream
                   failure)
         if plain_http:
             # A plain-HTTP client: tell it in words it can read (as nginx and Kestrel do).
+            if server.metrics is not None:
+                server.metrics.bad_request("http1", 400)
             with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(OSError):
                 await stream.socket.send(_PLAIN_HTTP_TO_TLS)
                 # read what it sent so the close does not reset the answer away
@@ -2090,6 +2122,7 @@ async def serve(
     shutdown: trio.Event | None = None,
     install_signal_handlers: bool = True,
     metrics: Metrics | None = None,
+    systemd_notify: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until shut down.
@@ -2111,16 +2144,20 @@ async def serve(
     is 503 until the public listeners are up and again from the moment a graceful shutdown
     begins, while the admin endpoint stays up through the drain.
 
-    Under systemd (``NOTIFY_SOCKET`` set) it sends ``READY=1`` once listening, ``STOPPING=1``
-    when the graceful shutdown begins and, when the watchdog is on (``WATCHDOG_USEC``),
-    ``WATCHDOG=1`` every half period.
+    ``systemd_notify``: this server is the service systemd started (the ``trioserve`` command
+    without ``--workers`` passes ``True``): under systemd (``NOTIFY_SOCKET`` set) it then
+    sends ``READY=1`` once listening (not when a shutdown was requested during start-up),
+    ``STOPPING=1`` when the graceful shutdown begins and, when the watchdog is on
+    (``WATCHDOG_USEC``), ``WATCHDOG=1`` every half period. Off by default: a program that
+    embeds ``serve()`` (maybe several times, one after another) speaks for itself.
 
     Raises :class:`~trioserve.features.LifespanFailure` if the application's start-up fails and
     :class:`~trioserve.listeners.ListenError` if an address (or the admin address) cannot be
     bound.
     """
     try:
-        await _serve(app, config, shutdown, install_signal_handlers, metrics, task_status)
+        await _serve(app, config, shutdown, install_signal_handlers, metrics, systemd_notify,
+                     task_status)
     except BaseExceptionGroup as group:
         # Trio's nurseries wrap a start-up error in an exception group; raise the documented
         # exception itself (the CLI catches LifespanFailure and ListenError by type).
@@ -2142,6 +2179,7 @@ async def _serve(
     shutdown: trio.Event | None,
     install_signal_handlers: bool,
     metrics: Metrics | None,
+    systemd_notify: bool,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     config = config or Config()
@@ -2164,7 +2202,8 @@ async def _serve(
         if stopping:
             return
         stopping = True
-        systemd.notify("STOPPING=1\nSTATUS=draining")
+        if systemd_notify:
+            systemd.notify("STOPPING=1\nSTATUS=draining")
         startup_scope.cancel()
         accept_scope.cancel()
         server.begin_drain()
@@ -2189,7 +2228,7 @@ async def _serve(
             await root.start(_watch_signals, begin_shutdown, force)
         if shutdown is not None:
             root.start_soon(_watch_event, shutdown, begin_shutdown)
-        watchdog = systemd.watchdog_interval()
+        watchdog = systemd.watchdog_interval() if systemd_notify else None
         if watchdog is not None:
             root.start_soon(_watchdog, watchdog)
         admin_urls: list[str] = []
@@ -2209,7 +2248,7 @@ async def _serve(
                 lifespan_started = True
             listeners = await open_listeners(config.binds, config.backlog,
                                              "https" if config.tls is not None else "http")
-        if startup_scope.cancelled_caught:
+        if stopping:  # (startup_scope cancelled, or too late to cancel anything in it)
             log.info("shutdown requested during start-up")
         if listeners is not None:
             addresses = [bl.url for bl in listeners]
@@ -2220,12 +2259,16 @@ async def _serve(
                         async with trio.open_nursery() as acceptors:
                             for bl in listeners:
                                 acceptors.start_soon(_accept_loop, server, bl, connections)
-                            for url in addresses:
-                                log.info("trioserve listening on %s", url)
-                            listening = True
-                            task_status.started(ListeningAddresses(addresses, admin_urls))
-                            systemd.notify("READY=1\nSTATUS=listening on "
-                                           + ", ".join(addresses))
+                            # A stop requested once start-up had passed its last checkpoint
+                            # (accept_scope is cancelled already): nothing was ready.
+                            if not stopping:
+                                for url in addresses:
+                                    log.info("trioserve listening on %s", url)
+                                listening = True
+                                task_status.started(ListeningAddresses(addresses, admin_urls))
+                                if systemd_notify:
+                                    systemd.notify("READY=1\nSTATUS=listening on "
+                                                   + ", ".join(addresses))
                     # Accepting stopped: close the listening sockets so new connections are
                     # refused, while the connections nursery drains.
                     server.begin_drain()
