@@ -1,11 +1,13 @@
 """``trioserve --reload``: one worker, reloaded gracefully when a watched Python file changes; a
-change that breaks the app keeps the old worker serving. Real files in a temporary directory,
-real watchfiles, a real server process."""
+change that breaks the app keeps the old worker serving; watching that fails stops watching,
+not serving. Real files in a temporary directory, real watchfiles, a real server process."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -80,8 +82,10 @@ def test_reload_on_change_and_keep_serving_through_a_broken_edit(tmp_path: Path)
         assert not any("changed:" in x for x in sp.lines[mark:] if "notes.txt" in x)
 
         write_app(src, "v3")
-        sp.wait_for_line("reload complete", timeout=60,
-                         start=sp.lines.index(line.string) + 1)
+        after = sp.lines.index(line.string) + 1
+        sp.wait_for_line("reload complete", timeout=60, start=after)
+        # until it has closed its listener, the draining worker may still accept
+        sp.wait_for_line(f"worker {second} exited with code 0", timeout=30, start=after)
         version, third = get(port)
         assert version == "v3" and third not in (first, second)
         sp.signal()
@@ -110,3 +114,38 @@ def test_reload_dir_must_exist(tmp_path: Path) -> None:
     assert re.search(r"trioserve: error: --reload-dir '.*missing': not a directory",
                      proc.stderr)
     assert not os.path.exists(missing)
+
+
+def test_failure_to_watch_keeps_serving_and_sigttin_is_ignored(tmp_path: Path) -> None:
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    src = tmp_path / "src"
+    src.mkdir()
+    # A slow import: the watched directory is gone before watching begins (after the worker
+    # is ready), which watchfiles reports with FileNotFoundError.
+    (src / "rapp.py").write_text("import time\ntime.sleep(1.5)\n" +
+                                 textwrap.dedent(APP.format(version="v1")))
+    sp = ServerProcess(module_command("rapp:app", "--reload", "--reload-dir", str(watched),
+                                      "--app-dir", str(src), "--port", "0", "--no-access-log"),
+                       cwd=tmp_path)
+    try:
+        port = sp.wait_port()
+        shutil.rmtree(watched)
+        line = sp.wait_for_line(r"--reload: watching for changes failed \(FileNotFoundError: "
+                                r".*\); no longer watching, the server keeps serving",
+                                timeout=60)
+        assert " ERROR " in line.string
+        assert get(port)[0] == "v1"
+        # One worker with --reload: SIGTTIN and SIGTTOU change nothing.
+        sp.signal(signal.SIGTTIN)
+        sp.wait_for_line("received SIGTTIN: ignored, --reload runs one worker")
+        sp.signal(signal.SIGTTOU)
+        sp.wait_for_line("received SIGTTOU: ignored, --reload runs one worker")
+        time.sleep(0.5)
+        assert len(re.findall(r"worker \d+ started", sp.stderr)) == 1
+        assert get(port)[0] == "v1"
+        sp.signal()
+        assert sp.wait(30) == 0
+        assert "Traceback" not in sp.stderr
+    finally:
+        sp.close()

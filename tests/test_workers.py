@@ -1,7 +1,10 @@
 """``trioserve --workers N``: a supervisor and worker processes sharing the listening sockets,
 driven like production would be: ``kill -9`` under load, SIGHUP and SIGTERM under load, a
 blocked event loop, ``--max-requests``, SIGTTIN/SIGTTOU, start-up failures, crash loops, the
-admin endpoint over the workers' merged metrics.
+admin endpoint over the workers' merged metrics; and what goes wrong in production: garbage on
+a worker's channel, late signals, a supervisor killed during an import, a reload racing
+``--max-requests``, SIGSTOP/SIGCONT of everything, no file descriptor left, an application that
+dies right after its start-up or never becomes ready.
 
 The load is a few threads sending ``GET`` requests on fresh connections with
 ``Connection: close`` (no keep-alive: a keep-alive connection that the server closes while idle
@@ -11,8 +14,11 @@ requests must have succeeded."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -29,14 +35,22 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 import trustme
 from procs import ServerProcess, module_command, run_to_exit
 from prometheus_client.parser import text_string_to_metric_families
 
+from trioserve.cli import AppSpec
+from trioserve.config import Bind, Config, ProcessConfig
+from trioserve.metrics import Metrics, check_snapshot
+from trioserve.supervisor import Supervisor
+
 pytestmark = pytest.mark.slow
 
 APP = """
+    import atexit
     import os
+    import subprocess
     import sys
     import time
 
@@ -46,12 +60,45 @@ APP = """
     if MARKER and os.path.exists(MARKER):
         raise RuntimeError("crash marker present")
 
+    # IMPORT_DELAYS: a directory whose file "delays" lists seconds; the n-th import to start
+    # once it exists sleeps the n-th (later ones do not).
+    DELAYS = os.environ.get("IMPORT_DELAYS")
+    if DELAYS and os.path.exists(os.path.join(DELAYS, "delays")):
+        with open(os.path.join(DELAYS, "delays")) as f:
+            delays = f.read().split()
+        for i, delay in enumerate(delays):
+            try:
+                os.close(os.open(os.path.join(DELAYS, f"taken{i}"), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                continue
+            print(f"APP import delay {delay} {os.getpid()}", file=sys.stderr, flush=True)
+            time.sleep(float(delay))
+            break
+
+    if os.environ.get("ATEXIT_SLEEP"):  # a slow exit after the event loop
+        def linger():
+            print(f"APP atexit {os.getpid()}", file=sys.stderr, flush=True)
+            time.sleep(float(os.environ["ATEXIT_SLEEP"]))
+
+        atexit.register(linger)
+
+    # What an application's bug could write to its worker's channel (the worker's argument).
+    CHANNEL = {
+        "nested": b"[" * 100_000 + b"\\n",
+        "deep-metrics": b'{"t":"hb","m":' + b'{"a":' * 900 + b"1" + b"}" * 901 + b"\\n",
+        "bad-metrics": b'{"t":"hb","m":{"version":1,"counters":"x"}}\\n',
+        "garbage": b"not json\\n" * 50,
+    }
+
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
+                    if os.environ.get("CRASH_AFTER"):  # dies soon after start-up
+                        await trio.sleep(float(os.environ["CRASH_AFTER"]))
+                        os._exit(1)
                 else:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
@@ -59,13 +106,19 @@ APP = """
         tag = scope["query_string"].decode()
         if tag:
             print(f"APP begin {tag} {os.getpid()}", file=sys.stderr, flush=True)
+        body = str(os.getpid()).encode()
         if path == "/block":  # blocks the worker's event loop
             time.sleep(float(tag or "0.3"))
         elif path == "/slow":
             await trio.sleep(1.5)
         elif path == "/forever":
             await trio.sleep(60)
-        body = str(os.getpid()).encode()
+        elif path.startswith("/channel/"):
+            os.write(int(sys.argv[1]), CHANNEL[path.removeprefix("/channel/")])
+        elif path == "/child-sigign":  # the signals a child process starts with ignored
+            status = subprocess.run(["cat", "/proc/self/status"], capture_output=True,
+                                    text=True, check=True).stdout
+            body = status.split("SigIgn:")[1].split()[0].encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain"),
                                 (b"content-length", str(len(body)).encode())]})
@@ -509,13 +562,16 @@ def test_crash_loop_backs_off_and_recovers(tmp_path: Path) -> None:
         mark = len(sp.lines)
         os.kill(pid, signal.SIGKILL)
         delays = []
-        for n in (1, 2, 3):
+        # Killed right after it was ready: that counts as a failed start too.
+        sp.wait_for_line(rf"ERROR .*worker {pid} was killed by SIGKILL [\d.]+s after it was "
+                         rf"ready; next start in 0.1s \(1 failed start in a row\)", start=mark)
+        for n in (2, 3, 4):
             m = sp.wait_for_line(
                 rf"ERROR .*worker \d+ exited with code 1 before it was ready: error while "
                 rf"importing 'wapp': RuntimeError: crash marker present.*; next start in "
-                rf"([\d.]+)s \({n} failed starts? in a row\)", timeout=30, start=mark)
+                rf"([\d.]+)s \({n} failed starts in a row\)", timeout=30, start=mark)
             delays.append(float(m.group(1)))
-        assert delays == [0.1, 0.2, 0.4]
+        assert delays == [0.2, 0.4, 0.8]
         assert sp.proc.poll() is None
         marker.unlink()
         m = sp.wait_for_line(r"worker (\d+) ready", timeout=40, start=mark)
@@ -625,3 +681,236 @@ def test_worker_is_not_started_by_hand() -> None:
                           capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2
     assert "started by the trioserve supervisor only" in proc.stderr
+
+
+# ---------------------------------------------------------------------- review findings
+
+
+def test_check_snapshot_accepts_snapshots_and_rejects_other_shapes() -> None:
+    metrics = Metrics()
+    metrics.request("1.1", 200, 0.01, 3, 4)
+    metrics.bad_request("2", 431)
+    metrics.connection_opened("http1")
+    snap = json.loads(json.dumps(metrics.snapshot()))
+    assert check_snapshot(snap) is snap
+    assert check_snapshot(Metrics().snapshot())
+    deep: object = 1
+    for _ in range(900):
+        deep = {"a": deep}
+    bad_status = json.loads(json.dumps(snap))
+    bad_status["counters"]["requests"]["1.1"]["²"] = 1
+    huge = json.loads(json.dumps(snap))
+    huge["counters"]["response_bytes"] = 10**40
+    short = json.loads(json.dumps(snap))
+    short["histograms"]["request_duration_seconds"]["1.1"]["counts"] = [1]
+    flag = json.loads(json.dumps(snap))
+    flag["gauges"]["websockets_active"] = True
+    for bad in [None, [], deep, {"version": 1, "counters": "x"}, {**snap, "version": 2},
+                {**snap, "extra": 1}, bad_status, huge, short, flag]:
+        with pytest.raises(ValueError):
+            check_snapshot(bad)
+
+
+def test_malformed_channel_messages_kill_the_worker_not_the_supervisor(tmp_path: Path) -> None:
+    # A worker runs the application's code, which could write anything to its channel: JSON
+    # too deep to parse, 50 garbage lines. Each time: one ERROR, the worker killed and
+    # replaced, /metrics still right. Metrics too deep to merge or of the wrong shape (another
+    # trioserve version after an upgrade and SIGHUP, or damaged) are left out with one
+    # WARNING; the worker serves on.
+    admin = str(tmp_path / "admin.sock")
+    with supervisor(tmp_path, "--workers", "1", "--admin-bind", f"unix:{admin}") as sp:
+        port = sp.wait_port()
+        [pid] = wait_ready(sp)
+        for _ in range(3):
+            assert http_get(port, "/pid")[0] == 200
+        deadline = time.monotonic() + 20
+        while metric_values(http_get(admin, "/metrics")[1]).get("trioserve_requests_total") != 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for kind in ("deep-metrics", "bad-metrics"):
+            mark = len(sp.lines)
+            with contextlib.suppress(OSError, NoResponse):
+                http_get(port, f"/channel/{kind}")
+            if kind == "deep-metrics":  # logged once per worker
+                sp.wait_for_line(rf"WARNING .*worker {pid} sent metrics this supervisor "
+                                 "cannot use", start=mark)
+            else:
+                time.sleep(1.5)  # a heartbeat or two later
+            assert http_get(port, "/pid") == (200, str(pid))  # still the same worker
+            assert not any("killing it" in x for x in sp.lines[mark:]), sp.lines[mark:]
+            status, text = http_get(admin, "/metrics")
+            assert status == 200, text
+            assert metric_values(text)["trioserve_requests_total"] >= 3
+        for kind in ("nested", "garbage"):
+            mark = len(sp.lines)
+            with contextlib.suppress(OSError, NoResponse):
+                http_get(port, f"/channel/{kind}")
+            sp.wait_for_line(rf"ERROR .*worker {pid} sent a malformed message .*: killing it",
+                             start=mark)
+            sp.wait_for_line(f"worker {pid} was killed by SIGKILL", start=mark)
+            pid = int(sp.wait_for_line(r"worker (\d+) ready", timeout=30, start=mark).group(1))
+            status, text = http_get(admin, "/metrics")
+            assert status == 200, text
+            # the killed workers' last good counts are kept (and the /channel requests of
+            # those that answered before their heartbeat was refused)
+            assert metric_values(text)["trioserve_requests_total"] >= 3
+        assert len([x for x in sp.lines if "malformed message" in x]) == 2  # one per kind
+        assert len([x for x in sp.lines if "cannot use" in x]) == 1  # once per worker
+        assert http_get(port, "/pid") == (200, str(pid))
+        stop(sp)
+
+
+def test_worker_signals_leave_children_alone_and_late_ones_do_not_kill(tmp_path: Path) -> None:
+    with supervisor(tmp_path, "--workers", "1", env={"ATEXIT_SLEEP": "2"}) as sp:
+        port = sp.wait_port()
+        [pid] = wait_ready(sp)
+        # An application's child process starts with no signal ignored.
+        status, mask = http_get(port, "/child-sigign")
+        assert status == 200
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+                       signal.SIGTERM, signal.SIGQUIT):
+            assert not int(mask, 16) & 1 << (signum - 1), (signum, mask)
+        # The worker itself does nothing on them: the supervisor decides.
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            os.kill(pid, signum)
+        time.sleep(0.3)
+        assert http_get(port, "/pid") == (200, str(pid))
+        # Signals during the exit, after the event loop (an atexit handler runs): ignored.
+        sp.signal(signal.SIGTERM)
+        sp.wait_for_line(f"APP atexit {pid}", timeout=30)
+        for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP):
+            os.kill(pid, signum)
+        sp.signal(signal.SIGTERM)  # the supervisor's second SIGTERM: SIGQUIT to the workers
+        assert sp.wait(30) == 0, sp.stderr
+        assert f"worker {pid} exited with code 0" in sp.stderr
+        assert "killed by" not in sp.stderr
+
+
+def test_worker_importing_the_app_exits_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    delays = tmp_path / "delays"
+    delays.mkdir()
+    pids: list[int] = []
+    try:
+        with supervisor(tmp_path, "--workers", "1", env={"IMPORT_DELAYS": str(delays)}) as sp:
+            sp.wait_port()
+            pids += wait_ready(sp)
+            (delays / "delays").write_text("60")
+            mark = len(sp.lines)
+            sp.signal(signal.SIGHUP)  # a new worker, stuck in its import for a minute
+            pids.append(int(sp.wait_for_line(r"APP import delay 60 (\d+)", start=mark)
+                            .group(1)))
+            sp.proc.kill()
+            sp.proc.wait(10)
+            wait_gone(pids, timeout=10)
+    finally:
+        for pid in pids:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sighup_completes_when_a_new_worker_retires_before_the_others_are_ready(
+        tmp_path: Path) -> None:
+    delays = tmp_path / "delays"
+    delays.mkdir()
+    with supervisor(tmp_path, "--workers", "2", "--max-requests", "5",
+                    env={"IMPORT_DELAYS": str(delays)}) as sp:
+        port = sp.wait_port()
+        old = wait_ready(sp)
+        # Both old workers busy (their event loops blocked): only new ones can accept.
+        blocked = []
+        for _ in old:
+            mark = len(sp.lines)
+            t = threading.Thread(target=http_get, args=(port, "/block?5"))
+            t.start()
+            blocked.append(t)
+            sp.wait_for_line(r"APP begin 5 ", start=mark)
+        (delays / "delays").write_text("0 2.5")  # one new worker fast, the other slow
+        mark = len(sp.lines)
+        sp.signal(signal.SIGHUP)
+        fast = int(sp.wait_for_line(r"worker (\d+) ready", timeout=30, start=mark).group(1))
+        for _ in range(5):
+            assert http_get(port, "/pid") == (200, str(fast))
+        sp.wait_for_line(f"worker {fast} retiring after 5 requests", start=mark)
+        sp.wait_for_line(f"worker {fast} exited with code 0", timeout=30, start=mark)
+        sp.wait_for_line("reload complete", timeout=30, start=mark)
+        assert "reload failed" not in sp.stderr
+        for t in blocked:
+            t.join(30)
+        for pid in old:
+            sp.wait_for_line(f"worker {pid} exited with code 0", timeout=30, start=mark)
+        status, body = http_get(port, "/pid")
+        assert status == 200 and int(body) not in (*old, fast)
+        stop(sp)
+
+
+def test_stop_and_continue_of_the_whole_server_kills_no_worker(tmp_path: Path) -> None:
+    # Ctrl-Z and fg, docker pause, a frozen cgroup: everything stops, then resumes. The
+    # workers' silence meanwhile is the supervisor's own.
+    with supervisor(tmp_path, "--workers", "2", "--worker-timeout", "1.5") as sp:
+        port = sp.wait_port()
+        pids = wait_ready(sp)
+        everyone = [sp.proc.pid, *pids]
+        for pid in everyone:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(2.5)
+        for pid in everyone:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(2)  # beyond --worker-timeout
+        assert "timed out" not in sp.stderr
+        sp.wait_for_line(r"WARNING .*the supervisor was suspended for about [\d.]+s")
+        assert serving_pids(port, 2) == set(pids)
+        stop(sp)
+
+
+def test_no_descriptor_left_for_a_worker_is_a_failed_start(tmp_path: Path) -> None:
+    with supervisor(tmp_path, "--workers", "1") as sp:
+        port = sp.wait_port()
+        [first] = wait_ready(sp)
+        supervisor_pid = sp.proc.pid
+        fds = {int(fd) for fd in os.listdir(f"/proc/{supervisor_pid}/fd")}
+        lowest_free = min(set(range(max(fds) + 2)) - fds)
+        limits = resource.prlimit(supervisor_pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(supervisor_pid, resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+        mark = len(sp.lines)
+        sp.signal(signal.SIGTTIN)
+        for n in (1, 2):
+            sp.wait_for_line(rf"ERROR .*cannot start a worker process: \[Errno 24\] Too many "
+                             rf"open files; next start in [\d.]+s \({n} failed starts? in a "
+                             rf"row\)", start=mark)
+        resource.prlimit(supervisor_pid, resource.RLIMIT_NOFILE, limits)
+        second = int(sp.wait_for_line(r"worker (\d+) ready", timeout=30, start=mark).group(1))
+        assert serving_pids(port, 2) == {first, second}
+        stop(sp)
+
+
+def test_worker_crashing_soon_after_start_up_backs_off(tmp_path: Path) -> None:
+    # Ready, then dead 0.3 s later, again and again: not restarted twice a second forever.
+    with supervisor(tmp_path, "--workers", "1", env={"CRASH_AFTER": "0.3"}) as sp:
+        sp.wait_port()
+        wait_ready(sp)
+        delays = []
+        for n in (1, 2, 3):
+            m = sp.wait_for_line(rf"ERROR .*worker \d+ exited with code 1 [\d.]+s after it was "
+                                 rf"ready; next start in ([\d.]+)s \({n} failed starts? in a "
+                                 rf"row\)", timeout=30)
+            delays.append(float(m.group(1)))
+        assert delays == [0.1, 0.2, 0.4]
+        assert "starting a replacement" not in sp.stderr
+        stop(sp)
+
+
+async def test_worker_not_ready_within_the_start_timeout_is_a_failed_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # In this process, to make the start timeout (60 s at least) short.
+    (tmp_path / "hang.py").write_text("import time\ntime.sleep(60)\napp = None\n")
+    sup = Supervisor(AppSpec("hang:app", app_dir=str(tmp_path)),
+                     Config(binds=(Bind.tcp("127.0.0.1", 0),)),
+                     ProcessConfig(workers=1, worker_timeout=1.0))
+    sup.start_timeout = 1.5
+    with trio.fail_after(30):
+        code = await sup.run()
+    # At the first start, a failed start stops everything.
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "trioserve: error: the worker was not ready within 1.5s of its start (an import or "
+        "application start-up that hangs?)")

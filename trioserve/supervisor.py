@@ -6,21 +6,28 @@ application; it starts worker processes (``python -m trioserve.worker``, see
 :mod:`trioserve.worker`) that inherit the sockets and serve them, and keeps them running:
 
 - A worker that exits, crashes or is killed (even ``kill -9``) is replaced at once. A worker
-  that exits before it is ready counts as a failed start: the next start waits 0.1 s, then
-  0.2 s, 0.4 s … up to 10 s (reset when a worker becomes ready). At the very first start a
-  failed worker stops everything instead (exit 1, the worker's one-line error on stderr):
-  nothing would ever work.
+  that exits before it is ready, is not ready within :attr:`Supervisor.start_timeout` of its
+  start (then killed), or crashes within ``CRASH_WINDOW`` of becoming ready counts as a
+  failed start: the next start waits 0.1 s, then 0.2 s, 0.4 s … up to 10 s (reset once a
+  worker has been ready for ``CRASH_WINDOW``); a worker process that cannot even be started
+  (``EMFILE`` …) too. At the very first start a worker that fails before it is ready stops
+  everything instead (exit 1, the worker's one-line error on stderr): nothing would ever work.
 - A worker silent for ``worker_timeout`` seconds (heartbeats come from its event loop, so a
-  loop blocked by the application stops them) is killed with SIGKILL and replaced.
+  loop blocked by the application stops them) is killed with SIGKILL and replaced. Time
+  during which the supervisor itself was stopped (SIGSTOP, a frozen cgroup) is not silence.
+- What a worker sends is untrusted (the application runs there): a malformed message (bad
+  JSON, too deep, a metrics snapshot of the wrong shape) gets the worker killed, and never
+  reaches the merged metrics.
 - Signals (Gunicorn's arbiter is the model): SIGTERM/SIGINT stop gracefully (workers drain
   within the graceful timeout, stragglers are killed after twice that plus 5 s, exit 0); a
   second one makes the workers cancel in-flight requests; SIGHUP reloads gracefully (new
-  workers first, then the old ones drain; if the new ones fail, the old ones keep serving);
-  SIGTTIN/SIGTTOU add/remove a worker (never fewer than one).
+  workers first, then the old ones drain once each new one has been ready; if one fails, the
+  old ones keep serving); SIGTTIN/SIGTTOU add/remove a worker (never fewer than one; ignored
+  with ``--reload``).
 - ``--max-requests``: a worker that served its share says so, drains and exits 0; its
   replacement starts at once.
 - ``--reload``: one worker, reloaded like SIGHUP when a Python file under the watched
-  directories changes (watchfiles).
+  directories changes (watchfiles; if watching fails, an ERROR and no more watching).
 - The admin endpoint (``Config.admin_bind``) is served here, over the merged metrics of the
   workers; systemd hears ``READY=1``, ``RELOADING=1``, ``STOPPING=1`` and ``WATCHDOG=1`` from
   the supervisor only (workers do not get ``NOTIFY_SOCKET`` or ``LISTEN_*``).
@@ -51,7 +58,7 @@ from .admin import AdminApp
 from .cli import AppSpec
 from .config import Config, ProcessConfig
 from .listeners import BoundListener, ListenError, open_listeners
-from .metrics import merge, retire
+from .metrics import check_snapshot, merge, retire
 from .server import _run_admin
 from .worker import WorkerSetup, encode_setup, worker_config
 
@@ -66,6 +73,8 @@ CHANNEL_DRAIN = 1.0  # after a worker exits, time to read what it wrote last
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes of one message from a worker
 MAX_ERROR_TEXT = 2000
 WATCH_TIMEOUT_MS = 300  # --reload: the watcher thread wakes up this often without changes
+START_TIMEOUT_MIN = 60.0  # a worker not ready this long (or worker_timeout) after its start dies
+CRASH_WINDOW = 5.0  # an unexpected exit this soon after becoming ready is a failed start
 
 # Meant for the supervisor alone: systemd talks to one process, the main one.
 SYSTEMD_ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
@@ -94,6 +103,31 @@ def supervise(spec: AppSpec, config: Config, process: ProcessConfig) -> int:
     return trio.run(Supervisor(spec, config, process).run)
 
 
+def _parse_message(line: bytes) -> dict[str, Any]:
+    """One JSON line from a worker (see :mod:`trioserve.worker`), checked: an object whose
+    ``t`` is a string; ``requests`` of ``retiring`` an integer; ``message`` of ``error`` a
+    string. Raises ``ValueError`` (and whatever ``json.loads`` raises, ``RecursionError``
+    included) otherwise. A metrics snapshot ``m`` that :func:`check_snapshot` refuses (another
+    trioserve version after an upgrade and a SIGHUP, or damaged) is taken out and its reason
+    left in ``bad_metrics``: the worker may serve all the same."""
+    message = json.loads(line)
+    if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+        raise ValueError("not an object with a type")
+    if "m" in message:
+        try:
+            message["m"] = check_snapshot(message["m"])
+        except ValueError as exc:
+            del message["m"]
+            message["bad_metrics"] = str(exc)[:200]
+    kind = message["t"]
+    if kind == "retiring" and (not isinstance(message.get("requests"), int)
+                               or isinstance(message["requests"], bool)):
+        raise ValueError("retiring without a number of requests")
+    if kind == "error" and not isinstance(message.get("message"), str):
+        raise ValueError("error without a message")
+    return message
+
+
 def _describe_exit(code: int) -> str:
     if code >= 0:
         return f"exited with code {code}"
@@ -117,9 +151,14 @@ class _Worker:
         self.max_requests = max_requests
         self.state: WorkerState = "starting"
         self.was_ready = False
+        self.started_at = trio.current_time()
+        self.ready_at: float | None = None
+        self.stable = False  # ready for CRASH_WINDOW
         self.expected_exit = False  # asked to stop, or retiring: its exit is no failure
+        self.finishing = False  # said its last word (bye, error): its server is over
         self.last_seen: float | None = None  # trio time of its last message
         self.snapshot: dict[str, Any] | None = None
+        self.metrics_refused = False  # its snapshots do not pass check_snapshot (logged once)
         self.error: str | None = None
         self.exit_text: str | None = None  # "exited with code 1", once it exited
         self.channel_closed = trio.Event()
@@ -151,6 +190,8 @@ class Supervisor:
         self.process = process
         self.target = 1 if process.reload else max(process.workers, 1)
         self.heartbeat_interval = min(1.0, process.worker_timeout / 4)
+        self.start_timeout = max(START_TIMEOUT_MIN, process.worker_timeout)
+        self.resumed_at = -float("inf")  # trio time the supervisor last woke from a stop
         self.workers: dict[int, _Worker] = {}
         self.listeners: list[BoundListener] = []
         self.listeners_closed = False
@@ -307,11 +348,14 @@ class Supervisor:
                     log.warning("received %s again: the workers cancel in-flight requests now",
                                 name)
                     for w in list(self.workers.values()):
-                        w.signal(signal.SIGQUIT)
+                        if not w.finishing:  # its requests are over: nothing to cancel
+                            w.signal(signal.SIGQUIT)
             elif self.stopping:
                 log.info("received %s while stopping: ignored", name)
             elif signum == signal.SIGHUP:
                 self.request_reload("received SIGHUP")
+            elif self.process.reload:
+                log.info("received %s: ignored, --reload runs one worker", name)
             elif signum == signal.SIGTTIN:
                 self.target += 1
                 log.info("received SIGTTIN: %d workers wanted", self.target)
@@ -375,10 +419,12 @@ class Supervisor:
                 continue
             await changed.wait()
 
-    def _failed_start(self, reason: str, error: str | None = None) -> None:
+    def _failed_start(self, reason: str, error: str | None = None, *,
+                      fatal_at_boot: bool = True) -> None:
         """A worker of the serving generation could not start (``reason``; ``error``: what
-        it said): back off; at the first start, stop with its error."""
-        if not self.booted:
+        it said): back off; at the first start, stop with its error (unless not
+        ``fatal_at_boot``: it had been ready)."""
+        if not self.booted and fatal_at_boot:
             if self.boot_failure is None:
                 self.boot_failure = error or reason
             return
@@ -396,7 +442,6 @@ class Supervisor:
         supervisor is stopping (its listening sockets may be closed)."""
         if self.stopping:
             return None
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         limit = self.process.max_requests
         if limit is not None and self.process.max_requests_jitter:
             limit += random.randint(0, self.process.max_requests_jitter)
@@ -408,28 +453,35 @@ class Supervisor:
             max_requests=limit,
             metrics=self.config.admin_bind is not None,
         )
-        # A few kilobytes: the socket buffer takes them before the worker reads.
-        parent.sendall(encode_setup(setup))
-        fds = [bl.listener.socket.fileno() for bl in self.listeners] + [child.fileno()]
+        parent: socket.socket | None = None
+        child: socket.socket | None = None
         self.spawning += 1
         try:
+            # Out of descriptors (EMFILE, ENFILE) or processes (EAGAIN): a failed start.
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            # A few kilobytes: the socket buffer takes them before the worker reads.
+            parent.sendall(encode_setup(setup))
+            fds = [bl.listener.socket.fileno() for bl in self.listeners] + [child.fileno()]
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "trioserve.worker", str(child.fileno())],
                 pass_fds=fds, env=self.environment,
                 # --reload: the terminal stays the worker's, for a debugger's prompt
                 stdin=None if self.process.reload else subprocess.DEVNULL)
         except OSError as exc:
-            parent.close()
+            if parent is not None:
+                parent.close()
             if generation is None:
                 self._failed_start(f"cannot start a worker process: {exc}")
             else:
                 log.error("cannot start a worker process: %s", exc)
             return None
         except BaseException:
-            parent.close()
+            if parent is not None:
+                parent.close()
             raise
         finally:
-            child.close()
+            if child is not None:
+                child.close()
             self.spawning -= 1
             self._poke()
         if generation is None:
@@ -450,8 +502,7 @@ class Supervisor:
     async def _watch_worker(self, w: _Worker) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_messages, w)
-            if not self.process.reload:  # a debugger's breakpoint must not get it killed
-                nursery.start_soon(self._watch_heartbeats, w)
+            nursery.start_soon(self._watch_heartbeats, w)
             await w.process.wait()
             with trio.move_on_after(CHANNEL_DRAIN):
                 await w.channel_closed.wait()
@@ -470,7 +521,8 @@ class Supervisor:
                 while (end := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[:end])
                     del buffer[:end + 1]
-                    self._message(w, line)
+                    if not self._message(w, line):
+                        return  # it is being killed: the rest is not worth an ERROR each
                 if len(buffer) > MAX_MESSAGE:
                     log.error("worker %d sent a message over %d bytes: killing it", w.pid,
                               MAX_MESSAGE)
@@ -481,42 +533,85 @@ class Supervisor:
         finally:
             w.channel_closed.set()
 
-    def _message(self, w: _Worker, line: bytes) -> None:
+    def _message(self, w: _Worker, line: bytes) -> bool:
+        """Act on one line from ``w``; ``False`` when it is malformed (logged; the worker is
+        killed)."""
         try:
-            message = json.loads(line)
-            kind = message["t"]
-        except (ValueError, TypeError, KeyError):
-            log.error("worker %d sent a malformed message %r: killing it", w.pid, line[:100])
+            message = _parse_message(line)
+        except Exception as exc:  # RecursionError included: whatever the application wrote
+            log.error("worker %d sent a malformed message %r (%s): killing it", w.pid,
+                      line[:100], str(exc)[:200] or type(exc).__name__)
             w.signal(signal.SIGKILL)
-            return
+            return False
+        kind = message["t"]
         w.last_seen = trio.current_time()
-        snapshot = message.get("m")
-        if isinstance(snapshot, dict):
-            w.snapshot = snapshot
+        if "m" in message:
+            w.snapshot = message["m"]
+        elif "bad_metrics" in message and not w.metrics_refused:
+            w.metrics_refused = True
+            log.warning("worker %d sent metrics this supervisor cannot use (%s); they are left "
+                        "out of the admin endpoint (after upgrading trioserve, restart the "
+                        "supervisor rather than reload it)", w.pid, message["bad_metrics"])
         if kind == "ready":
             w.was_ready = True
+            w.ready_at = w.last_seen
             if w.state == "starting":
                 w.state = "ready"
-            self.failed_starts = 0
             log.info("worker %d ready", w.pid)
             self._poke()
         elif kind == "retiring":
             log.info("worker %d retiring after %s requests (--max-requests): starting its "
-                     "replacement", w.pid, message.get("requests"))
+                     "replacement", w.pid, message["requests"])
             w.expected_exit = True
             w.state = "leaving"
             self._poke()
         elif kind == "error":
-            w.error = str(message.get("message"))[:MAX_ERROR_TEXT]
+            w.error = message["message"][:MAX_ERROR_TEXT]
+            w.finishing = True
+        elif kind == "bye":
+            w.finishing = True
+        return True
+
+    async def _tick(self, interval: float) -> None:
+        """Sleep ``interval``; if the supervisor slept far longer, it was stopped (SIGSTOP,
+        Ctrl-Z, ``docker pause``, a frozen cgroup), very likely with its workers, whose
+        silence meanwhile means nothing: note when it resumed (:attr:`resumed_at`)."""
+        before = trio.current_time()
+        await trio.sleep(interval)
+        now = trio.current_time()
+        # Shorter stops go unnoticed: with a heartbeat every interval, they cannot alone
+        # stretch a silence past worker_timeout (4 intervals or more).
+        if now - before > 3 * interval:
+            if before >= self.resumed_at:  # the first task to notice this stop says so
+                log.warning("the supervisor was suspended for about %.1fs (SIGSTOP, a "
+                            "paused container?): worker timeouts start again", now - before)
+            self.resumed_at = max(self.resumed_at, now)
 
     async def _watch_heartbeats(self, w: _Worker) -> None:
+        """Kill ``w`` when it is not ready :attr:`start_timeout` after its start or silent
+        for ``worker_timeout`` (neither with ``--reload``: a debugger's breakpoint must not
+        get it killed); reset the failed starts once it has been ready for ``CRASH_WINDOW``."""
         timeout = self.process.worker_timeout
         while True:
-            await trio.sleep(self.heartbeat_interval)
-            # The app's import comes before the worker's event loop: it is not timed.
+            await self._tick(self.heartbeat_interval)
+            now = trio.current_time()
+            if not w.stable and w.ready_at is not None and now - w.ready_at >= CRASH_WINDOW:
+                w.stable = True
+                self.failed_starts = 0
+            if self.process.reload:
+                continue
+            if not w.was_ready and now - max(w.started_at, self.resumed_at) > \
+                    self.start_timeout:
+                w.error = (f"the worker was not ready within {self.start_timeout:g}s of its "
+                           "start (an import or application start-up that hangs?)")
+                log.error("worker %d not ready within %gs of its start: killing it", w.pid,
+                          self.start_timeout)
+                w.signal(signal.SIGKILL)
+                return
+            # The app's import comes before the worker's event loop: only the start timeout.
             if w.last_seen is None:
                 continue
-            silent = trio.current_time() - w.last_seen
+            silent = now - max(w.last_seen, self.resumed_at)
             if silent > timeout:
                 log.error("worker %d timed out: no heartbeat for %.1fs (--worker-timeout %g; "
                           "is its event loop blocked?): killing it", w.pid, silent, timeout)
@@ -533,15 +628,20 @@ class Supervisor:
                                                                       retire(w.snapshot)]
             try:
                 self.retired = merge(kept)
-            except ValueError as exc:
+            except Exception as exc:  # checked on arrival: not expected
                 log.error("worker %d's metrics cannot be kept: %s", w.pid, exc)
         what = f"worker {w.pid} {w.exit_text}"
+        up = None if w.ready_at is None else trio.current_time() - w.ready_at
         if w.expected_exit or self.stopping:
             log.info("%s", what)
         elif w.generation > self.generation:
             pass  # a reload's new worker: the reload reports it
-        elif not w.was_ready:
+        elif up is None:
             self._failed_start(f"{what} before it was ready", w.error)
+        elif up < CRASH_WINDOW:  # an application that dies right after start-up
+            self.restarts += 1
+            self._failed_start(f"{what} {up:.1f}s after it was ready", w.error,
+                               fatal_at_boot=False)
         else:
             self.restarts += 1
             log.warning("%s: starting a replacement", what)
@@ -581,9 +681,14 @@ class Supervisor:
                             log.error("reload failed: the old workers keep serving")
                         return
                     new.append(w)
-                await self._wait_until(lambda: self.stopping or any(w.exited for w in new)
-                                       or all(w.state == "ready" for w in new))
-                failed = next((w for w in new if w.exited), None)
+                # A new worker may retire (--max-requests) before its siblings are ready: it
+                # has been ready, and _manage replaces it once its generation serves.
+                def failure(w: _Worker) -> bool:
+                    return w.exited and not (w.was_ready and w.expected_exit)
+
+                await self._wait_until(lambda: self.stopping or any(map(failure, new))
+                                       or all(w.was_ready for w in new))
+                failed = next(filter(failure, new), None)
                 if self.stopping:
                     return
                 if failed is not None:
@@ -643,7 +748,12 @@ class Supervisor:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_cancel)
-            await trio.to_thread.run_sync(watch)
+            try:
+                await trio.to_thread.run_sync(watch)
+            except Exception as exc:  # the inotify watch limit, a directory gone …
+                log.error("--reload: watching for changes failed (%s: %s); no longer "
+                          "watching, the server keeps serving (restart it to watch again)",
+                          type(exc).__name__, exc)
             nursery.cancel_scope.cancel()
 
     def _files_changed(self, paths: list[str]) -> None:
@@ -656,7 +766,7 @@ class Supervisor:
         snapshots: Iterable[dict[str, Any]] = [
             s for s in [self.retired, *(w.snapshot for w in self.workers.values())]
             if s is not None]
-        return merge(snapshots)
+        return merge(snapshots)  # cannot fail: each was checked when it arrived
 
     def _ready(self) -> bool:
         return not self.stopping and any(w.state == "ready" for w in self.workers.values())

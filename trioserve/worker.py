@@ -20,10 +20,18 @@ its end of a Unix stream socket pair, the *channel*:
   - ``{"t": "bye", "m": SNAPSHOT}``: the server stopped; last metrics before a clean exit.
 
 Signals: SIGTERM begins a graceful drain (again: nothing more), SIGQUIT cancels in-flight
-requests at once. SIGINT, SIGHUP, SIGTTIN and SIGTTOU are ignored: a terminal's Ctrl-C reaches
-the whole process group and the supervisor decides what the workers do. When the channel closes
-(the supervisor is gone, even by ``kill -9``) the worker drains and exits: it outlives its
-supervisor by its drain and the application's shutdown at most.
+requests at once; while the application is being imported, both still have their default
+action (the process ends). SIGINT and SIGHUP do nothing: a terminal's Ctrl-C reaches the whole
+process group and the supervisor decides what the workers do. SIGTTIN and SIGTTOU do nothing
+either, except when stdin is a terminal (``--reload``), where they keep their job-control
+default. These are Python handlers, not ``SIG_IGN``, so the application's own child processes
+start with the default dispositions (``SIG_IGN`` would survive their ``exec``). Once the event
+loop is over, all six are ignored: a late signal cannot kill a worker that is exiting cleanly.
+
+When the channel reaches end of file (the supervisor is gone, even by ``kill -9``) the worker
+drains and exits: it outlives its supervisor by its drain and the application's shutdown at
+most. A thread watches for that from before the application's import (which may take long or
+hang), sending the worker SIGTERM: during the import that ends it, later it is a drain.
 """
 
 from __future__ import annotations
@@ -33,13 +41,16 @@ import json
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import trio
@@ -124,9 +135,11 @@ def _send_blocking(sock: socket.socket, message: dict[str, Any]) -> None:
 class _Worker:
     """One worker's Trio side: the server, heartbeats, signals and the retirement check."""
 
-    def __init__(self, app: Application, setup: WorkerSetup, channel: socket.socket) -> None:
+    def __init__(self, app: Application, setup: WorkerSetup, channel: socket.socket,
+                 early: _EarlySignals) -> None:
         self.app = app
         self.setup = setup
+        self.early = early
         self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
         self.send_lock = trio.Lock()
         self.shutdown = trio.Event()
@@ -170,16 +183,21 @@ class _Worker:
 
     async def watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGQUIT) as signals:
+            # From here on the receiver has them; those that came before it did are not lost.
+            for signum in self.early.take():
+                self.on_signal(signum)
             task_status.started()
             async for signum in signals:
-                if signum == signal.SIGTERM:
-                    log.debug("worker %d: SIGTERM: draining", os.getpid())
-                    self.shutdown.set()
-                else:
-                    log.warning("worker %d: SIGQUIT: cancelling in-flight requests now",
-                                os.getpid())
-                    self.shutdown.set()
-                    self.force_scope.cancel()
+                self.on_signal(signum)
+
+    def on_signal(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
+            log.debug("worker %d: SIGTERM: draining", os.getpid())
+            self.shutdown.set()
+        else:
+            log.warning("worker %d: SIGQUIT: cancelling in-flight requests now", os.getpid())
+            self.shutdown.set()
+            self.force_scope.cancel()
 
     async def retire_after(self, limit: int) -> None:
         metrics = self.metrics
@@ -242,9 +260,77 @@ class _Listening(trio.TaskStatus[list[str]]):
         self.event.set()
 
 
+def _do_nothing(signum: int, frame: FrameType | None) -> None:
+    """The handler of the signals the supervisor decides about (see the module's text)."""
+
+
 def _quiet_signals() -> None:
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+    """SIGINT and SIGHUP do nothing, nor do SIGTTIN and SIGTTOU unless stdin is a terminal."""
+    quiet = [signal.SIGINT, signal.SIGHUP]
+    try:
+        terminal = os.isatty(0)
+    except OSError:
+        terminal = False
+    # With a handler, a read from the terminal by a background process group would fail with
+    # EINTR, be retried and raise SIGTTIN again, forever; the default stops the worker, as
+    # job control does for any program (--reload's debugger prompt).
+    if not terminal:
+        quiet += [signal.SIGTTIN, signal.SIGTTOU]
+    for signum in quiet:
+        signal.signal(signum, _do_nothing)
+
+
+def _ignore_late_signals() -> None:
+    """After the event loop: a signal can only interrupt the exit (Python handlers are reset
+    to the default actions while the interpreter finalizes; ``SIG_IGN`` is not)."""
+    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP,
+                   signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(signum, signal.SIG_IGN)
+
+
+class _EarlySignals:
+    """SIGTERM and SIGQUIT from the end of the application's import until the worker's
+    signal receiver takes over (and again after it, until :func:`_ignore_late_signals`):
+    kept for the receiver, never the default action."""
+
+    def __init__(self) -> None:
+        self._received: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGQUIT):
+            signal.signal(signum, self._handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self._received.append(signum)
+
+    def take(self) -> list[int]:
+        """The signals received so far, forgotten here."""
+        received, self._received = self._received, []
+        return received
+
+
+def _end_with_supervisor(channel: socket.socket) -> None:
+    """Start a daemon thread that sends this process SIGTERM once ``channel`` reaches end of
+    file (the supervisor is gone). The thread polls a duplicate of the descriptor, so the
+    channel's own may be closed meanwhile. The supervisor never writes after the set-up: if
+    it does, the thread stops watching rather than spin."""
+    sock = socket.socket(fileno=os.dup(channel.fileno()))  # dup(): not inherited
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
+        while True:
+            poller.poll()
+            try:
+                data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                return
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    threading.Thread(target=watch, name="trioserve-supervisor-watch", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,14 +356,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bind.fd is not None:
             # the application's own child processes must not hold the listening sockets
             os.set_inheritable(bind.fd, False)
+    _end_with_supervisor(channel)
     try:
         app = setup.spec.load()
     except AppLoadError as exc:
+        _ignore_late_signals()
         if setup.spec.log_level == "debug" and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__)
         _send_blocking(channel, {"t": "error", "message": str(exc)})
         return 1
-    return trio.run(_Worker(app, setup, channel).run)
+    early = _EarlySignals()
+    try:
+        return trio.run(_Worker(app, setup, channel, early).run)
+    finally:
+        _ignore_late_signals()
 
 
 def worker_config(config: Config, fds: Sequence[int]) -> Config:
