@@ -473,9 +473,35 @@ def test_systemd_sockets_are_used_when_nothing_says_where_to_listen(
     assert build_config(_args("--uds", "/tmp/x.sock")).binds == (Bind.unix("/tmp/x.sock"),)
     os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid() + 1))  # another process's
     assert build_config(_args()).binds == (Bind.tcp("127.0.0.1", 8000),)
+    os.environ.update(LISTEN_FDS="1")  # no LISTEN_PID: not for us (sd_listen_fds(3))
+    assert build_config(_args()).binds == (Bind.tcp("127.0.0.1", 8000),)
     os.environ.update(LISTEN_FDS="x", LISTEN_PID=str(os.getpid()))
     with pytest.raises(ConfigError, match="LISTEN_FDS='x'"):
         build_config(_args())
+
+
+def test_admin_endpoint_must_not_share_a_public_address() -> None:
+    for public, admin in (("127.0.0.1:8000", "127.0.0.1:8000"), ("0.0.0.0:8000", "127.0.0.1:8000"),
+                          ("127.0.0.1:8000", "0.0.0.0:8000"), ("[::]:8000", "127.0.0.1:8000")):
+        host, _, port = public.rpartition(":")
+        with pytest.raises(ConfigError, match=r"admin_bind .* is also a public listener"):
+            build_config(_args("--host", host.strip("[]"), "--port", port,
+                               "--admin-bind", admin))
+    for public, admin in (("127.0.0.1:0", "127.0.0.1:0"), ("0.0.0.0:8000", "127.0.0.1:9000"),
+                          ("127.0.0.1:8000", "127.0.0.2:8000")):
+        host, _, port = public.rpartition(":")
+        build_config(_args("--host", host, "--port", port, "--admin-bind", admin))
+
+
+@pytest.mark.slow
+def test_process_options_without_workers_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "trioserve.toml").write_text("max-requests = 100\n")
+    done = run_to_exit(module_command("no_such_module:app", "--max-requests-jitter", "5"),
+                       cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # no such app: the warnings come before that
+    assert "max-requests (trioserve.toml) has no effect without --workers" in done.stderr
+    assert ("max-requests-jitter (flag --max-requests-jitter) has no effect without --workers"
+            in done.stderr)
 
 
 @pytest.mark.slow

@@ -772,6 +772,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
         return 2
+    if not process.workers and not process.reload:
+        for name in ("max_requests", "max_requests_jitter", "worker_timeout"):
+            if settings.sources[name] != "default":
+                log.warning("%s (%s) has no effect without --workers", name.replace("_", "-"),
+                            settings.sources[name])
     spec = AppSpec.from_args(args)
     if process.workers or process.reload:
         # imported here: a single-process server never loads the supervisor

@@ -460,6 +460,22 @@ class Bind:
         return f"{host}:{self.port}"
 
 
+_WILDCARDS = ("", "*", "0.0.0.0", "::")
+
+
+def _same_address(a: Bind, b: Bind) -> bool:
+    """Whether binding both ``a`` and ``b`` must fail: the same Unix path or descriptor, or
+    the same TCP port (not 0: each gets its own) on the same host or a wildcard address."""
+    if a.kind != b.kind:
+        return False
+    if a.kind == "unix":
+        return a.path == b.path
+    if a.kind == "fd":
+        return a.fd == b.fd
+    return a.port == b.port != 0 and (a.host == b.host or a.host in _WILDCARDS
+                                      or b.host in _WILDCARDS)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything :func:`trioserve.serve` needs, validated.
@@ -536,8 +552,6 @@ class Config:
             if not isinstance(self.admin_bind, Bind):
                 raise ConfigError(f"Config.admin_bind must be a Bind or None, got "
                                   f"{self.admin_bind!r}")
-            same = (self.admin_bind.kind != "fd" and self.admin_bind in self.binds
-                    and not (self.admin_bind.kind == "tcp" and self.admin_bind.port == 0))
-            if same:
+            if any(_same_address(self.admin_bind, b) for b in self.binds):
                 raise ConfigError(f"Config.admin_bind {self.admin_bind.describe()} is also a "
                                   "public listener; the admin endpoint needs its own address")

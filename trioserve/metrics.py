@@ -501,8 +501,8 @@ def render_prometheus(snapshot: Mapping[str, Any],
              "Request body bytes the application read (decoded: without chunked framing).")
     w.sample("trioserve_request_body_bytes_total", counters["request_body_bytes"])
     w.family("trioserve_response_bytes_total", "counter",
-             "Response bytes of answered requests: for HTTP/1.x the status line, headers and "
-             "body as written; for HTTP/2 the body (DATA payload) only.")
+             "Response bytes of answered and aborted requests: for HTTP/1.x the status line, "
+             "headers and body as written; for HTTP/2 the body (DATA payload) only.")
     w.sample("trioserve_response_bytes_total", counters["response_bytes"])
 
     w.family("trioserve_connections_accepted_total", "counter",

@@ -100,7 +100,7 @@ from .proxy import ForwardedHeaders, forwarded_peer_text
 from .tls import TlsInfo, cipher_suites, leaf_certificate_pem, server_context
 from .websocket import WebSocketSession
 
-__all__ = ["ListeningAddresses", "serve"]
+__all__ = ["ListeningAddresses", "run_admin_endpoint", "serve", "systemd_watchdog"]
 
 log = logging.getLogger("trioserve")
 access_log = logging.getLogger("trioserve.access")
@@ -2048,7 +2048,7 @@ async def _watch_event(event: trio.Event, begin_shutdown: Callable[[], None]) ->
     begin_shutdown()
 
 
-async def _watchdog(interval: float) -> None:
+async def systemd_watchdog(interval: float) -> None:
     """Tell systemd the event loop is alive (``WATCHDOG=1``) every ``interval`` seconds; a
     blocked loop stops the pings and systemd restarts the service."""
     while True:
@@ -2083,8 +2083,8 @@ def _admin_config(bind: Bind) -> Config:
     )
 
 
-async def _run_admin(app: AdminApp, bind: Bind, stop: trio.Event, done: trio.Event, *,
-                     task_status: trio.TaskStatus[list[str]]) -> None:
+async def run_admin_endpoint(app: AdminApp, bind: Bind, stop: trio.Event, done: trio.Event, *,
+                             task_status: trio.TaskStatus[list[str]]) -> None:
     """Serve the admin endpoint on ``bind`` with a server of its own (:func:`_admin_config`),
     ``task_status.started(urls)`` once listening, until ``stop`` is set; then close the
     listener and give requests in progress ``CLOSE_TIMEOUT`` to finish, and set ``done``.
@@ -2132,7 +2132,8 @@ async def serve(
     :class:`ListeningAddresses`: the public URLs only; its ``admin`` attribute has the admin
     endpoint's). Shutdown begins on SIGINT
     or SIGTERM (when ``install_signal_handlers`` and in the main thread) or when ``shutdown`` is
-    set: listeners close, idle keep-alive connections close at once, in-flight requests get until
+    set: listeners close, connections waiting for a request get ``DRAIN_GRACE`` (1 s) for one
+    to arrive (it is answered with ``Connection: close``), in-flight requests get until
     ``config.timeouts.graceful`` to finish and are then cancelled, and finally the application's
     shutdown runs. Returns normally after a graceful shutdown.
 
@@ -2230,13 +2231,13 @@ async def _serve(
             root.start_soon(_watch_event, shutdown, begin_shutdown)
         watchdog = systemd.watchdog_interval() if systemd_notify else None
         if watchdog is not None:
-            root.start_soon(_watchdog, watchdog)
+            root.start_soon(systemd_watchdog, watchdog)
         admin_urls: list[str] = []
         if config.admin_bind is not None:
             assert metrics is not None
             admin_app = AdminApp(metrics.snapshot, lambda: listening and not server.draining,
                                  draining=lambda: server.draining)
-            admin_urls = await root.start(_run_admin, admin_app, config.admin_bind,
+            admin_urls = await root.start(run_admin_endpoint, admin_app, config.admin_bind,
                                           admin_stop, admin_done)
         else:
             admin_done.set()

@@ -59,7 +59,7 @@ from .cli import AppSpec
 from .config import Config, ProcessConfig
 from .listeners import BoundListener, ListenError, open_listeners
 from .metrics import check_snapshot, merge, retire
-from .server import _run_admin
+from .server import run_admin_endpoint, systemd_watchdog
 from .worker import WorkerSetup, encode_setup, worker_config
 
 __all__ = ["supervise"]
@@ -75,10 +75,6 @@ MAX_ERROR_TEXT = 2000
 WATCH_TIMEOUT_MS = 300  # --reload: the watcher thread wakes up this often without changes
 START_TIMEOUT_MIN = 60.0  # a worker not ready this long (or worker_timeout) after its start dies
 CRASH_WINDOW = 5.0  # an unexpected exit this soon after becoming ready is a failed start
-
-# Meant for the supervisor alone: systemd talks to one process, the main one.
-SYSTEMD_ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                       "LISTEN_PID", "LISTEN_FDNAMES")
 
 WorkerState = Literal["starting", "ready", "leaving"]
 
@@ -216,7 +212,7 @@ class Supervisor:
         # systemd talks to this process only (see _notify); the workers get none of it.
         self.watchdog = systemd.watchdog_interval()
         self.environment = {k: v for k, v in os.environ.items()
-                            if k not in SYSTEMD_ENVIRONMENT}
+                            if k not in systemd.ENVIRONMENT}
 
     # ------------------------------------------------------------------ helpers
 
@@ -266,7 +262,7 @@ class Supervisor:
                         nursery.cancel_scope.cancel()
                         return 1
                     if self.watchdog is not None:
-                        nursery.start_soon(self._watchdog, self.watchdog)
+                        nursery.start_soon(systemd_watchdog, self.watchdog)
                     for bl in self.listeners:
                         log.info("trioserve supervisor %d listening on %s", os.getpid(), bl.url)
                     log.info("starting %d worker%s", self.target, "s" if self.target > 1 else "")
@@ -293,7 +289,8 @@ class Supervisor:
         app = AdminApp(self._snapshot, self._ready, self._gauges,
                        draining=lambda: self.stopping)
         try:
-            await self.nursery.start(_run_admin, app, bind, self.admin_stop, self.admin_done)
+            await self.nursery.start(run_admin_endpoint, app, bind, self.admin_stop,
+                                     self.admin_done)
         except ListenError as exc:
             print(f"trioserve: error: {exc.strerror or exc}", file=sys.stderr)
             return False
@@ -328,11 +325,6 @@ class Supervisor:
             self.listeners_closed = True
             for bl in self.listeners:
                 await bl.aclose()
-
-    async def _watchdog(self, interval: float) -> None:
-        while True:
-            self._notify("WATCHDOG=1")
-            await trio.sleep(interval)
 
     # ------------------------------------------------------------------ signals
 
@@ -622,7 +614,8 @@ class Supervisor:
         code = w.process.returncode
         assert code is not None
         w.exit_text = _describe_exit(code)
-        self.workers.pop(w.pid, None)
+        if self.workers.get(w.pid) is w:  # (a reused pid may be a newer worker's already)
+            del self.workers[w.pid]
         if w.snapshot is not None:
             kept = [retire(w.snapshot)] if self.retired is None else [self.retired,
                                                                       retire(w.snapshot)]

@@ -16,16 +16,21 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ["SD_LISTEN_FDS_START", "listen_fds", "notify", "watchdog_interval"]
+__all__ = ["ENVIRONMENT", "SD_LISTEN_FDS_START", "listen_fds", "notify", "watchdog_interval"]
 
 SD_LISTEN_FDS_START = 3
+# What systemd tells the main process alone: a supervisor keeps it from its workers.
+ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+               "LISTEN_FDNAMES")
 
 
 def listen_fds(*, unset_environment: bool = True) -> list[int]:
-    """The file descriptors systemd passed for this process (3, 4, ...), empty if none.
+    """The file descriptors systemd passed for this process (3, 4, ...), empty if none, each
+    set close-on-exec (as ``sd_listen_fds(3)`` does: the application's child processes must
+    not inherit them).
 
-    Descriptors meant for another process (``LISTEN_PID`` is not ours) are ignored. Raises
-    :class:`ValueError` when ``LISTEN_FDS`` or ``LISTEN_PID`` is not a number."""
+    Descriptors meant for another process (``LISTEN_PID`` missing or not ours) are ignored.
+    Raises :class:`ValueError` when ``LISTEN_FDS`` or ``LISTEN_PID`` is not a number."""
     fds_text = os.environ.get("LISTEN_FDS")
     pid_text = os.environ.get("LISTEN_PID")
     if unset_environment:
@@ -39,9 +44,15 @@ def listen_fds(*, unset_environment: bool = True) -> list[int]:
     except ValueError:
         raise ValueError(f"LISTEN_FDS={fds_text!r} LISTEN_PID={pid_text!r}: expected numbers "
                          "(set by systemd socket activation)") from None
-    if pid is not None and pid != os.getpid():
+    if pid != os.getpid():
         return []
-    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + max(count, 0)))
+    fds = list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + max(count, 0)))
+    for fd in fds:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass  # not open: listeners.open_listeners says so, naming it
+    return fds
 
 
 def _address() -> str | bytes | None:
