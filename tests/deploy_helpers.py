@@ -18,7 +18,7 @@ connections a proxy opened. The ASGI app answers:
 
 Ports: nginx and HAProxy cannot bind port 0, so the tests bind a socket on port 0 themselves
 and hand it over (nginx's ``NGINX`` variable, HAProxy's ``bind fd@N``): no port is ever
-guessed. Only ``systemd-socket-activate`` needs a free port number (:func:`free_port`).
+guessed. Only ``systemd-socket-activate`` needs a free port number (``procs.free_port``).
 
 This module is imported by the server processes too, so it imports nothing beyond the standard
 library and trioserve at module level.
@@ -261,13 +261,6 @@ class Listener:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listened on a moment ago (for tools that only take a port number)."""
-    with socket.create_server((host, 0)) as s:
-        port: int = s.getsockname()[1]
-        return port
 
 
 def peak_rss(pid: int) -> int:

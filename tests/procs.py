@@ -1,11 +1,15 @@
 """Helpers for tests that run trioserve in a subprocess: start it, learn its port from the
-"listening on" log line, wait for it to exit with a timeout, and always clean it up."""
+"listening on" log line, wait for it to exit with a timeout, and always clean it up; a free port
+number for tools that only take one (:func:`free_port`), and systemd's ``NOTIFY_SOCKET`` side
+(:func:`notify_socket`)."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -20,6 +24,74 @@ ACCESS_RE = re.compile(
     r'(?P<client>\S+) - "(?P<method>[A-Z]+) (?P<target>\S+) HTTP/(?P<version>1\.[01])" '
     r"(?P<status>\d{3}) (?P<bytes>\d+) (?P<duration>\d+\.\d+)s"
 )
+
+
+UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listened on a moment ago on ``host`` (for tools that only take a port
+    number, such as ``systemd-socket-activate``; whoever binds it next may lose a race)."""
+    with socket.create_server((host, 0)) as s:
+        port: int = s.getsockname()[1]
+        return port
+
+
+class NotifySocket:
+    """systemd's side of ``NOTIFY_SOCKET``: an ``AF_UNIX`` datagram socket bound at ``path``
+    that collects the messages sent to it, each with the pid of its sender when ``passcred``
+    (``SO_PASSCRED``; else, and when the kernel gives none, the pid is -1)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, passcred: bool = True) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        if passcred:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        # every message received so far, (pid, text), in order
+        self.messages: list[tuple[int, str]] = []
+
+    def receive(self, timeout: float) -> tuple[int, str] | None:
+        """The next message (also appended to :attr:`messages`); ``None`` after ``timeout``
+        seconds without one."""
+        self.sock.settimeout(timeout)
+        try:
+            data, ancillary, _flags, _addr = self.sock.recvmsg(
+                4096, socket.CMSG_SPACE(UCRED.size))
+        except TimeoutError:
+            return None
+        pid = -1
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = UCRED.unpack(value[:UCRED.size])[0]
+        self.messages.append((pid, data.decode()))
+        return self.messages[-1]
+
+    def wait_for(self, state: str, timeout: float = 30.0) -> tuple[int, str]:
+        """The next message received with the line ``state`` (say ``READY=1``), as
+        ``(pid, text)``: messages received before this call never match, so a second
+        ``READY=1`` (after a reload) is waited for. Raises ``AssertionError`` after ``timeout``
+        seconds, listing the messages."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            got = self.receive(left)
+            if got is not None and state in got[1].splitlines():
+                return got
+        raise AssertionError(f"no {state!r} within {timeout}s; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextmanager
+def notify_socket(directory: str | os.PathLike[str], *,
+                  passcred: bool = True) -> Iterator[NotifySocket]:
+    """A :class:`NotifySocket` at ``directory/notify.sock``, closed on exit."""
+    ns = NotifySocket(Path(directory) / "notify.sock", passcred=passcred)
+    try:
+        yield ns
+    finally:
+        ns.close()
 
 
 def trioserve_script() -> Path:

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import textwrap
 import tomllib
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from procs import REPO, module_command, run_to_exit, server_process
+from procs import REPO, free_port, module_command, run_to_exit, server_process
 
 from trioserve import Bind, ConfigError
 from trioserve.cli import build_config, build_parser, build_process_config, main
@@ -631,13 +630,6 @@ def test_config_command_does_not_import_the_app(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- serving for real
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the test binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 SCOPE_APP = """

@@ -25,11 +25,8 @@ import os
 import shlex
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +40,12 @@ from deploy_helpers import (
     SERVING_RE,
     dockerfile_instructions,
     example,
-    free_port,
     option,
     parse_unit,
     runnable_command,
     substitute,
 )
-from procs import ServerProcess, server_process, trioserve_script
+from procs import ServerProcess, free_port, notify_socket, server_process, trioserve_script
 
 
 def test_every_example_is_shown_verbatim_in_deploy_md() -> None:
@@ -112,41 +108,6 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r
 
 
-class NotifySocket:
-    """An ``AF_UNIX`` datagram socket standing in for systemd's ``NOTIFY_SOCKET``; each
-    message comes with its sender's pid (``SO_PASSCRED``)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.messages: list[tuple[int, str]] = []
-
-    def wait_for(self, state: str, timeout: float = 20.0) -> int:
-        """The pid that sent a message containing the line ``state``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for pid, text in self.messages:
-                if state in text.splitlines():
-                    return pid
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {state} within {timeout}s; got {self.messages}"
-            self.sock.settimeout(left)
-            try:
-                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
-            except TimeoutError:
-                continue
-            pid = 0
-            for level, kind, blob in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid = struct.unpack("3i", blob[:12])[0]
-            self.messages.append((pid, data.decode()))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                     reason="no systemd-socket-activate")
@@ -155,28 +116,26 @@ def test_service_runs_under_socket_activation(tmp_path: Path) -> None:
     argv = _exec_start()
     command = runnable_command(argv, {"--admin-bind": "127.0.0.1:0"})
     port = free_port()  # systemd-socket-activate only takes an address
-    notify = NotifySocket(tmp_path / "notify.sock")
     env_args = [f"--setenv={kv}" for kv in s.get("Environment", [])]
-    activate = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}",
-                f"--setenv=NOTIFY_SOCKET={notify.path}", "--setenv=WATCHDOG_USEC=1000000",
-                *env_args, *command]
-    try:
+    with notify_socket(tmp_path) as notify:
+        activate = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}",
+                    f"--setenv=NOTIFY_SOCKET={notify.path}", "--setenv=WATCHDOG_USEC=1000000",
+                    *env_args, *command]
         with server_process(activate, cwd=tmp_path) as sp:
             sp.wait_for_line(r"Listening on 127\.0\.0\.1", 20)
             # the first connection starts trioserve, and waits in the backlog meanwhile
             r = httpx.get(f"http://127.0.0.1:{port}/info", timeout=30)
             assert r.status_code == 200, r.text
             main_pid = sp.proc.pid  # systemd-socket-activate execs the ExecStart command
-            assert notify.wait_for("READY=1") == main_pid, notify.messages
-            assert notify.wait_for("WATCHDOG=1", 5) == main_pid, notify.messages
+            # (each wait_for: the next such message; the watchdog pings every 0.5 s)
+            assert notify.wait_for("READY=1", 20)[0] == main_pid, notify.messages
+            assert notify.wait_for("WATCHDOG=1", 5)[0] == main_pid, notify.messages
             admin = int(sp.wait_for_line(ADMIN_RE, 10).group(1))
             assert httpx.get(f"http://127.0.0.1:{admin}/readyz", timeout=10).status_code == 200
             sp.signal(signal.SIGTERM)
-            assert notify.wait_for("STOPPING=1") == main_pid, notify.messages
+            assert notify.wait_for("STOPPING=1", 20)[0] == main_pid, notify.messages
             assert sp.wait(_seconds(s["TimeoutStopSec"][0])) == 0, sp.stderr
             assert all(pid == main_pid for pid, _ in notify.messages), notify.messages
-    finally:
-        notify.close()
 
 
 # ------------------------------------------------------------------------------ container

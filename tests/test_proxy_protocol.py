@@ -72,6 +72,14 @@ def fed_byte_by_byte(data: bytes) -> ProxyHeader | None:
     return None
 
 
+def assert_invalid(data: bytes, message: str) -> None:
+    """``data`` is refused with an error matching ``message``, whole and fed byte by byte."""
+    with pytest.raises(ProxyProtocolError, match=message):
+        parse_proxy_header(data)
+    with pytest.raises(ProxyProtocolError, match=message):
+        fed_byte_by_byte(data)
+
+
 # ------------------------------------------------------------------------------ parser: v1
 
 V1_CASES = [
@@ -135,10 +143,7 @@ def test_v1_longest_header_fits() -> None:
     (b"PROXY UNKNOWN " + b"x" * (V1_MAX_SIZE - 15) + b"\r\n", "no CRLF within 107 bytes"),
 ])
 def test_v1_invalid(data: bytes, message: str) -> None:
-    with pytest.raises(ProxyProtocolError, match=message):
-        parse_proxy_header(data)
-    with pytest.raises(ProxyProtocolError, match=message):
-        fed_byte_by_byte(data)
+    assert_invalid(data, message)
 
 
 def test_not_a_header_fails_at_the_first_byte() -> None:
@@ -198,10 +203,7 @@ def test_v2_valid(data: bytes, expected: ProxyHeader) -> None:
     (v2(family=1, transport=2, body=b"\x00" * 12), "datagram"),
 ])
 def test_v2_invalid(data: bytes, message: str) -> None:
-    with pytest.raises(ProxyProtocolError, match=message):
-        parse_proxy_header(data)
-    with pytest.raises(ProxyProtocolError, match=message):
-        fed_byte_by_byte(data)
+    assert_invalid(data, message)
 
 
 def test_v2_length_is_read_before_the_body_arrives() -> None:

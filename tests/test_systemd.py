@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
-import struct
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from procs import ServerProcess
+from procs import ServerProcess, free_port, notify_socket
 from test_workers import APP, READY_RE, http_get, wait_gone
 
 pytestmark = [
@@ -26,60 +21,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                        reason="systemd-socket-activate is not installed"),
 ]
-
-UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class NotifySocket:
-    """systemd's side of ``NOTIFY_SOCKET``: messages with the pid that sent each."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.messages: list[tuple[int, str]] = []
-
-    def receive(self, timeout: float) -> tuple[int, str] | None:
-        self.sock.settimeout(timeout)
-        try:
-            data, ancillary, _flags, _addr = self.sock.recvmsg(
-                4096, socket.CMSG_SPACE(UCRED.size))
-        except TimeoutError:
-            return None
-        pid = -1
-        for level, kind, value in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                pid = UCRED.unpack(value[:UCRED.size])[0]
-        self.messages.append((pid, data.decode()))
-        return self.messages[-1]
-
-    def wait_for(self, state: str, timeout: float = 30.0) -> tuple[int, str]:
-        """The next message with the line ``state`` (earlier ones are kept in ``messages``)."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            got = self.receive(left)
-            if got is not None and state in got[1].splitlines():
-                return got
-        raise AssertionError(f"no {state!r} within {timeout}s; got {self.messages}")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@contextmanager
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    ns = NotifySocket(tmp_path / "notify.sock")
-    try:
-        yield ns
-    finally:
-        ns.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def activate(tmp_path: Path, port: int, *args: str,

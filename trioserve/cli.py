@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import inspect
 import logging
 import math
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import trio
@@ -42,8 +40,9 @@ from .config import (
     Tls,
     WebSocketConfig,
 )
-from .features import Application, LifespanFailure
+from .features import LifespanFailure
 from .listeners import ListenError
+from .loading import AppLoadError, AppSpec, detect_interface, load_app, wrap_app
 from .logs import setup_cli_logging
 from .protocols.http1 import resolve_parser
 from .server import serve
@@ -51,16 +50,14 @@ from .settings import NumberType, Settings, SettingsError, load_settings, render
 from .systemd import listen_fds
 from .tls import server_context, write_dev_cert
 
+# (AppLoadError, AppSpec, load_app, detect_interface, wrap_app: re-exported from
+# trioserve.loading, where they live)
 __all__ = ["AppLoadError", "AppSpec", "build_config", "build_process_config", "config_main",
-           "load_app", "main", "parse_bind"]
+           "detect_interface", "load_app", "main", "parse_bind", "wrap_app"]
 
 log = logging.getLogger("trioserve")
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-
-
-class AppLoadError(Exception):
-    """The application could not be imported or is not a usable application."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,30 +125,6 @@ def _ip_list(text: str) -> tuple[str, ...]:
 
 
 _ip_list.__name__ = "a list of addresses"
-
-
-@dataclass(frozen=True, slots=True)
-class AppSpec:
-    """What a process needs to load the application: the flags of that name."""
-
-    app: str
-    app_dir: str = "."
-    factory: bool = False
-    interface: str = "auto"
-    lifespan: str = "auto"
-    threads: int = 40
-    log_level: str = "info"
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> AppSpec:
-        return cls(app=args.app, app_dir=args.app_dir, factory=args.factory,
-                   interface=args.interface, lifespan=args.lifespan, threads=args.threads,
-                   log_level=args.log_level)
-
-    def load(self) -> Application:
-        """Import and wrap the application. Raises :class:`AppLoadError`."""
-        obj = load_app(self.app, app_dir=self.app_dir, factory=self.factory)
-        return wrap_app(obj, self.interface, self.lifespan, self.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -530,122 +503,6 @@ def build_process_config(args: argparse.Namespace) -> ProcessConfig:
         reload=args.reload,
         reload_dirs=tuple(args.reload_dirs or ()),
     )
-
-
-def _import_location(exc: BaseException) -> str:
-    tb = traceback.extract_tb(exc.__traceback__)
-    if tb:
-        frame = tb[-1]
-        return f" ({frame.filename}, line {frame.lineno})"
-    return ""
-
-
-def load_app(spec: str, *, app_dir: str = ".", factory: bool = False) -> Any:
-    """Import ``module:attribute`` (the attribute may be dotted) and return it, calling it first
-    when ``factory``. Raises :class:`AppLoadError` with a one-line reason."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise AppLoadError(f"APP must look like 'module:attribute', got {spec!r}")
-    if app_dir:
-        path = os.path.abspath(app_dir)
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise AppLoadError(f"could not import module {module_name!r}: no module named "
-                               f"{exc.name!r} (searched from {os.path.abspath(app_dir)!r})"
-                               ) from exc
-        raise AppLoadError(f"error while importing {module_name!r}: {exc}"
-                           f"{_import_location(exc)}") from exc
-    except Exception as exc:
-        raise AppLoadError(f"error while importing {module_name!r}: "
-                           f"{type(exc).__name__}: {exc}{_import_location(exc)}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AppLoadError(f"attribute {attr!r} not found in module {module_name!r}") \
-                from None
-    if factory:
-        if not callable(obj):
-            raise AppLoadError(f"--factory: {spec!r} is not callable")
-        try:
-            obj = obj()
-        except Exception as exc:
-            raise AppLoadError(f"--factory: calling {spec!r} failed: "
-                               f"{type(exc).__name__}: {exc}{_import_location(exc)}") from exc
-    if not callable(obj):
-        raise AppLoadError(f"{spec!r} is not callable, so it is not an application")
-    return obj
-
-
-def _positional_count(obj: Any) -> int | None:
-    """Positional parameters of the callable (``self`` excluded), ``None`` if unknown."""
-    if inspect.isclass(obj):
-        return None
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return None
-    n = 0
-    for prm in sig.parameters.values():
-        if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD):
-            n += 1
-        elif prm.kind == prm.VAR_POSITIONAL:
-            return None
-    return n
-
-
-def _is_async(obj: Any) -> bool:
-    call = type(obj).__call__ if not inspect.isroutine(obj) else None
-    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(call)
-
-
-def detect_interface(obj: Any) -> str:
-    """``"asgi"``, ``"wsgi"`` or ``"features"`` for an application object.
-
-    An ``async`` callable taking three positional parameters is ASGI 3, one parameter a
-    features app; a plain (non-async) callable taking two is WSGI. A class is refused (ASGI 2).
-    Raises :class:`AppLoadError` when the object fits none of these."""
-    if inspect.isclass(obj):
-        raise AppLoadError(f"{obj!r} is a class; ASGI 2 applications are not supported "
-                           "(pass an instance, or use an ASGI 3 application)")
-    n = _positional_count(obj)
-    if _is_async(obj):
-        if n == 1:
-            return "features"
-        if n == 3 or n is None:
-            return "asgi"
-    elif n == 2:
-        return "wsgi"
-    elif n == 3:
-        return "asgi"  # a plain callable returning a coroutine (some ASGI wrappers do)
-    raise AppLoadError(f"cannot tell the interface of {obj!r}: it is "
-                       f"{'an async' if _is_async(obj) else 'a plain'} callable taking "
-                       f"{'an unknown number of' if n is None else n} positional parameters "
-                       "(ASGI 3: async (scope, receive, send); WSGI: (environ, start_response); "
-                       "features: async (ctx)); use --interface")
-
-
-def wrap_app(obj: Any, interface: str, lifespan: str, threads: int = 40) -> Application:
-    """Adapt a loaded object to a trioserve :data:`Application`. Raises :class:`AppLoadError`
-    when ``auto`` cannot tell the interface."""
-    if interface == "auto":
-        interface = detect_interface(obj)
-    # Imported by name: bridges/ is installed as trioserve.bridges, which type checkers
-    # looking at the source tree cannot see.
-    if interface == "features":
-        app: Application = obj
-    elif interface == "wsgi":
-        app = importlib.import_module("trioserve.bridges.wsgi").WSGIBridge(obj, threads=threads)
-    else:
-        app = importlib.import_module("trioserve.bridges.asgi").ASGIBridge(obj,
-                                                                            lifespan=lifespan)
-    log.debug("serving %r as a %s application", obj, interface)
-    return app
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,6 +42,11 @@ def _positive_int(owner: str, name: str, value: object, *, allow_none: bool = Fa
         raise ConfigError(f"{owner}.{name} must be {kind}, got {value!r}")
 
 
+def _non_negative_int(owner: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{owner}.{name} must be an integer >= 0, got {value!r}")
+
+
 def _positive_float(owner: str, name: str, value: object, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -339,15 +344,10 @@ class ProcessConfig:
     reload_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        w = self.workers
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            raise ConfigError(f"ProcessConfig.workers must be an integer >= 0, got {w!r}")
+        _non_negative_int("ProcessConfig", "workers", self.workers)
         _positive_float("ProcessConfig", "worker_timeout", self.worker_timeout)
         _positive_int("ProcessConfig", "max_requests", self.max_requests, allow_none=True)
-        j = self.max_requests_jitter
-        if isinstance(j, bool) or not isinstance(j, int) or j < 0:
-            raise ConfigError(f"ProcessConfig.max_requests_jitter must be an integer >= 0, "
-                              f"got {j!r}")
+        _non_negative_int("ProcessConfig", "max_requests_jitter", self.max_requests_jitter)
         if not isinstance(self.reload, bool):
             raise ConfigError(f"ProcessConfig.reload must be True or False, got {self.reload!r}")
         if not isinstance(self.reload_dirs, tuple) or not all(
@@ -445,8 +445,7 @@ class Bind:
             if not isinstance(self.path, str) or not self.path:
                 raise ConfigError(f"Bind.path must be a non-empty path, got {self.path!r}")
         elif self.kind == "fd":
-            if isinstance(self.fd, bool) or not isinstance(self.fd, int) or self.fd < 0:
-                raise ConfigError(f"Bind.fd must be a non-negative integer, got {self.fd!r}")
+            _non_negative_int("Bind", "fd", self.fd)
         else:
             raise ConfigError(f"Bind.kind must be 'tcp', 'unix' or 'fd', got {self.kind!r}")
 

@@ -34,7 +34,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -42,7 +42,7 @@ import trio
 from . import systemd
 from .admin import AdminApp
 from .config import Bind, Config, ConfigError, Limits, MinDataRate, Timeouts
-from .context import MAX_DRAIN_BYTES, BadRequestBody, Exchange
+from .context import MAX_DRAIN_BYTES, BadRequestBody, Exchange, ResponseState
 from .context_h2 import HIGH_WATER, H2Stream, send_error
 from .features import (
     Application,
@@ -303,9 +303,56 @@ class _Server:
         for callback in list(self.drain_callbacks):
             callback()
 
-    def log_access(self, peer_text: str, method: str, target: bytes, http_version: str,
-                   status: int, nbytes: int, start_time: float) -> None:
-        """One access log line (both protocols)."""
+    def connection_features(self, io: _SocketIO | _TlsIO, tls: TlsInfo | None,
+                            addresses: _Addresses | None) -> tuple[str, FeatureCollection]:
+        """A new connection's peer text for the access log (``"ip:port"``, ``"-"`` when
+        unknown) and its features (``ConnectionFeature``, ``TlsFeature`` with ``tls``).
+        ``addresses``: the PROXY protocol's when it gave some, and whether the peer is a trusted
+        proxy; ``None``: the socket's own addresses, not trusted."""
+        sock = io.sock
+        peer, local, trusted = addresses or (_address(sock, True), _address(sock, False), False)
+        peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
+        info = ConnectionInfo(f"{next(_ids):x}", peer, local, trusted)
+        items: dict[type, object] = {ConnectionFeature: info}
+        if tls is not None:
+            items[TlsFeature] = tls
+        return peer_text, FeatureCollection(items, self.features)
+
+    async def run_connection(self, protocol: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Await ``run()`` (a connection's whole life), counted as an open ``protocol``
+        (``"http1"``, ``"http2"``) connection in the metrics while it runs. ``run``'s
+        exceptions propagate; the connection is counted closed all the same."""
+        metrics = self.metrics
+        if metrics is None:
+            await run()
+            return
+        metrics.connection_opened(protocol)
+        try:
+            await run()
+        finally:
+            metrics.connection_closed(protocol)
+
+    def count_request(self, http_version: str, answered: bool, response: ResponseState,
+                      received: int, start_time: float) -> None:
+        """Count a finished request in the metrics (nothing without them): ``answered`` (the
+        protocol's own test: the response delivered, a server's error answer, an accepted
+        upgrade …) under its status and duration, else as aborted. ``received``: request body
+        bytes."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if answered:
+            metrics.request(http_version, response.status, time.perf_counter() - start_time,
+                            received, response.bytes_sent)
+        else:
+            metrics.request_aborted(http_version, received, response.bytes_sent)
+
+    def log_access(self, peer_text: str, ctx: RequestContext, method: str, target: bytes,
+                   http_version: str, status: int, nbytes: int, start_time: float) -> None:
+        """One access log line (both protocols). ``peer_text``: the connection's peer; the
+        forwarded client (from ``ctx``) instead when forwarding headers were applied."""
+        if self.forwarded_headers is not None:
+            peer_text = forwarded_peer_text(ctx) or peer_text
         elapsed = time.perf_counter() - start_time
         fast = self.fast_access
         if fast is not None:
@@ -631,7 +678,6 @@ class _H1Connection:
                  addresses: _Addresses | None = None) -> None:
         self.server = server
         self.io = io
-        sock = io.sock
         config = server.config
         limits = config.limits
         self.proto = HTTP1Protocol(
@@ -651,14 +697,7 @@ class _H1Connection:
         self.sniff = config.http2 and tls is None
         self.h2_handover: _H2Handover | None = None  # set when the connection turns HTTP/2
         self.timer = trio.CancelScope()
-        # (the PROXY protocol's addresses when it gave some; whether a proxy is trusted)
-        peer, local, trusted = addresses or (_address(sock, True), _address(sock, False), False)
-        self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
-        info = ConnectionInfo(f"{next(_ids):x}", peer, local, trusted)
-        items: dict[type, object] = {ConnectionFeature: info}
-        if tls is not None:
-            items[TlsFeature] = tls
-        self.features = FeatureCollection(items, server.features)
+        self.peer_text, self.features = server.connection_features(io, tls, addresses)
 
     @property
     def draining(self) -> bool:
@@ -873,15 +912,7 @@ class _H1Connection:
     # -------------------------------------------------------------------- request loop
 
     async def run(self) -> None:
-        metrics = self.server.metrics
-        if metrics is None:
-            await self._run()
-            return
-        metrics.connection_opened("http1")
-        try:
-            await self._run()
-        finally:
-            metrics.connection_closed("http1")
+        await self.server.run_connection("http1", self._run)
 
     async def _run(self) -> None:
         try:
@@ -1129,21 +1160,14 @@ class _H1Connection:
                     log.exception("an on_completed callback failed")
         except BaseException:
             # Cancelled (the graceful shutdown's deadline, a second signal), a WebSocket too.
-            if server.metrics is not None:
-                server.metrics.request_aborted(ex.request.http_version, ex.body.received,
-                                               response.bytes_sent)
+            server.count_request(ex.request.http_version, False, response, ex.body.received,
+                                 ex.start_time)
             raise
-        metrics = server.metrics
-        if metrics is not None:
-            # Body limits were counted where they fired; a server's error answer (ex.rejected)
-            # is an answer, an upgrade's 101 too.
-            if response.delivered or ex.rejected or ex.upgraded:
-                metrics.request(ex.request.http_version, response.status,
-                                time.perf_counter() - ex.start_time, ex.body.received,
-                                response.bytes_sent)
-            else:
-                metrics.request_aborted(ex.request.http_version, ex.body.received,
-                                        response.bytes_sent)
+        # Body limits were counted where they fired; a server's error answer (ex.rejected) is
+        # an answer, an upgrade's 101 too.
+        server.count_request(ex.request.http_version,
+                             response.delivered or ex.rejected or ex.upgraded, response,
+                             ex.body.received, ex.start_time)
         if server.access_log:
             self._log_access(ex)
         if ex.upgraded or ex.aborted:
@@ -1200,10 +1224,7 @@ class _H1Connection:
 
     def _log_access(self, ex: Exchange) -> None:
         request = ex.request
-        peer_text = self.peer_text
-        if self.server.forwarded_headers is not None:  # the forwarded client, when applied
-            peer_text = forwarded_peer_text(ex.context) or peer_text
-        self.server.log_access(peer_text, request.method, ex.head.target,
+        self.server.log_access(self.peer_text, ex.context, request.method, ex.head.target,
                                request.http_version, ex.response.status,
                                ex.response.bytes_sent, ex.start_time)
 
@@ -1319,15 +1340,7 @@ class _H2Connection:
         self._drained: trio.Event | None = None
         self._no_streams: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
-        sock = io.sock
-        # (the PROXY protocol's addresses when it gave some; whether a proxy is trusted)
-        peer, local, trusted = addresses or (_address(sock, True), _address(sock, False), False)
-        self.peer_text = f"{peer[0]}:{peer[1]}" if peer else "-"
-        info = ConnectionInfo(f"{next(_ids):x}", peer, local, trusted)
-        items: dict[type, object] = {ConnectionFeature: info}
-        if tls is not None:
-            items[TlsFeature] = tls
-        self.features = FeatureCollection(items, server.features)
+        self.peer_text, self.features = server.connection_features(io, tls, addresses)
 
     # ------------------------------------------------------------ for the streams
 
@@ -1345,15 +1358,7 @@ class _H2Connection:
     # ------------------------------------------------------------------ tasks
 
     async def run(self) -> None:
-        metrics = self.server.metrics
-        if metrics is None:
-            await self._run()
-            return
-        metrics.connection_opened("http2")
-        try:
-            await self._run()
-        finally:
-            metrics.connection_closed("http2")
+        await self.server.run_connection("http2", self._run)
 
     async def _run(self) -> None:
         server = self.server
@@ -1677,27 +1682,18 @@ class _H2Connection:
                         log.exception("an on_completed callback failed")
             except BaseException:
                 # Cancelled (the graceful shutdown's deadline, a second signal), a WebSocket too.
-                if server.metrics is not None:
-                    server.metrics.request_aborted("2", stream.body.received, response.bytes_sent)
+                server.count_request("2", False, response, stream.body.received,
+                                     stream.start_time)
                 raise
-            metrics = server.metrics
-            if metrics is not None:
-                # Body limits were counted where they fired. A WebSocket (extended CONNECT)
-                # that was accepted counts as its 200 however it ended, as over HTTP/1.1.
-                if response.delivered or stream.rejected or (stream.tunnel
-                                                              and response.has_started):
-                    metrics.request("2", response.status,
-                                    time.perf_counter() - stream.start_time,
-                                    stream.body.received, response.bytes_sent)
-                else:
-                    metrics.request_aborted("2", stream.body.received, response.bytes_sent)
+            # Body limits were counted where they fired. A WebSocket (extended CONNECT) that
+            # was accepted counts as its 200 however it ended, as over HTTP/1.1.
+            server.count_request("2", response.delivered or stream.rejected
+                                 or (stream.tunnel and response.has_started), response,
+                                 stream.body.received, stream.start_time)
             if server.access_log:
-                request = stream.request
-                peer_text = self.peer_text
-                if server.forwarded_headers is not None:  # the forwarded client, when applied
-                    peer_text = forwarded_peer_text(stream.context) or peer_text
-                server.log_access(peer_text, request.method, stream.head.target, "2",
-                                  response.status, response.bytes_sent, stream.start_time)
+                server.log_access(self.peer_text, stream.context, stream.request.method,
+                                  stream.head.target, "2", response.status,
+                                  response.bytes_sent, stream.start_time)
         finally:
             if server.metrics is not None:
                 server.metrics.h2_streams_active -= 1

@@ -55,9 +55,9 @@ import trio
 
 from . import systemd
 from .admin import AdminApp
-from .cli import AppSpec
 from .config import Config, ProcessConfig
 from .listeners import BoundListener, ListenError, open_listeners
+from .loading import AppSpec
 from .metrics import check_snapshot, merge, retire
 from .server import run_admin_endpoint, systemd_watchdog
 from .worker import WorkerSetup, encode_setup, worker_config

@@ -55,10 +55,10 @@ from typing import Any
 
 import trio
 
-from .cli import AppLoadError, AppSpec
 from .config import Bind, Config, ConfigError
 from .features import Application, LifespanFailure
 from .listeners import ListenError
+from .loading import AppLoadError, AppSpec
 from .logs import setup_cli_logging
 from .metrics import Metrics
 from .server import serve
@@ -76,7 +76,7 @@ RETIRE_CHECK_INTERVAL = 0.05  # seconds between --max-requests checks (an attrib
 class WorkerSetup:
     """What the supervisor tells a worker.
 
-    - ``spec``: the application to load (:class:`~trioserve.cli.AppSpec`).
+    - ``spec``: the application to load (:class:`~trioserve.loading.AppSpec`).
     - ``config``: the server's configuration; ``binds`` are ``Bind.from_fd`` of the inherited
       listening sockets and ``admin_bind`` is ``None`` (the supervisor serves it).
     - ``heartbeat_interval``: seconds between heartbeats.
