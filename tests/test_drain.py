@@ -10,6 +10,9 @@ from typing import Any
 
 import trio
 from conftest import make_config, parse_responses, read_until_closed, run_server
+from trioserve.bridges.asgi import ASGIBridge
+
+from trioserve import serve
 
 
 def _app(release: trio.Event) -> Any:
@@ -102,3 +105,30 @@ async def test_drain_serves_the_next_request_after_a_keep_alive_response() -> No
             answer = parse_responses(await read_until_closed(conn))
             assert [(r.status_code, body) for r, body in answer] == [(200, b"hello")]
             assert (b"connection", b"close") in answer[0][0].headers
+
+
+async def test_force_event_cancels_in_flight_requests() -> None:
+    # serve(force=...) is the second signal of a program that handles signals itself (a
+    # worker's SIGQUIT): in-flight requests are cancelled instead of waiting for the graceful
+    # timeout.
+    release = trio.Event()
+    force = trio.Event()
+    config = make_config(timeouts={"graceful": 60})
+    wrapped = ASGIBridge(_app(release), lifespan="off")
+    shutdown = trio.Event()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(
+                lambda task_status: serve(wrapped, config, shutdown=shutdown, force=force,
+                                          install_signal_handlers=False,
+                                          task_status=task_status))
+            port = int(addresses[0].rpartition(":")[2])
+            conn = await trio.open_tcp_stream("127.0.0.1", port)
+            await conn.send_all(REQUEST % b"slow")
+            await trio.sleep(0.2)
+            shutdown.set()
+            await trio.sleep(0.2)
+            force.set()
+            # the slow request is cancelled: its connection closes without a response
+            assert await read_until_closed(conn) == b""
+        assert not release.is_set()

@@ -2116,6 +2116,7 @@ async def serve(
     config: Config | None = None,
     *,
     shutdown: trio.Event | None = None,
+    force: trio.Event | None = None,
     install_signal_handlers: bool = True,
     metrics: Metrics | None = None,
     systemd_notify: bool = False,
@@ -2131,7 +2132,8 @@ async def serve(
     set: listeners close, connections waiting for a request get ``DRAIN_GRACE`` (1 s) for one
     to arrive (it is answered with ``Connection: close``), in-flight requests get until
     ``config.timeouts.graceful`` to finish and are then cancelled, and finally the application's
-    shutdown runs. Returns normally after a graceful shutdown.
+    shutdown runs. Returns normally after a graceful shutdown. ``force`` set (like a second
+    signal): in-flight requests and the application's shutdown are cancelled at once.
 
     ``metrics``: a :class:`~trioserve.metrics.Metrics` the server updates (requests,
     connections, rejections …); with ``config.admin_bind`` and no ``metrics`` the server makes
@@ -2153,8 +2155,8 @@ async def serve(
     bound.
     """
     try:
-        await _serve(app, config, shutdown, install_signal_handlers, metrics, systemd_notify,
-                     task_status)
+        await _serve(app, config, shutdown, force, install_signal_handlers, metrics,
+                     systemd_notify, task_status)
     except BaseExceptionGroup as group:
         # Trio's nurseries wrap a start-up error in an exception group; raise the documented
         # exception itself (the CLI catches LifespanFailure and ListenError by type).
@@ -2174,6 +2176,7 @@ async def _serve(
     app: Application,
     config: Config | None,
     shutdown: trio.Event | None,
+    force_event: trio.Event | None,
     install_signal_handlers: bool,
     metrics: Metrics | None,
     systemd_notify: bool,
@@ -2225,6 +2228,8 @@ async def _serve(
             await root.start(_watch_signals, begin_shutdown, force)
         if shutdown is not None:
             root.start_soon(_watch_event, shutdown, begin_shutdown)
+        if force_event is not None:
+            root.start_soon(_watch_event, force_event, force)
         watchdog = systemd.watchdog_interval() if systemd_notify else None
         if watchdog is not None:
             root.start_soon(systemd_watchdog, watchdog)

@@ -143,7 +143,7 @@ class _Worker:
         self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
         self.send_lock = trio.Lock()
         self.shutdown = trio.Event()
-        self.force_scope = trio.CancelScope()
+        self.force = trio.Event()  # SIGQUIT: serve() cancels in-flight requests
         self.metrics = Metrics() if setup.metrics or setup.max_requests is not None else None
         self.failure: str | None = None
         self.listening = _Listening()
@@ -197,7 +197,7 @@ class _Worker:
         else:
             log.warning("worker %d: SIGQUIT: cancelling in-flight requests now", os.getpid())
             self.shutdown.set()
-            self.force_scope.cancel()
+            self.force.set()
 
     async def retire_after(self, limit: int) -> None:
         metrics = self.metrics
@@ -214,7 +214,7 @@ class _Worker:
         """``serve()`` until drained; a start-up failure (the app's, a socket's, the TLS
         files') is kept in :attr:`failure`."""
         try:
-            await serve(self.app, self.setup.config, shutdown=self.shutdown,
+            await serve(self.app, self.setup.config, shutdown=self.shutdown, force=self.force,
                         install_signal_handlers=False, metrics=self.metrics,
                         task_status=self.listening)
         except LifespanFailure as exc:
@@ -237,11 +237,10 @@ class _Worker:
             await outer.start(self.watch_signals)
             outer.start_soon(self.heartbeats)
             outer.start_soon(self.watch_channel)
-            with self.force_scope:
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(self.announce)
-                    await self.run_server()
-                    inner.cancel_scope.cancel()
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self.announce)
+                await self.run_server()
+                inner.cancel_scope.cancel()
             if self.failure is not None:
                 await self.send({"t": "error", "message": self.failure})
             else:
