@@ -69,3 +69,82 @@ async def ws_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif kind == "http":
         await send(_WS_UPGRADE_REQUIRED)
         await send(_WS_UPGRADE_REQUIRED_BODY)
+
+
+# ---------------------------------------------------------------- the suite's other scenarios
+# Each answers the lifespan handshake itself (as ws_echo does), so every server, Hypercorn's trio
+# worker included, runs the same app with no wrapper.
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+BIG = b"x" * 65536
+_BIG_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"application/octet-stream"), (b"content-length", b"65536")],
+}
+_BIG_BODY = {"type": "http.response.body", "body": BIG}
+
+
+async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI: a 64 KiB response body, in one message, with a Content-Length."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+    elif scope["type"] == "http":
+        await send(_BIG_START)
+        await send(_BIG_BODY)
+
+
+async def upload(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI: read the whole request body and answer with its length in bytes (so a server that
+    lost part of a body answers a different number, and a client can check)."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # http.disconnect
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = str(size).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+STREAM_CHUNKS = 16
+CHUNK = b"y" * 1024
+_STREAM_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"application/octet-stream")],  # no length: chunked
+}
+_STREAM_PART = {"type": "http.response.body", "body": CHUNK, "more_body": True}
+_STREAM_END = {"type": "http.response.body", "body": b""}
+
+
+async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI: a streaming response, ``STREAM_CHUNKS`` body messages of 1 KiB each and an empty
+    last one, with no Content-Length (chunked over HTTP/1.1)."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+    elif scope["type"] == "http":
+        await send(_STREAM_START)
+        for _ in range(STREAM_CHUNKS):
+            await send(_STREAM_PART)
+        await send(_STREAM_END)

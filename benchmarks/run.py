@@ -178,17 +178,34 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15
     raise RuntimeError("server did not start listening")
 
 
-def run_wrk(port: int, duration: float, connections: int) -> float:
+WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(port: int, duration: float, connections: int, path: str = "/",
+            script: Path | None = None, strict: bool = False,
+            stats: dict[str, float] | None = None) -> float:
+    """req/s of one ``wrk -t1`` run on CPU 1 against ``path`` (``script``: a wrk Lua script,
+    e.g. for a POST body). With ``strict``, a non-2xx response or a socket error raises
+    RoundFailed; otherwise it is only printed. ``stats``, when given, receives ``p50_ms`` and
+    ``p99_ms``, the latency percentiles of ``wrk --latency``."""
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
-         f"http://127.0.0.1:{port}/"],
+         *(["-s", str(script)] if script else []), *(["--latency"] if stats is not None else []),
+         f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True, timeout=duration + 30,
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out:
+        if strict:
+            problems = re.findall(r"^\s*(Non-2xx.*|Socket errors.*)$", out, re.M)
+            raise RoundFailed("wrk: " + "; ".join(p.strip() for p in problems))
         print(out, file=sys.stderr)
     m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
     if not m:
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    if stats is not None:
+        for q in ("50", "99"):
+            if p := re.search(rf"^\s+{q}%\s+([0-9.]+)(us|ms|s)\s*$", out, re.M):
+                stats[f"p{q}_ms"] = float(p.group(1)) * WRK_UNITS[p.group(2)]
     return float(m.group(1))
 
 
@@ -200,14 +217,18 @@ class RoundFailed(Exception):
 H2_WARM_UP = 2  # seconds
 
 
-def run_h2load(port: int, args: argparse.Namespace) -> float:
+def run_h2load(port: int, args: argparse.Namespace, extra: tuple[str, ...] = (),
+               clients: int | None = None, streams: int | None = None) -> float:
     """One ``h2load`` run (h2c with prior knowledge, as h2load does for http:// URLs): a
-    ``--warm-up-time`` phase, then the measured ``-D`` phase on the same connections. Raises
-    RoundFailed unless every request succeeded with a 2xx and every client completed some."""
+    ``--warm-up-time`` phase, then the measured ``-D`` phase on the same connections; ``extra``
+    options (e.g. ``--h1 --rps N``) and ``clients``/``streams`` replace ``--h2-clients`` and
+    ``--h2-streams``. Raises RoundFailed unless every request succeeded with a 2xx and every
+    client completed some."""
     duration = max(1, round(args.duration))
-    cmd = ["taskset", "-c", "1", "h2load", "-c", str(args.h2_clients), "-m",
-           str(args.h2_streams), "-D", str(duration), f"--warm-up-time={H2_WARM_UP}",
-           f"http://127.0.0.1:{port}/"]
+    clients = args.h2_clients if clients is None else clients
+    streams = args.h2_streams if streams is None else streams
+    cmd = ["taskset", "-c", "1", "h2load", "-c", str(clients), "-m", str(streams), "-D",
+           str(duration), f"--warm-up-time={H2_WARM_UP}", *extra, f"http://127.0.0.1:{port}/"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True,
                               timeout=duration + H2_WARM_UP + 30)
@@ -263,10 +284,14 @@ def running(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         log.close()
 
 
-def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace) -> float:
+def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace, path: str = "/",
+            script: Path | None = None, strict: bool = False, warm_up: float = 2,
+            stats: dict[str, float] | None = None) -> float:
+    """req/s of ``cmd`` under wrk after a ``warm_up``-second run (see ``run_wrk`` for the
+    options; ``stats`` gets the measured run's latency percentiles)."""
     with running(cmd, port):
-        run_wrk(port, 2, args.connections)  # warm-up
-        return run_wrk(port, args.duration, args.connections)
+        run_wrk(port, warm_up, args.connections, path, script, strict)  # warm-up
+        return run_wrk(port, args.duration, args.connections, path, script, strict, stats)
 
 
 def measure_h2(name: str, cmd: list[str], port: int,
