@@ -76,7 +76,8 @@ async def ws_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 # worker included, runs the same app with no wrapper.
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+async def lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI lifespan scope: start-up, then shutdown, both complete."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -98,7 +99,7 @@ _BIG_BODY = {"type": "http.response.body", "body": BIG}
 async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI: a 64 KiB response body, in one message, with a Content-Length."""
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send)
     elif scope["type"] == "http":
         await send(_BIG_START)
         await send(_BIG_BODY)
@@ -108,7 +109,7 @@ async def upload(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI: read the whole request body and answer with its length in bytes (so a server that
     lost part of a body answers a different number, and a client can check)."""
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send)
         return
     if scope["type"] != "http":
         return
@@ -142,7 +143,7 @@ async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI: a streaming response, ``STREAM_CHUNKS`` body messages of 1 KiB each and an empty
     last one, with no Content-Length (chunked over HTTP/1.1)."""
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send)
     elif scope["type"] == "http":
         await send(_STREAM_START)
         for _ in range(STREAM_CHUNKS):

@@ -155,13 +155,8 @@ async def hypercorn_hello(scope: dict[str, Any], receive: Any, send: Any) -> Non
     channel and the worker dies with ``trio.ClosedResourceError`` before serving anything.
     Requests go straight to ``apps.hello``: one more Python call per request, nothing else."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await apps.lifespan(receive, send)
+        return
     await apps.hello(scope, receive, send)
 
 
