@@ -72,6 +72,19 @@ def fed_byte_by_byte(data: bytes) -> ProxyHeader | None:
     return None
 
 
+def assert_valid(data: bytes, expected: ProxyHeader, *followers: bytes) -> None:
+    """``data`` parses as ``expected``, whole and byte by byte, followed by any of
+    ``followers`` (what follows the header is not looked at, and is left to the caller); every
+    proper prefix asks for more bytes."""
+    assert len(data) == expected.length
+    assert parse_proxy_header(data) == expected
+    for follower in followers:
+        assert parse_proxy_header(data + follower) == expected
+    assert fed_byte_by_byte(data + followers[-1]) == expected
+    for i in range(len(data)):
+        assert parse_proxy_header(data[:i]) is None
+
+
 def assert_invalid(data: bytes, message: str) -> None:
     """``data`` is refused with an error matching ``message``, whole and fed byte by byte."""
     with pytest.raises(ProxyProtocolError, match=message):
@@ -97,14 +110,7 @@ V1_CASES = [
 
 @pytest.mark.parametrize(("data", "expected"), V1_CASES)
 def test_v1_valid(data: bytes, expected: ProxyHeader) -> None:
-    assert len(data) == expected.length
-    assert parse_proxy_header(data) == expected
-    # what follows the header is not looked at, and is left to the caller
-    assert parse_proxy_header(data + b"GET / HTTP/1.1\r\n\r\n") == expected
-    assert parse_proxy_header(data + b"\r\x00\n") == expected
-    assert fed_byte_by_byte(data + b"GET /") == expected
-    for i in range(len(data)):  # every proper prefix: more bytes needed
-        assert parse_proxy_header(data[:i]) is None
+    assert_valid(data, expected, b"GET / HTTP/1.1\r\n\r\n", b"\r\x00\n", b"GET /")
 
 
 def test_v1_longest_header_fits() -> None:
@@ -182,12 +188,7 @@ V2_CASES = [
 
 @pytest.mark.parametrize(("data", "expected"), V2_CASES)
 def test_v2_valid(data: bytes, expected: ProxyHeader) -> None:
-    assert len(data) == expected.length
-    assert parse_proxy_header(data) == expected
-    assert parse_proxy_header(data + b"\x16\x03\x01") == expected
-    assert fed_byte_by_byte(data + b"PRI * HTTP/2.0") == expected
-    for i in range(len(data)):
-        assert parse_proxy_header(data[:i]) is None
+    assert_valid(data, expected, b"\x16\x03\x01", b"PRI * HTTP/2.0")
 
 
 @pytest.mark.parametrize(("data", "message"), [
