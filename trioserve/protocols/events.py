@@ -1,13 +1,15 @@
 """Events shared by every protocol: what a parser hands the connection.
 
-All events are frozen and slotted. Header names are lower-cased bytes, values are bytes exactly
-as received (surrounding whitespace stripped, as RFC 9110 §5.5 requires).
+All events are immutable (frozen dataclasses; the request head a named tuple). Header names
+are lower-cased bytes, values are bytes exactly as received (surrounding whitespace stripped,
+as RFC 9110 §5.5 requires).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 __all__ = [
     "NEED_DATA",
@@ -53,13 +55,17 @@ class ResponseError(Exception):
     than its Content-Length, a second response). The connection must be closed."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+class RequestHead(NamedTuple):
     """A complete, validated request line and header section.
 
     ``target`` is the raw request-target; ``headers`` keep the order received with lower-cased
     names. ``content_length`` is ``None`` when the body is chunked or absent; ``chunked`` tells
     which. ``upgrade`` is the ``Upgrade`` header value when the request asks to switch protocols.
+    ``http_version`` is ``b"1.0"``, ``b"1.1"`` or ``b"2"``.
+
+    A named tuple (immutable, compared by value) rather than a frozen dataclass: one is made per
+    request, and a frozen dataclass costs twice as much to build. The protocols make it from
+    what they have already validated, so it checks nothing itself.
     """
 
     method: bytes
@@ -71,12 +77,6 @@ class RequestHead:
     content_length: int | None
     chunked: bool
     upgrade: bytes | None = None
-
-    def __post_init__(self) -> None:
-        if self.http_version not in (b"1.0", b"1.1", b"2"):
-            raise ValueError(f"unsupported HTTP version {self.http_version!r}")
-        if self.content_length is not None and self.content_length < 0:
-            raise ValueError("content_length must be >= 0")
 
     @property
     def has_body(self) -> bool:
