@@ -108,6 +108,16 @@ _REQUEST_LINE_RE: Final = re.compile(
 _FIELD_LINE_BAD_RE: Final = re.compile(
     rb"\r\n(?!\r\n|\Z)(?![!#$%&'*+\-.^_`|~0-9A-Za-z]+:)")
 
+# The request fields _validate looks at (every other field is passed through).
+_REQUEST_FIELD_KINDS: Final = {
+    b"host": 1, b"content-length": 2, b"transfer-encoding": 3, b"connection": 4, b"upgrade": 5,
+    b"expect": 6,
+}
+# Host values found valid: a server sees the same few again and again.
+_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS_MAX: Final = 1024  # emptied when full: a bound, not an LRU
+_VALID_HOST_MAX: Final = 255  # longer values are checked every time, never remembered
+
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # Response fields the protocol handles itself: 1 content-length, 2 transfer-encoding,
 # 3 connection, 4 date, 5 server.
@@ -133,16 +143,47 @@ _STATUS_LINES: Final[dict[int, bytes]] = {}
 for _s in HTTPStatus:
     _STATUS_LINES[int(_s)] = b"HTTP/1.1 %d %s\r\n" % (int(_s), _s.phrase.encode("ascii"))
 
-_date_cache: list[object] = [0, b""]
+_date_cache: list[object] = [0, b"", b""]
 
 
 def date_header_value() -> bytes:
     """The current IMF-fixdate, recomputed at most once per second."""
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+        _set_date(now)
     return _date_cache[1]  # type: ignore[return-value]
+
+
+def date_line() -> bytes:
+    """``date: <IMF-fixdate>\\r\\n``, recomputed at most once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _set_date(now)
+    return _date_cache[2]  # type: ignore[return-value]
+
+
+def _set_date(now: int) -> None:
+    value = formatdate(now, usegmt=True).encode("ascii")
+    _date_cache[1:] = [value, b"date: %s\r\n" % value]
+    _date_cache[0] = now
+
+
+# Every byte a valid head may hold (see _next_head): field-vchar, obs-text, SP, HTAB, CR, LF.
+_HEAD_OK_BYTES: Final = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t\r\n"
+
+
+def _raise_bad_head(head: bytes) -> None:
+    """Raise the :class:`ProtocolError` for the first fault :data:`_HEAD_BAD_RE` finds in
+    ``head``: obs-fold, a bare CR or LF, or a control byte."""
+    bad = _HEAD_BAD_RE.search(head)
+    if bad is None:  # pragma: no cover - the scans in _next_head find what the regex finds
+        raise ProtocolError("malformed request head")
+    c = bad.group()
+    if len(c) == 2:  # "\n" then SP or HTAB
+        raise ProtocolError("obsolete line folding (obs-fold) is not accepted")
+    if c in (b"\r", b"\n"):
+        raise ProtocolError("bare CR or LF in request head")
+    raise ProtocolError("control character in request head")
 
 
 def _comma_tokens(value: bytes) -> list[bytes]:
@@ -252,6 +293,7 @@ class HTTP1Protocol:
         "_send_state",
         "_sent_body",
         "_server_header",
+        "_server_line",
         "keep_alive",
         "response_status",
     )
@@ -273,6 +315,8 @@ class HTTP1Protocol:
         # request line + CRLF + header section + final CRLF
         self._max_head = max_request_line_size + max_request_headers_total_size + 4
         self._server_header = server_header
+        self._server_line = (b"server: %s\r\n" % server_header
+                             if server_header is not None else None)
         self._buf = bytearray()
         self._scan_from = 0
         self._empty_lines = 0
@@ -377,14 +421,14 @@ class HTTP1Protocol:
         if end - line_end > self._max_headers_size:
             raise ProtocolError("request header section too large", 431)
         head = bytes(buf[:head_end])
-        bad = _HEAD_BAD_RE.search(head)
-        if bad is not None:
-            c = bad.group()
-            if len(c) == 2:  # "\n" then SP or HTAB
-                raise ProtocolError("obsolete line folding (obs-fold) is not accepted")
-            if c in (b"\r", b"\n"):
-                raise ProtocolError("bare CR or LF in request head")
-            raise ProtocolError("control character in request head")
+        # What _HEAD_BAD_RE finds, tested first with a few whole-buffer scans in C (the regex
+        # costs several times more on a browser's head), which every good head passes: no byte
+        # outside visible ASCII, obs-text, SP, HTAB, CR, LF; every CR and LF in a CRLF; no line
+        # starting with SP or HTAB.
+        crlf = head.count(b"\r\n")
+        if (head.translate(None, _HEAD_OK_BYTES) or head.count(b"\r") != crlf
+                or head.count(b"\n") != crlf or b"\n " in head or b"\n\t" in head):
+            _raise_bad_head(head)
         if self._fast:
             fast = _parse_with_httptools(head)
             if fast is not None:
@@ -453,23 +497,27 @@ class HTTP1Protocol:
         upgrade: bytes | None = None
         expects_continue = False
         waits_for_continue = False  # h11's rule: "100-continue" among any Expect's tokens
+        kind_of = _REQUEST_FIELD_KINDS.get
         for name, value in headers:
-            if name == b"host":
+            kind = kind_of(name)
+            if kind is None:
+                continue
+            if kind == 1:  # host
                 host_count += 1
                 host = value
-            elif name == b"content-length":
+            elif kind == 2:  # content-length
                 # h11's rule (at most 20 digits), so both parsers judge alike: llhttp would
                 # take "000…0005" of any length.
                 if len(value) > 20 or not value.isdigit():
                     raise ProtocolError("bad Content-Length")
                 content_length = int(value)
-            elif name == b"transfer-encoding":
+            elif kind == 3:  # transfer-encoding
                 chunked = True
-            elif name == b"connection":
+            elif kind == 4:  # connection
                 connection_tokens.extend(_comma_tokens(value))
-            elif name == b"upgrade":
+            elif kind == 5:  # upgrade
                 upgrade = value
-            elif name == b"expect":
+            else:  # expect
                 expects_continue = value.lower() == b"100-continue"
                 waits_for_continue = waits_for_continue or b"100-continue" in _comma_tokens(value)
         if chunked:
@@ -490,8 +538,13 @@ class HTTP1Protocol:
             raise ProtocolError("Found multiple Host: headers")  # h11's words: one verdict
         if host_count == 0 and version == b"1.1":
             raise ProtocolError("Missing mandatory Host: header")
-        if host and _HOST_RE.fullmatch(host) is None:
-            raise ProtocolError("invalid Host field")
+        if host and host not in _VALID_HOSTS:
+            if _HOST_RE.fullmatch(host) is None:
+                raise ProtocolError("invalid Host field")
+            if len(host) <= _VALID_HOST_MAX:
+                if len(_VALID_HOSTS) >= _VALID_HOSTS_MAX:
+                    _VALID_HOSTS.clear()
+                _VALID_HOSTS.add(host)
         if b"#" in target:
             raise ProtocolError("a request-target cannot contain a fragment ('#')")
         if method == b"CONNECT":  # authority-form only, never origin-form (RFC 9112 §3.2.3)
@@ -661,14 +714,19 @@ class HTTP1Protocol:
         keep_alive = self.keep_alive
         content_length: int | None = None
         has_date = has_server = False
-        out = [status_line(status, reason)]
+        line = _STATUS_LINES.get(status) if reason is None else None
+        out = [line if line is not None else status_line(status, reason)]
         append = out.append
-        for name, value in headers:
-            kind = check_response_field(name, value)
+        cache = _OUT_LINES
+        for field in headers:
+            entry = cache.get(field) if type(field) is tuple else None
+            if entry is None:
+                entry = _out_line(field)
+            kind, line = entry
             if not kind:
-                append(b"%s: %s\r\n" % (name, value))
+                append(line)
             elif kind == 1:  # content-length: re-emitted below once framing is decided
-                value = value.strip()
+                value = field[1].strip()
                 if _CONTENT_LENGTH_RE.fullmatch(value) is None:
                     raise ResponseError(f"invalid Content-Length {value!r}")
                 n = int(value)
@@ -676,7 +734,7 @@ class HTTP1Protocol:
                     raise ResponseError("conflicting Content-Length headers")
                 content_length = n
             elif kind == 3:  # connection
-                if b"close" in _comma_tokens(value):
+                if b"close" in _comma_tokens(field[1]):
                     keep_alive = False
             elif kind == 2:  # transfer-encoding: framing is ours
                 pass
@@ -685,11 +743,11 @@ class HTTP1Protocol:
                     has_date = True
                 else:
                     has_server = True
-                append(b"%s: %s\r\n" % (name, value))
+                append(line)
         if not has_date:
-            append(b"date: %s\r\n" % date_header_value())
-        if not has_server and self._server_header is not None:
-            append(b"server: %s\r\n" % self._server_header)
+            append(date_line())
+        if not has_server and self._server_line is not None:
+            append(self._server_line)
         is_head = req is not None and req.method == b"HEAD"
         if status == 101:
             self._body_allowed = False
@@ -857,6 +915,31 @@ def _transfer_coding_status(head: bytes) -> int:
 _CHECKED_HEADERS: dict[tuple[bytes, bytes], int] = {}
 _CHECKED_HEADERS_MAX: Final = 4096  # emptied when full: a bound, not an LRU
 _CHECKED_FIELD_MAX: Final = 256  # longer fields (reflected cookies, tokens) are not remembered
+
+
+# Response fields already checked: field -> (its kind for check_response_field, its line as
+# sent). Bounded like _CHECKED_HEADERS.
+_OUT_LINES: Final[dict[object, tuple[int, bytes]]] = {}
+
+
+def _out_line(field: object) -> tuple[int, bytes]:
+    """Check one response field (raises :class:`ResponseError`), give its kind and its
+    ``name: value\\r\\n`` line, and remember both for a field seen again."""
+    name: bytes
+    value: bytes
+    try:
+        name, value = field  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ResponseError(f"a response header must be a (name, value) pair, got "
+                            f"{field!r}") from None
+    kind = check_response_field(name, value)
+    entry = (kind, b"%s: %s\r\n" % (name, value))
+    if type(field) is tuple and type(name) is bytes and type(value) is bytes \
+            and len(name) + len(value) <= _CHECKED_FIELD_MAX:
+        if len(_OUT_LINES) >= _CHECKED_HEADERS_MAX:
+            _OUT_LINES.clear()
+        _OUT_LINES[field] = entry
+    return entry
 
 
 def check_response_field(name: bytes, value: bytes) -> int:
