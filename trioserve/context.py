@@ -91,7 +91,10 @@ class Connection(Protocol):
         ...
     @property
     def stream(self) -> trio.abc.Stream: ...
-    async def send_all(self, data: bytes) -> None: ...
+    async def send_all(self, data: bytes, *, last: bool = False) -> None:
+        """Write response bytes; ``last``: the response's last write (the connection yields to
+        the scheduler before the next request instead of after it)."""
+        ...
     async def receive_body_event(self, exchange: Exchange) -> BodyData | EndOfBody: ...
     async def wait_for_disconnect(self, exchange: Exchange) -> None: ...
     async def send_file(self, path: str | os.PathLike[str] | int, offset: int, count: int,
@@ -576,8 +579,8 @@ class H1Response(ResponseState):
         return proto.response_head(self._status, self._headers, reason=reason,
                                    body_length=body_length)
 
-    async def _send(self, data: bytes) -> None:
-        await self._ex.conn.send_all(data)
+    async def _send(self, data: bytes, last: bool = False) -> None:
+        await self._ex.conn.send_all(data, last=last)
         self.bytes_sent += len(data)
 
     # EarlyHintsFeature
@@ -616,7 +619,7 @@ class H1Response(ResponseState):
             out = proto.response_body(data) + proto.response_end(trailers or [])
         self._done = True
         if out:
-            await self._send(out)
+            await self._send(out, last=True)
         self.delivered = True
         self._ex.signal_done()
 

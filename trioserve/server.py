@@ -464,10 +464,13 @@ class _SocketIO(_Fairness):
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
 
-    async def send_all(self, data: bytes, rate: MinDataRate | None) -> None:
+    async def send_all(self, data: bytes, rate: MinDataRate | None, *,
+                       last: bool = False) -> None:
         """Send everything. When the client does not take the bytes at once, the wait is bounded
         by ``rate`` (grace period plus the time the bytes take at the minimum rate); past it
-        the connection is broken off (``trio.BrokenResourceError``)."""
+        the connection is broken off (``trio.BrokenResourceError``). ``last``: a response's
+        last write, after which the connection reads the next request, which yields (see
+        ``_H1Connection._read_head``); so a write that completes at once does not yield too."""
         sock = self.sock
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
@@ -477,7 +480,8 @@ class _SocketIO(_Fairness):
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
         if sent == len(data):
-            await self.fairness()
+            if not last:
+                await self.fairness()
             return
         view = memoryview(data)[sent:]
         with trio.CancelScope(deadline=write_deadline(rate, len(view))) as scope:
@@ -572,7 +576,8 @@ class _TlsIO(_Fairness):
                 return b""
             raise
 
-    async def send_all(self, data: bytes, rate: MinDataRate | None) -> None:
+    async def send_all(self, data: bytes, rate: MinDataRate | None, *,
+                       last: bool = False) -> None:
         with trio.CancelScope(deadline=write_deadline(rate, len(data))) as scope:
             piece = self.SEND_PIECE
             if len(data) <= piece:
@@ -708,12 +713,13 @@ class _H1Connection:
 
     # ------------------------------------------------------------------ I/O primitives
 
-    async def send_all(self, data: bytes) -> None:
-        """Write response bytes. If the write does not complete (client gone or too slow,
+    async def send_all(self, data: bytes, *, last: bool = False) -> None:
+        """Write response bytes (``last``: the response's last write, see
+        :meth:`_SocketIO.send_all`). If the write does not complete (client gone or too slow,
         or cancelled), the exchange is aborted: the protocol already counted these bytes, so
         the response can no longer be finished honestly, nor the connection reused."""
         try:
-            await self.io.send_all(data, self.response_rate)
+            await self.io.send_all(data, self.response_rate, last=last)
         except BaseException as exc:
             self._abort_exchange()
             if isinstance(exc, trio.BrokenResourceError):
@@ -1044,14 +1050,29 @@ class _H1Connection:
         self.h2_handover = _H2Handover(leftover, settings, ex.head, b"".join(chunks), None)
 
     async def _read_head(self) -> RequestHead | None:
+        """The next request's head, ``None`` when the connection is to end (EOF between
+        requests, a bad head answered with its 4xx, a deadline or a drain while idle).
+
+        Post-conditions: :attr:`timer` has no deadline, so the app never runs under a head's
+        deadline; the task went through the scheduler at least once since the last response
+        (a wait, or :meth:`_Fairness.fairness` for a head that was already there), which the
+        response's last write relies on (it does not yield itself)."""
         proto = self.proto
         server = self.server
+        timer = self.timer
         try:
             ev = proto.next_event()
-            known_empty = False
+            known_empty = yielded = False
             if ev is NEED_DATA:
                 # Bytes already waiting in the socket need no deadline.
                 data = self.io.try_receive()
+                if data is None and not self.first:
+                    # Under load the client's next request often arrives while the other
+                    # connections take their turn: let them, then look again, before paying
+                    # for a wait (an epoll registration and a wake-up).
+                    await self.io.fairness()
+                    data = self.io.try_receive()
+                    yielded = True
                 if data is not None:
                     proto.receive_data(data)
                     ev = proto.next_event()
@@ -1059,7 +1080,6 @@ class _H1Connection:
                     known_empty = True
             if ev is NEED_DATA:
                 timeouts = server.config.timeouts
-                timer = self.timer
                 # Idle: no byte of the next request yet. A connection's first request gets the
                 # request-headers timeout from accept; later ones the keep-alive timeout.
                 idle = not proto.has_partial_request
@@ -1076,13 +1096,17 @@ class _H1Connection:
                 while ev is NEED_DATA:
                     data = await self.io.receive(known_empty=known_empty)
                     known_empty = False
-                    if idle and data:
+                    began = idle and bool(data)
+                    if began:
                         idle = False
                         waits.discard(timer)
-                        if not self.first:  # the first request's deadline runs from accept
-                            timer.deadline = trio.current_time() + timeouts.request_headers
                     proto.receive_data(data)
                     ev = proto.next_event()
+                    if began and ev is NEED_DATA and not self.first:
+                        # The rest of a head whose first bytes came gets the request-headers
+                        # timeout (the first request's runs from accept). Most heads arrive
+                        # whole: then no deadline is set for nothing (the setter is not cheap).
+                        timer.deadline = trio.current_time() + timeouts.request_headers
                 if idle:
                     waits.discard(timer)
                 timer.deadline = math.inf
@@ -1091,9 +1115,17 @@ class _H1Connection:
                     # bytes were arriving: the app must not run under a cancelled scope. The
                     # client sees the close that the keep-alive race always allows.
                     return None
+            else:
+                # A head that was already there (read while sniffing for the HTTP/2 preface,
+                # pipelined, or in the socket): no wait, so yield here (see the post-conditions),
+                # and the app must not run under the first head's deadline from accept.
+                if timer.deadline != math.inf:
+                    timer.deadline = math.inf
+                if not yielded:
+                    await self.io.fairness()
         except ProtocolError as exc:
             log.debug("bad request from %s: %s", self.peer_text, exc.message)
-            self.timer.deadline = math.inf
+            timer.deadline = math.inf
             await self._send_error(exc.status_hint, exc.message)
             return None
         except trio.BrokenResourceError:
@@ -1102,9 +1134,6 @@ class _H1Connection:
         if type(ev) is ConnectionClosed:
             return None
         assert type(ev) is RequestHead
-        # A head that was already buffered (read while sniffing for the HTTP/2 preface, or
-        # pipelined) skipped the wait above: the app must not run under the head's deadline.
-        self.timer.deadline = math.inf
         return ev
 
     async def _send_error(self, status: int, message: str) -> None:
