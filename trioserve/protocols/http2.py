@@ -71,6 +71,7 @@ from hyperframe.frame import (
     GoAwayFrame,
     HeadersFrame,
     PushPromiseFrame,
+    RstStreamFrame,
 )
 
 from .events import Headers, ProtocolError, RequestHead, ResponseError
@@ -386,7 +387,7 @@ class _CountingConnection(h2.connection.H2Connection):
         cls = frame.__class__
         if cls is DataFrame or cls is HeadersFrame:
             before = len(self._data_to_send)
-            events = super()._receive_frame(frame)
+            events = self._dispatch_frame(frame)
             if len(self._data_to_send) != before or (
                     cls is DataFrame and not getattr(frame, "data", b"")
                     and "END_STREAM" not in frame.flags):
@@ -394,7 +395,38 @@ class _CountingConnection(h2.connection.H2Connection):
             return events
         if cls not in _NOT_CONTROL:
             self.control_frames += 1
-        return super()._receive_frame(frame)
+        return self._dispatch_frame(frame)
+
+    def _dispatch_frame(self, frame: Frame) -> Any:
+        """h2's ``_receive_frame`` (4.1-4.4) without its first line, which formats every
+        frame with ``repr`` for a logger that discards it: about 3% of an HTTP/2 request's
+        cost. The rest is h2's, line for line."""
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except h2.exceptions.StreamClosedError as e:
+            # Closed by RST_STREAM: a stream error (RST_STREAM back); else a connection error.
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
+                raise
+        except h2.exceptions.StreamIDTooLowError as e:
+            # A stream closed by RST_STREAM is a stream error; by END_STREAM, or implicitly
+            # (a higher stream was opened), a connection error.
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise h2.exceptions.StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
 
     def _receive_settings_frame(self, frame: Any) -> Any:
         settings = frame.settings
