@@ -48,6 +48,7 @@ from trioserve.features import (
     ConnectionFeature,
     EarlyHintsFeature,
     FeatureCollection,
+    FeatureMissingError,
     FeatureStateError,
     LifespanFailure,
     RequestBodyFeature,
@@ -131,20 +132,23 @@ class ASGIBridge:
 
     async def __call__(self, ctx: RequestContext) -> None:
         features = ctx.features
-        ws = features.get(WebSocketFeature)
+        get = features.get
+        ws = get(WebSocketFeature)
         if ws is not None:
             await self._websocket(ctx, ws)
             return
-        req = features[RequestFeature]
-        body = features[RequestBodyFeature]
-        resp = features[ResponseFeature]
-        out = features[ResponseBodyFeature]
+        req = get(RequestFeature)
+        body = get(RequestBodyFeature)
+        resp = get(ResponseFeature)
+        out = get(ResponseBodyFeature)
+        if req is None or body is None or resp is None or out is None:
+            raise FeatureMissingError("an HTTP request needs the request, request body, "
+                                      "response and response body features")
         scope = self._scope(features, req, "http", req.scheme, {
             "http.response.pathsend": {}, "http.response.trailers": {},
             "http.response.early_hint": {}})
         scope["method"] = req.method
-        h = _HTTPCycle(body, resp, out, features.get(RequestLifetimeFeature),
-                       features.get(EarlyHintsFeature))
+        h = _HTTPCycle(body, resp, out, get(RequestLifetimeFeature), get(EarlyHintsFeature))
         await self.app(scope, h.receive, h.send)
         if not out.is_complete and not h.disconnected:
             if resp.has_started or h.started:

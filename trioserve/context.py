@@ -263,9 +263,13 @@ class H1Request:
     def __init__(self, ex: Exchange) -> None:
         self._ex = ex
         head = ex.head
-        raw_path, query = _split_target(head.method, head.target)
+        target = head.target
+        if target[:1] == b"/":  # origin-form, nearly every request: _split_target inlined
+            raw_path, _, query = target.partition(b"?")
+        else:
+            raw_path, query = _split_target(head.method, target)
         self.method = head.method.decode("ascii")
-        self.raw_target = head.target
+        self.raw_target = target
         self.raw_path = raw_path
         self.query_string = query
         self.path = decode_path(raw_path)
@@ -525,6 +529,10 @@ class ResponseState:
             self._completed_cbs = []
         self._completed_cbs.append(callback)
 
+    @property
+    def has_completed_callbacks(self) -> bool:
+        return bool(self._completed_cbs)
+
     def take_completed_callbacks(self) -> list[Callback]:
         cbs, self._completed_cbs = self._completed_cbs or [], None
         return cbs
@@ -568,11 +576,13 @@ class H1Response(ResponseState):
 
     async def _head(self, body_length: int | None) -> bytes:
         ex = self._ex
-        await self.run_starting_callbacks()
-        proto = ex.conn.proto
-        if ex.conn.draining:
+        if self._starting_cbs:
+            await self.run_starting_callbacks()
+        conn = ex.conn
+        proto = conn.proto
+        if conn.draining:
             proto.keep_alive = False
-        if proto.keep_alive and ex.unread_body_ends_connection():
+        elif proto.keep_alive and not ex.body.is_complete and ex.unread_body_ends_connection():
             # Answering before the body was read: say now that the connection will close.
             proto.keep_alive = False
         reason = self._reason.encode("latin-1") if self._reason is not None else None

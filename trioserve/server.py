@@ -1176,12 +1176,12 @@ class _H1Connection:
                     pass
                 except Exception as exc:  # an on_starting callback, an invalid header …
                     await self._app_failed(ex, exc)
-            callbacks = response.take_completed_callbacks()
-            for cb in reversed(callbacks):
-                try:
-                    await cb()
-                except Exception:
-                    log.exception("an on_completed callback failed")
+            if response.has_completed_callbacks:
+                for cb in reversed(response.take_completed_callbacks()):
+                    try:
+                        await cb()
+                    except Exception:
+                        log.exception("an on_completed callback failed")
         except BaseException:
             # Cancelled (the graceful shutdown's deadline, a second signal), a WebSocket too.
             server.count_request(ex.request.http_version, False, response, ex.body.received,
@@ -1189,9 +1189,10 @@ class _H1Connection:
             raise
         # Body limits were counted where they fired; a server's error answer (ex.rejected) is
         # an answer, an upgrade's 101 too.
-        server.count_request(ex.request.http_version,
-                             response.delivered or ex.rejected or ex.upgraded, response,
-                             ex.body.received, ex.start_time)
+        if server.metrics is not None:
+            server.count_request(ex.request.http_version,
+                                 response.delivered or ex.rejected or ex.upgraded, response,
+                                 ex.body.received, ex.start_time)
         if server.access_log:
             self._log_access(ex)
         if ex.upgraded or ex.aborted:

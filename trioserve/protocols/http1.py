@@ -118,6 +118,10 @@ _VALID_HOSTS: set[bytes] = set()
 _VALID_HOSTS_MAX: Final = 1024  # emptied when full: a bound, not an LRU
 _VALID_HOST_MAX: Final = 255  # longer values are checked every time, never remembered
 
+# The end of every request without a body, shared (nothing reads an HTTP/1.1 request's
+# trailers but the protocol's own tests).
+_END_OF_EMPTY_BODY: Final = EndOfBody([])
+
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # Response fields the protocol handles itself: 1 content-length, 2 transfer-encoding,
 # 3 connection, 4 date, 5 server.
@@ -374,7 +378,7 @@ class HTTP1Protocol:
                 # (RFC 9112 §6.3 rule 7), so h11 need not be asked; its buffer keeps any
                 # pipelined bytes for start_next_cycle.
                 self._recv_state = "done"
-                return EndOfBody([])
+                return _END_OF_EMPTY_BODY
             return self._next_body_event()
         if state == "head":
             return self._next_head()
