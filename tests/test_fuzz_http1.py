@@ -95,3 +95,56 @@ def test_small_limits_give_4xx_not_crashes(data: st.DataObject) -> None:
     if outcome.error is not None:
         assert outcome.error.status_hint in (400, 414, 431), outcome.error
     check_same_parsers(req.raw, **limits)
+
+
+def _verdict_of_h11_connection(head: bytes) -> tuple[str, object]:
+    """What ``h11.Connection`` (the reference) makes of a complete head, through the same
+    validation as the protocol: ``("ok", RequestHead)`` or ``("error", (message, status))``."""
+    import h11
+
+    from trioserve.protocols.events import ProtocolError
+    from trioserve.protocols.http1 import HTTP1Protocol
+
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    try:
+        ev = conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        return "error", (str(exc) or "malformed request", exc.error_status_hint)
+    assert type(ev) is h11.Request
+    try:
+        return "ok", HTTP1Protocol()._validate(
+            ev.method, ev.target, ev.http_version,
+            [(n.lower(), v) for n, v in ev.headers.raw_items()], head)
+    except ProtocolError as exc:
+        return "error", (exc.message, exc.status_hint)
+
+
+def _verdict_of_reader(head: bytes) -> tuple[str, object]:
+    from trioserve.protocols.events import ProtocolError
+    from trioserve.protocols.http1 import HTTP1Protocol, _parse_bodyless_with_h11
+
+    try:
+        return "ok", _parse_bodyless_with_h11(head, HTTP1Protocol()._validate)
+    except ProtocolError as exc:
+        return "error", (exc.message, exc.status_hint)
+
+
+@FUZZ
+@given(mutated_requests())
+@example(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\n\r\n")
+@example(b"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n")
+def test_bodyless_head_reader_matches_h11_connection(raw: bytes) -> None:
+    """A head without Content-Length or Transfer-Encoding is parsed by h11's request reader
+    alone (``_parse_bodyless_with_h11``, the h11 parser's fast path): it accepts and refuses
+    exactly what ``h11.Connection`` does, with the same request or the same message."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return
+    head = raw.lstrip(b"\r\n")[: raw.lstrip(b"\r\n").find(b"\r\n\r\n") + 4]
+    lower = head.lower()
+    if b"\ncontent-length:" in lower or b"\ntransfer-encoding:" in lower:
+        return
+    assert _verdict_of_reader(head) == _verdict_of_h11_connection(head)
