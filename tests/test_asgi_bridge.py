@@ -803,3 +803,42 @@ async def test_early_hints_after_the_response_started_are_an_app_error() -> None
     assert b" 103 " not in data
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert_incomplete(data)  # the response was cut short: the app failed mid-response
+
+
+_USER: Any = __import__("contextvars").ContextVar("user", default="nobody")
+
+
+async def _context_app(scope: Scope, receive: Any, send: Any) -> None:
+    """Answers the value of a context variable before and after setting it to the query
+    string, across a suspension (so it is set in the request's own context for its whole
+    life); sets it again in an on_completed-like late step, after the response."""
+    if scope["type"] != "http":
+        return
+    before = _USER.get()
+    _USER.set(scope["query_string"].decode() or before)
+    await trio.lowlevel.checkpoint()
+    body = f"{before} {_USER.get()}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+    _USER.set("after-the-response")
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1-keep-alive", "h2c"])
+async def test_context_variables_do_not_leak_between_requests(http2: bool) -> None:
+    """Each request runs in its own copy of the connection's context, as a task per request
+    would: what one request's app sets is never seen by the next one on the same connection
+    (behind a proxy, the next request may be another client's)."""
+    with trio.fail_after(TIMEOUT):
+        async with run_server(_context_app) as srv, httpx.AsyncClient(
+                http1=not http2, http2=http2) as client:
+            url = f"http://127.0.0.1:{srv.port}/"
+            first = await client.get(url + "?alice")
+            second = await client.get(url)
+            third = await client.get(url + "?bob")
+            assert first.http_version == second.http_version == ("HTTP/2" if http2
+                                                                  else "HTTP/1.1")
+    assert first.text == "nobody alice"
+    assert second.text == "nobody nobody"
+    assert third.text == "nobody bob"
+    assert _USER.get() == "nobody"  # nor does it reach the server's own context

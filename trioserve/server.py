@@ -23,6 +23,7 @@ application's shutdown) and short clean-up deadlines for closing and lingering.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import itertools
 import logging
@@ -34,8 +35,9 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar
 
 import trio
 
@@ -399,6 +401,38 @@ class _Fairness:
         budget of 16 operations gave a p99 of 0.2-0.8 s under wrk's 50 connections, against
         about 20 ms now, for 4-6% of throughput; benchmarks/suite.py)."""
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+_T = TypeVar("_T")
+
+
+@types.coroutine
+def in_context(context: contextvars.Context,
+               coro: Coroutine[Any, Any, _T]) -> Generator[Any, Any, _T]:
+    """Await ``coro`` with each of its steps run in ``context``: the HTTP/1.1 requests of one
+    connection run one after another in the connection's task, and each gets its own copy of
+    the connection's context, as a task of its own would (HTTP/2 streams are tasks), so a
+    context variable an app sets in one request is never seen by the next one, which behind a
+    proxy may be another client's. Exceptions, cancellation and the return value pass through
+    unchanged."""
+    step: Any = coro.send
+    arg: Any = None
+    while True:
+        try:
+            yielded = context.run(step, arg)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        try:
+            arg = yield yielded
+            step = coro.send
+        except BaseException as exc:  # thrown in by Trio (or a close): the coroutine's to handle
+            arg = exc
+            step = coro.throw
+
+
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    """``awaitable`` as a coroutine (what :func:`in_context` steps)."""
+    return await awaitable
 
 
 class ResponseTooSlow(trio.BrokenResourceError):
@@ -1154,6 +1188,9 @@ class _H1Connection:
         if not head.has_body:
             proto.next_event()  # the (empty) body's end
         response = ex.response
+        # The app's code (the call, a completion that runs its on_starting callbacks, its
+        # on_completed callbacks) runs in a copy of the connection's context (see in_context).
+        context = contextvars.copy_context()
         try:
             try:
                 if head.upgrade is not None and self.sniff:
@@ -1161,7 +1198,7 @@ class _H1Connection:
                     if settings is not None:
                         await self._h2c_upgrade(ex, settings)
                         return
-                await server.call_app(ex.context, head)
+                await in_context(context, server.call_app(ex.context, head))
             except (ClientDisconnected, RequestBodyTooLarge):
                 if not response.is_complete:
                     ex.mark_aborted()
@@ -1171,7 +1208,7 @@ class _H1Connection:
             if not response.is_complete and not ex.aborted and not ex.rejected:
                 # The app returned without completing: finish what it started.
                 try:
-                    await response.complete()
+                    await in_context(context, response.complete())
                 except ClientDisconnected:
                     pass
                 except Exception as exc:  # an on_starting callback, an invalid header …
@@ -1179,7 +1216,7 @@ class _H1Connection:
             if response.has_completed_callbacks:
                 for cb in reversed(response.take_completed_callbacks()):
                     try:
-                        await cb()
+                        await in_context(context, _awaited(cb()))
                     except Exception:
                         log.exception("an on_completed callback failed")
         except BaseException:
