@@ -38,6 +38,7 @@ cannot pose as ``X-Forwarded-For``), repeated headers are joined with ``", "`` (
 from __future__ import annotations
 
 import collections
+import contextvars
 import io
 import logging
 import os
@@ -376,7 +377,7 @@ class _WorkerPool:
             if job.abandoned and not job.always:
                 result: outcome.Outcome[Any] = _ended()
             else:
-                result = outcome.capture(job.fn, *job.args, job)
+                result = outcome.capture(_run_job, job)
                 if isinstance(result, outcome.Error) and not isinstance(result.error, Exception):
                     # KeyboardInterrupt, SystemExit … from application code: a failed request,
                     # not a reason to stop the server.
@@ -385,6 +386,12 @@ class _WorkerPool:
                     result = outcome.Error(err)
             job.run.done.append((job, result))
             del job, result
+
+
+def _run_job(job: _Job) -> Any:
+    """Worker thread: the job's call, in a copy of the thread's own (empty) context, so a
+    context variable one request sets is not seen by the next request this thread runs."""
+    return contextvars.copy_context().run(job.fn, *job.args, job)
 
 
 class FileWrapper:

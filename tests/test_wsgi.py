@@ -1489,3 +1489,26 @@ async def test_a_thread_that_cannot_start_fails_no_request(
                     nursery.start_soon(one, i)
     assert sorted(got) == sorted(f"/{i}".encode() for i in range(10))
     assert "cannot start a WSGI worker thread" in caplog.text
+
+
+_WSGI_USER: Any = __import__("contextvars").ContextVar("wsgi_user", default="nobody")
+
+
+def _context_wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    before = _WSGI_USER.get()
+    _WSGI_USER.set(environ["QUERY_STRING"] or before)
+    body = f"{before} {_WSGI_USER.get()}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+async def test_context_variables_do_not_leak_between_requests() -> None:
+    """A worker thread runs each request in a fresh copy of its own context: a context
+    variable one request sets is not seen by the next request the thread runs (one thread, so
+    every request goes through the same one)."""
+    with trio.fail_after(10):
+        async with run_server(WSGIBridge(_context_wsgi_app, threads=1), asgi=False) as srv, \
+                httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{srv.port}/"
+            texts = [(await client.get(url + q)).text for q in ("?alice", "", "?bob", "")]
+    assert texts == ["nobody alice", "nobody nobody", "nobody bob", "nobody nobody"]
