@@ -53,6 +53,8 @@ def servers(port: int) -> dict[str, list[str]]:
     trioserve = [PY, "-m", "trioserve", "apps:hello", "--app-dir", str(HERE),
                  "--port", str(port)]
     out = {
+        # not a server: Trio's own cost per request, with no HTTP (see ceiling_trio.py)
+        "ceiling: trio, no HTTP (canned bytes)": [PY, str(HERE / "ceiling_trio.py"), str(port)],
         "floor: trio+h11 (h11 send)": [PY, str(HERE / "floor_h11.py"), str(port), "h11"],
         "floor: trio+h11 (prebuilt bytes)": [PY, str(HERE / "floor_h11.py"), str(port),
                                              "prebuilt"],
