@@ -756,7 +756,7 @@ class _H1Connection:
             await self.io.send_all(data, self.response_rate, last=last)
         except BaseException as exc:
             self._abort_exchange()
-            if isinstance(exc, trio.BrokenResourceError):
+            if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
                 if type(exc) is ResponseTooSlow and self.server.metrics is not None:
                     self.server.metrics.reject("response_rate")
                 raise ClientDisconnected("the client disconnected") from exc
@@ -817,7 +817,7 @@ class _H1Connection:
         try:
             # b"" (EOF mid-body) goes to the protocol, which reports a truncated body (400).
             return await self.io.receive()
-        except trio.BrokenResourceError as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             exchange.mark_aborted()
             raise ClientDisconnected("the client disconnected") from exc
 
@@ -855,7 +855,9 @@ class _H1Connection:
                     while exchange.read_ahead < MAX_PIPELINE_BUFFER:
                         try:
                             data = await io.receive()
-                        except trio.BrokenResourceError:
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            # (closed: by the connection's own end, while a task outside it
+                            # waited, as asyncio-compat's receive() runs in the loop's task)
                             data = b""
                         if not self._keep_read_ahead(exchange, data):
                             return
