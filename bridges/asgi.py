@@ -26,6 +26,19 @@ Behaviour worth knowing:
   WebSocket with 1000 and one that raises with 1011. ``websocket.disconnect`` carries the peer's
   close code (1006 when the connection dropped without a close frame).
 
+Event loop, ``loop``: ``"trio"`` calls the application in the server's Trio task, which is
+right for every app built on anyio (Starlette, FastAPI, Litestar) or on Trio.
+``"asyncio-compat"`` runs it on asyncio inside Trio, through `trio-asyncio
+<https://trio-asyncio.readthedocs.io>`_ (the ``asyncio`` extra): one asyncio loop is opened for
+the server's lifetime (by :meth:`ASGIBridge.run_lifespan`), each call of the application is an
+asyncio task on it (``asyncio.get_running_loop()``, ``create_task``, ``sleep``, queues,
+``run_in_executor`` and asgiref's ``sync_to_async`` work), ``receive``/``send`` run back on the
+Trio side, under the server's deadlines and limits, and a Trio cancellation (a deadline, a
+shutdown) cancels the application's task. ``"auto"`` (the default) picks ``asyncio-compat`` for
+an application built on an asyncio-only framework (:func:`asyncio_framework`: Django, Django
+Channels, asgiref), else ``trio``. An application on ``trio`` that turns out to call asyncio
+fails its requests with a 500 and one error naming ``--loop asyncio-compat``, not a traceback.
+
 Lifespan, ``lifespan="auto"`` (the default): an app that raises before it first calls
 ``receive()``, or returns without answering, does not support lifespan and is served without
 it; a ``lifespan.startup.failed`` message, or an exception after start-up began, fails start-up
@@ -35,6 +48,8 @@ never runs it.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -63,7 +78,7 @@ from trioserve.features import (
     WebSocketFeature,
 )
 
-__all__ = ["ASGIApp", "ASGIBridge"]
+__all__ = ["LOOPS", "ASGIApp", "ASGIBridge", "asyncio_framework"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,6 +87,105 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("trioserve.asgi")
+
+LOOPS = ("auto", "trio", "asyncio-compat")
+
+# Top-level packages of asyncio-only frameworks -> their names (see asyncio_framework).
+_ASYNCIO_FRAMEWORKS = {"django": "Django", "channels": "Django Channels", "asgiref": "asgiref"}
+_WRAPPED_ATTRIBUTES = ("app", "application", "asgi_app", "inner", "__wrapped__")
+
+
+def asyncio_framework(app: object) -> str | None:
+    """The asyncio-only framework ``app`` is built on (``"Django"``, ``"Django Channels"``,
+    ``"asgiref"``), or ``None``: the modules of the app, its class, and of what it wraps
+    (middleware keep the app they wrap in ``app``, ``application``, ``asgi_app``, ``inner`` or
+    ``__wrapped__``), a few levels deep."""
+    todo: list[object] = [app]
+    seen: set[int] = set()
+    while todo and len(seen) < 32:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for candidate in (obj, type(obj)):
+            module = getattr(candidate, "__module__", None)
+            if isinstance(module, str):
+                name = _ASYNCIO_FRAMEWORKS.get(module.partition(".")[0])
+                if name is not None:
+                    return name
+        for attribute in _WRAPPED_ATTRIBUTES:
+            try:
+                inner = getattr(obj, attribute, None)
+            except Exception:  # a property that fails: not a wrapped app
+                continue
+            if inner is not None and callable(inner):
+                todo.append(inner)
+    return None
+
+
+def _trio_asyncio() -> Any:
+    """The trio_asyncio module. Raises :class:`ValueError` naming the extra to install."""
+    try:
+        return importlib.import_module("trio_asyncio")
+    except ImportError:
+        raise ValueError("loop 'asyncio-compat' needs trio-asyncio: pip install "
+                         "'trioserve[asyncio]'") from None
+
+
+def _accept_any_executor(aio: Any, loop: Any) -> None:
+    """Let ``loop`` (a trio-asyncio loop) run functions in any ``concurrent.futures``
+    executor, as asyncio's own loops do: trio-asyncio takes only its ``TrioExecutor``, while
+    asgiref's ``sync_to_async`` (Django's sync views, its ORM from async code) passes a
+    ``ThreadPoolExecutor`` of its own."""
+    own = loop.run_in_executor
+
+    def run_in_executor(executor: Any, func: Any, *args: Any) -> Any:
+        if executor is None or isinstance(executor, aio.TrioExecutor):
+            return own(executor, func, *args)
+        return asyncio.wrap_future(executor.submit(func, *args), loop=loop)
+
+    loop.run_in_executor = run_in_executor
+
+
+_AIO_CLOSE_TIMEOUT = 5.0  # seconds the asyncio tasks left at shutdown get to end
+
+
+def _log_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
+    """The asyncio loop's exception handler: log what asyncio reports (a task's exception
+    nobody retrieved, a failed callback) as asyncio's own loops do. trio-asyncio's default
+    raises it into the loop instead, which would end the loop, and every request with it."""
+    exc = context.get("exception")
+    log.error("asyncio: %s", context.get("message") or "unhandled error",
+              exc_info=exc if isinstance(exc, BaseException) else None)
+
+
+async def _cancel_all_tasks() -> None:
+    """Cancel the asyncio tasks still running and wait for them, as ``asyncio.run`` does
+    before it closes its loop: a task an app started (Django's request tasks outlive a
+    cancelled request) gets its ``CancelledError`` rather than being destroyed pending."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _from_asyncio(exc: BaseException) -> bool:
+    """Whether ``exc`` is what asyncio code run on Trio ends with: asyncio's ``no running
+    event loop``, Trio's refusal of an asyncio future awaited in a Trio task (``unrecognized
+    yield message``), or any exception raised inside the asyncio package."""
+    if isinstance(exc, RuntimeError) and "no running event loop" in str(exc):
+        return True
+    if isinstance(exc, TypeError) and "unrecognized yield message" in str(exc):
+        return True
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.sep}asyncio{os.sep}" in tb.tb_frame.f_code.co_filename
+
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -118,15 +232,37 @@ class ASGIBridge:
     Raises :class:`TypeError` at construction for an object that is not callable.
     """
 
-    def __init__(self, app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "auto") -> None:
+    def __init__(self, app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "auto",
+                 loop: Literal["auto", "trio", "asyncio-compat"] = "auto") -> None:
         if not callable(app):
             raise TypeError(f"ASGI application must be callable, got {app!r}")
         if lifespan not in ("auto", "on", "off"):
             raise ValueError(f"lifespan must be 'auto', 'on' or 'off', got {lifespan!r}")
+        if loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
         self.app = app
         self.lifespan = lifespan
         self.state: dict[str, Any] = {}
         self.lifespan_supported: bool | None = None
+        #: The framework that made ``loop="auto"`` choose asyncio-compat (None: it did not).
+        self.detected_framework: str | None = None
+        if loop == "auto":
+            self.detected_framework = asyncio_framework(app)
+            loop = "asyncio-compat" if self.detected_framework else "trio"
+            if self.detected_framework is not None:
+                try:
+                    _trio_asyncio()
+                except ValueError:
+                    raise ValueError(
+                        f"this application is built on {self.detected_framework}, which runs "
+                        "on asyncio: install trio-asyncio (pip install 'trioserve[asyncio]') "
+                        "for loop 'asyncio-compat', or choose loop 'trio' to try without it"
+                    ) from None
+        #: The loop the application runs on: ``"trio"`` or ``"asyncio-compat"``.
+        self.loop = loop
+        self._aio: Any = _trio_asyncio() if loop == "asyncio-compat" else None
+        self._aio_loop: Any = None  # the open trio-asyncio loop (asyncio-compat)
+        self._asyncio_logged = False
 
     # ---------------------------------------------------------------------------- HTTP
 
@@ -149,12 +285,48 @@ class ASGIBridge:
             "http.response.early_hint": {}})
         scope["method"] = req.method
         h = _HTTPCycle(body, resp, out, get(RequestLifetimeFeature), get(EarlyHintsFeature))
-        await self.app(scope, h.receive, h.send)
+        try:
+            await self._call(scope, h.receive, h.send)
+        except Exception as exc:
+            if self.loop == "asyncio-compat" or not _from_asyncio(exc):
+                raise
+            await self._asyncio_required(scope, resp, out, exc)
+            return
         if not out.is_complete and not h.disconnected:
             if resp.has_started or h.started:
                 raise RuntimeError("ASGI application returned without completing the response "
                                    "(no final 'http.response.body' with more_body=False)")
             raise RuntimeError("ASGI application returned without sending a response")
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call the application: in this Trio task, or as an asyncio task on the trio-asyncio
+        loop (asyncio-compat), with ``receive`` and ``send`` run back on the Trio side."""
+        aio = self._aio
+        if aio is None:
+            await self.app(scope, receive, send)
+            return
+        loop = self._aio_loop
+        if loop is None:
+            raise RuntimeError("loop 'asyncio-compat': no asyncio loop is open (the server "
+                               "opens it in run_lifespan, before the first request)")
+        await aio.aio_as_trio(self.app, loop=loop)(
+            scope, aio.trio_as_aio(receive, loop=loop), aio.trio_as_aio(send, loop=loop))
+
+    async def _asyncio_required(self, scope: Scope, resp: ResponseFeature,
+                                out: ResponseBodyFeature, exc: BaseException) -> None:
+        """An application on loop 'trio' called asyncio: log why (at ERROR once, then at
+        DEBUG) and answer 500 if nothing was sent yet (else raise: the response is cut)."""
+        level = logging.DEBUG if self._asyncio_logged else logging.ERROR
+        self._asyncio_logged = True
+        log.log(level, "the ASGI application called asyncio (%s: %s) while running on Trio: it "
+                "needs an asyncio loop; serve it with --loop asyncio-compat (pip install "
+                "'trioserve[asyncio]'), or loop='asyncio-compat' for ASGIBridge",
+                type(exc).__name__, exc)
+        if resp.has_started or out.is_complete:
+            raise exc
+        resp.status = 500
+        resp.headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        await out.complete(b"Internal Server Error\n")  # the why is for the log, not clients
 
     def _scope(self, features: FeatureCollection, req: RequestFeature, kind: str, scheme: str,
                extensions: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +365,13 @@ class ASGIBridge:
         scope["subprotocols"] = list(ws.subprotocols)
         cycle = _WebSocketCycle(ws, features[ResponseFeature], features[ResponseBodyFeature],
                                 features.get(RequestLifetimeFeature))
-        await self.app(scope, cycle.receive, cycle.send)
+        try:
+            await self._call(scope, cycle.receive, cycle.send)
+        except Exception as exc:
+            if self.loop == "asyncio-compat" or not _from_asyncio(exc):
+                raise
+            await self._asyncio_required(scope, cycle.resp, cycle.out, exc)
+            return
         if cycle.state == "connecting" or cycle.state == "response":
             if cycle.out.is_complete:
                 return
@@ -208,9 +386,27 @@ class ASGIBridge:
     async def run_lifespan(
         self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the ASGI lifespan protocol around the server's lifetime (see module docs).
+        """Run the ASGI lifespan protocol around the server's lifetime (see module docs); on
+        loop 'asyncio-compat', inside the trio-asyncio loop the requests then use, open from
+        before start-up until after shutdown.
 
         Raises :class:`LifespanFailure` when start-up fails."""
+        if self._aio is None:
+            await self._run_lifespan(stop, task_status)
+            return
+        async with self._aio.open_loop() as loop:
+            _accept_any_executor(self._aio, loop)
+            loop.set_exception_handler(_log_asyncio_error)
+            self._aio_loop = loop
+            try:
+                await self._run_lifespan(stop, task_status)
+            finally:
+                self._aio_loop = None
+                with trio.CancelScope(shield=True) as cleanup:
+                    cleanup.deadline = trio.current_time() + _AIO_CLOSE_TIMEOUT
+                    await self._aio.aio_as_trio(_cancel_all_tasks, loop=loop)()
+
+    async def _run_lifespan(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> None:
         if self.lifespan == "off":
             task_status.started()
             await stop.wait()
@@ -253,14 +449,17 @@ class ASGIBridge:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
                  "state": self.state}
         try:
-            await self.app(scope, receive, send)
+            await self._call(scope, receive, send)
         except LifespanFailure:
             raise
         except Exception as exc:
             if started:
                 log.error("exception in ASGI lifespan during %s", phase, exc_info=exc)
             elif received_startup or self.lifespan == "on":
-                raise LifespanFailure(f"{type(exc).__name__}: {exc}") from exc
+                hint = (" (the application called asyncio while running on Trio: serve it "
+                        "with --loop asyncio-compat)"
+                        if self._aio is None and _from_asyncio(exc) else "")
+                raise LifespanFailure(f"{type(exc).__name__}: {exc}{hint}") from exc
             else:
                 log.info("ASGI lifespan not supported by the application (it raised %s); "
                          "serving without it", type(exc).__name__)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -182,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WSGI only: worker threads running the application (default 40)")
     g.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                    help="ASGI lifespan (default auto: used when the app supports it)")
+    g.add_argument("--loop", choices=("auto", "trio", "asyncio-compat"), default="auto",
+                   help="ASGI only: the event loop the app runs on. trio: Trio itself (apps on "
+                        "anyio or Trio: Starlette, FastAPI, Litestar); asyncio-compat: asyncio "
+                        "inside Trio through trio-asyncio, for asyncio-only apps (Django, "
+                        "Channels; pip install 'trioserve[asyncio]'); auto (the default): "
+                        "asyncio-compat for an app built on Django, Channels or asgiref, else "
+                        "trio")
     g.add_argument("--root-path", default=d.root_path,
                    help="path prefix the app is mounted under behind a proxy (default '')")
     g = p.add_argument_group("TLS (HTTPS on every listener; 'trioserve dev-cert' writes a "
@@ -628,6 +636,11 @@ def _main(argv: Sequence[str] | None) -> int:
         process = build_process_config(args)
     except ConfigError as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
+        return 2
+    if args.loop == "asyncio-compat" and importlib.util.find_spec("trio_asyncio") is None:
+        # checked before the app is imported, like --http httptools
+        print("trioserve: error: --loop: loop 'asyncio-compat' needs trio-asyncio: pip install "
+              "'trioserve[asyncio]'", file=sys.stderr)
         return 2
     if not process.workers and not process.reload:
         for name in ("max_requests", "max_requests_jitter", "worker_timeout"):

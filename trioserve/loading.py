@@ -36,6 +36,7 @@ class AppSpec:
     factory: bool = False
     interface: str = "auto"
     lifespan: str = "auto"
+    loop: str = "auto"
     threads: int = 40
     log_level: str = "info"
 
@@ -44,13 +45,13 @@ class AppSpec:
         """The spec from an object with these attributes (the command line's parsed flags:
         an ``argparse.Namespace``). Raises ``AttributeError`` when one is missing."""
         return cls(app=args.app, app_dir=args.app_dir, factory=args.factory,
-                   interface=args.interface, lifespan=args.lifespan, threads=args.threads,
-                   log_level=args.log_level)
+                   interface=args.interface, lifespan=args.lifespan, loop=args.loop,
+                   threads=args.threads, log_level=args.log_level)
 
     def load(self) -> Application:
         """Import and wrap the application. Raises :class:`AppLoadError`."""
         obj = load_app(self.app, app_dir=self.app_dir, factory=self.factory)
-        return wrap_app(obj, self.interface, self.lifespan, self.threads)
+        return wrap_app(obj, self.interface, self.lifespan, self.threads, self.loop)
 
 
 def _import_location(exc: BaseException) -> str:
@@ -151,9 +152,11 @@ def detect_interface(obj: Any) -> str:
                        "features: async (ctx)); use --interface")
 
 
-def wrap_app(obj: Any, interface: str, lifespan: str, threads: int = 40) -> Application:
+def wrap_app(obj: Any, interface: str, lifespan: str, threads: int = 40,
+             loop: str = "auto") -> Application:
     """Adapt a loaded object to a trioserve :data:`Application`. Raises :class:`AppLoadError`
-    when ``auto`` cannot tell the interface."""
+    when ``auto`` cannot tell the interface, or for a ``loop`` that cannot be had (the
+    asyncio-compat loop without trio-asyncio installed)."""
     if interface == "auto":
         interface = detect_interface(obj)
     # Imported by name: bridges/ is installed as trioserve.bridges, which type checkers
@@ -163,7 +166,17 @@ def wrap_app(obj: Any, interface: str, lifespan: str, threads: int = 40) -> Appl
     elif interface == "wsgi":
         app = importlib.import_module("trioserve.bridges.wsgi").WSGIBridge(obj, threads=threads)
     else:
-        app = importlib.import_module("trioserve.bridges.asgi").ASGIBridge(obj,
-                                                                            lifespan=lifespan)
+        try:
+            app = importlib.import_module("trioserve.bridges.asgi").ASGIBridge(
+                obj, lifespan=lifespan, loop=loop)
+        except ValueError as exc:
+            raise AppLoadError(f"--loop: {exc}") from None
+        if app.detected_framework is not None:  # type: ignore[attr-defined]
+            log.info("an application built on %s: running it on asyncio through trio-asyncio "
+                     "(--loop asyncio-compat; --loop trio to run it on Trio)",
+                     app.detected_framework)  # type: ignore[attr-defined]
+    if interface != "asgi" and loop == "asyncio-compat":
+        log.warning("--loop asyncio-compat applies to ASGI applications only; this %s "
+                    "application runs as it is", interface)
     log.debug("serving %r as a %s application", obj, interface)
     return app
