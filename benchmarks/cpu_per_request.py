@@ -87,9 +87,12 @@ def commands(args: argparse.Namespace, other: Path | None) -> dict[str, list[str
         prefix = [] if root == ROOT else ["env", f"PYTHONPATH={root}"]
         for parser in parsers:
             name = f"{label}: {args.app}" + ("" if args.h2 else f" ({parser})")
-            out[name] = [*prefix, run.PY, "-m", "trioserve", args.app, "--app-dir",
-                         str(root / "benchmarks"), "--port", "PORT", "--http", parser,
-                         "--no-access-log", "--log-level", "warning", *args.server_args]
+            cmd = [*prefix, run.PY, "-m", "trioserve", args.app, "--app-dir",
+                   str(root / "benchmarks"), "--port", "PORT", "--http", parser,
+                   "--no-access-log", "--log-level", "warning", *args.server_args]
+            out[name] = cmd
+            if args.also_with:
+                out[f"{name} {args.also_with}"] = [*cmd, *args.also_with.split()]
     return out
 
 
@@ -138,6 +141,9 @@ def main() -> int:
     parser.add_argument("--parsers", default="h11,httptools", type=lambda s: s.split(","),
                         help="HTTP/1.1 parsers, comma-separated (default h11,httptools)")
     parser.add_argument("--h2", action="store_true", help="HTTP/2 (h2c) under h2load instead")
+    parser.add_argument("--also-with", metavar="ARGS", default="",
+                        help="also run every server with these options added, e.g. "
+                             "--also-with='--loop asyncio-compat'")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--duration", type=int, default=4, help="seconds per round "
                         "(default 4)")
