@@ -49,6 +49,7 @@ never runs it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import logging
 import os
@@ -132,19 +133,26 @@ def _trio_asyncio() -> Any:
                          "'trioserve[asyncio]'") from None
 
 
-def _accept_any_executor(aio: Any, loop: Any) -> None:
+def _accept_any_executor(aio: Any, loop: Any) -> concurrent.futures.ThreadPoolExecutor:
     """Let ``loop`` (a trio-asyncio loop) run functions in any ``concurrent.futures``
     executor, as asyncio's own loops do: trio-asyncio takes only its ``TrioExecutor``, while
     asgiref's ``sync_to_async`` (Django's sync views, its ORM from async code) passes a
-    ``ThreadPoolExecutor`` of its own."""
+    ``ThreadPoolExecutor`` of its own. The default executor (``None``: ``asyncio.to_thread``,
+    ``sync_to_async(thread_sensitive=False)``) is a thread pool too, returned to be shut
+    down with the loop: trio-asyncio's runs the function in a Trio thread the caller cannot
+    be cancelled out of, so a deadline would wait for the thread instead of cancelling the
+    app's task."""
     own = loop.run_in_executor
+    default = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="trioserve-asyncio")
 
     def run_in_executor(executor: Any, func: Any, *args: Any) -> Any:
-        if executor is None or isinstance(executor, aio.TrioExecutor):
+        if isinstance(executor, aio.TrioExecutor):
             return own(executor, func, *args)
-        return asyncio.wrap_future(executor.submit(func, *args), loop=loop)
+        pool = default if executor is None else executor
+        return asyncio.wrap_future(pool.submit(func, *args), loop=loop)
 
     loop.run_in_executor = run_in_executor
+    return default
 
 
 _AIO_CLOSE_TIMEOUT = 5.0  # seconds the asyncio tasks left at shutdown get to end
@@ -155,36 +163,66 @@ def _log_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
     nobody retrieved, a failed callback) as asyncio's own loops do. trio-asyncio's default
     raises it into the loop instead, which would end the loop, and every request with it."""
     exc = context.get("exception")
-    log.error("asyncio: %s", context.get("message") or "unhandled error",
-              exc_info=exc if isinstance(exc, BaseException) else None)
+    # A request's leftover task ending because its client left (Django's listen_for_disconnect
+    # after the request was cancelled) is not an error.
+    quiet = isinstance(exc, ClientDisconnected) or type(exc).__name__ == "RequestAborted"
+    log.log(logging.DEBUG if quiet else logging.ERROR, "asyncio: %s",
+            context.get("message") or "unhandled error",
+            exc_info=exc if isinstance(exc, BaseException) else None)
 
 
 async def _cancel_all_tasks() -> None:
-    """Cancel the asyncio tasks still running and wait for them, as ``asyncio.run`` does
-    before it closes its loop: a task an app started (Django's request tasks outlive a
-    cancelled request) gets its ``CancelledError`` rather than being destroyed pending."""
+    """Cancel the asyncio tasks still running and wait for them, at most
+    ``_AIO_CLOSE_TIMEOUT``, as ``asyncio.run`` does before it closes its loop: a task an app
+    started (Django's request tasks outlive a cancelled request) gets its ``CancelledError``
+    rather than being destroyed pending. Tasks still running then are logged."""
     current = asyncio.current_task()
     tasks = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
     for task in tasks:
         task.cancel()
     if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(tasks, timeout=_AIO_CLOSE_TIMEOUT)
+        if pending:
+            log.warning("%d asyncio task(s) did not end within %gs of being cancelled at "
+                        "shutdown: %s", len(pending), _AIO_CLOSE_TIMEOUT,
+                        ", ".join(sorted(t.get_name() for t in pending)))
+
+
+async def _guarded(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """The app's call as an asyncio task: a ``SystemExit`` or ``KeyboardInterrupt`` from it
+    becomes an ordinary exception (the request's 500, as on Trio), since asyncio lets those
+    two out of its loop, which would end the loop and every request with it."""
+    try:
+        await app(scope, receive, send)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise RuntimeError(f"the ASGI application raised {exc!r}") from exc
 
 
 def _from_asyncio(exc: BaseException) -> bool:
     """Whether ``exc`` is what asyncio code run on Trio ends with: asyncio's ``no running
     event loop``, Trio's refusal of an asyncio future awaited in a Trio task (``unrecognized
     yield message``), or any exception raised inside the asyncio package."""
-    if isinstance(exc, RuntimeError) and "no running event loop" in str(exc):
-        return True
-    if isinstance(exc, TypeError) and "unrecognized yield message" in str(exc):
-        return True
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return f"{os.sep}asyncio{os.sep}" in tb.tb_frame.f_code.co_filename
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:  # the exception, those it groups (task groups, nurseries), its cause, context
+        e = todo.pop()
+        if id(e) in seen or len(seen) > 64:
+            continue
+        seen.add(id(e))
+        if isinstance(e, RuntimeError) and "no running event loop" in str(e):
+            return True
+        if isinstance(e, TypeError) and "unrecognized yield message" in str(e):
+            return True
+        tb = e.__traceback__
+        if tb is not None:
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            if f"{os.sep}asyncio{os.sep}" in tb.tb_frame.f_code.co_filename:
+                return True
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return False
 
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
@@ -306,11 +344,12 @@ class ASGIBridge:
             await self.app(scope, receive, send)
             return
         loop = self._aio_loop
-        if loop is None:
-            raise RuntimeError("loop 'asyncio-compat': no asyncio loop is open (the server "
+        if loop is None or not loop.is_running():
+            raise RuntimeError("loop 'asyncio-compat': no asyncio loop is running (the server "
                                "opens it in run_lifespan, before the first request)")
-        await aio.aio_as_trio(self.app, loop=loop)(
-            scope, aio.trio_as_aio(receive, loop=loop), aio.trio_as_aio(send, loop=loop))
+        await aio.aio_as_trio(_guarded, loop=loop)(
+            self.app, scope, aio.trio_as_aio(receive, loop=loop),
+            aio.trio_as_aio(send, loop=loop))
 
     async def _asyncio_required(self, scope: Scope, resp: ResponseFeature,
                                 out: ResponseBodyFeature, exc: BaseException) -> None:
@@ -322,8 +361,10 @@ class ASGIBridge:
                 "needs an asyncio loop; serve it with --loop asyncio-compat (pip install "
                 "'trioserve[asyncio]'), or loop='asyncio-compat' for ASGIBridge",
                 type(exc).__name__, exc)
-        if resp.has_started or out.is_complete:
-            raise exc
+        if out.is_complete:
+            return  # answered already (a framework's error middleware sent its 500)
+        if resp.has_started:
+            raise exc  # the response is cut short, as for any exception
         resp.status = 500
         resp.headers = [(b"content-type", b"text/plain; charset=utf-8")]
         await out.complete(b"Internal Server Error\n")  # the why is for the log, not clients
@@ -395,16 +436,21 @@ class ASGIBridge:
             await self._run_lifespan(stop, task_status)
             return
         async with self._aio.open_loop() as loop:
-            _accept_any_executor(self._aio, loop)
+            pool = _accept_any_executor(self._aio, loop)
             loop.set_exception_handler(_log_asyncio_error)
             self._aio_loop = loop
             try:
                 await self._run_lifespan(stop, task_status)
+                # An app's lifespan may return once started (the spec allows it): the loop
+                # stays open for the requests until the server stops.
+                await stop.wait()
             finally:
                 self._aio_loop = None
-                with trio.CancelScope(shield=True) as cleanup:
-                    cleanup.deadline = trio.current_time() + _AIO_CLOSE_TIMEOUT
-                    await self._aio.aio_as_trio(_cancel_all_tasks, loop=loop)()
+                if loop.is_running():  # (not if an app's SystemExit ended it)
+                    with trio.CancelScope(shield=True) as cleanup:
+                        cleanup.deadline = trio.current_time() + 2 * _AIO_CLOSE_TIMEOUT
+                        await self._aio.aio_as_trio(_cancel_all_tasks, loop=loop)()
+                pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run_lifespan(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> None:
         if self.lifespan == "off":

@@ -158,7 +158,14 @@ async def test_app_exceptions_reach_the_server_and_trio_cancels_the_asyncio_task
     disconnected = trio.Event()
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            assert (await receive())["type"] == "lifespan.startup"
+            await send({"type": "lifespan.startup.complete"})
+            assert (await receive())["type"] == "lifespan.shutdown"
+            # After the requests: the request's task must have been cancelled by then, by
+            # the deadline itself, not by the loop's final clean-up after this.
+            seen.append("lifespan.shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["path"] == "/fail":
             await asyncio.sleep(0)
@@ -193,7 +200,7 @@ async def test_app_exceptions_reach_the_server_and_trio_cancels_the_asyncio_task
             await started.wait()
         # leaving run_server began the graceful shutdown; its deadline cancelled /slow
         await slow.aclose()
-    assert seen == ["http.disconnect", "cancelled"]
+    assert seen == ["http.disconnect", "cancelled", "lifespan.shutdown"]
     assert any("exception in application" in r.getMessage() and r.exc_info is not None
                and "the app failed" in str(r.exc_info[1]) for r in caplog.records)
 
@@ -334,3 +341,91 @@ def test_cli_asyncio_compat_without_trio_asyncio_exits_2_before_importing_the_ap
     assert done.stderr.strip().splitlines()[-1] == (
         "trioserve: error: --loop: loop 'asyncio-compat' needs trio-asyncio: pip install "
         "'trioserve[asyncio]'")
+
+
+async def test_system_exit_in_the_app_is_a_500_and_the_loop_lives_on() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/exit":
+            await asyncio.sleep(0)
+            sys.exit(3)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"alive"})
+
+    with trio.fail_after(TIMEOUT):
+        async with run_server(ASGIBridge(app, loop="asyncio-compat"), asgi=False) as srv, \
+                httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{srv.port}"
+            assert (await client.get(url + "/exit")).status_code == 500
+            after = await client.get(url + "/")
+    assert after.status_code == 200 and after.text == "alive"
+
+
+async def test_a_lifespan_that_returns_after_startup_keeps_the_loop_open() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            return  # allowed by the spec: no shutdown handling
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    with trio.fail_after(TIMEOUT):
+        async with run_server(ASGIBridge(app, loop="asyncio-compat"), asgi=False) as srv, \
+                httpx.AsyncClient() as client:
+            responses = [await client.get(f"http://127.0.0.1:{srv.port}/") for _ in range(2)]
+    assert [r.text for r in responses] == ["served", "served"]
+
+
+async def test_the_shutdown_deadline_cancels_an_app_waiting_for_a_thread() -> None:
+    """``asyncio.to_thread`` (the loop's default executor): the graceful deadline cancels the
+    app's task at once; the server does not wait for the thread's 20 seconds."""
+    seen: list[str] = []
+    waiting = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        waiting.set()
+        try:
+            await asyncio.to_thread(time.sleep, 20)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    config = make_config(timeouts={"graceful": 0.5})
+    with trio.fail_after(10):
+        async with run_server(ASGIBridge(app, loop="asyncio-compat"), config,
+                              asgi=False) as srv:
+            stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await waiting.wait()
+        await stream.aclose()
+    assert seen == ["cancelled"]
+
+
+async def test_fastapi_on_plain_trio_calling_asyncio_logs_the_hint_without_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """FastAPI's error middleware answers the 500 itself and re-raises: the bridge logs the
+    hint once and nothing more (no traceback)."""
+    from fastapi import FastAPI
+
+    api = FastAPI()
+
+    @api.get("/")
+    async def index() -> dict[str, str]:
+        await asyncio.sleep(0)
+        return {"never": "reached"}
+
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(TIMEOUT):
+        async with run_server(ASGIBridge(api, loop="auto", lifespan="off"),
+                              asgi=False) as srv, httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{srv.port}/")
+    assert response.status_code == 500
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "--loop asyncio-compat" in errors[0].getMessage(), \
+        [r.getMessage() for r in errors]
+    assert errors[0].exc_info is None
