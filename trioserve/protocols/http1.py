@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Final
+from typing import Final, TypeVar
 
 import h11
 
@@ -63,12 +63,16 @@ __all__ = [
     "PARSERS",
     "HTTP1Protocol",
     "check_response_field",
+    "checked_response_field",
     "date_header_value",
     "resolve_parser",
+    "response_content_length",
     "status_line",
 ]
 
 PARSERS: Final = ("auto", "h11", "httptools")
+
+_T = TypeVar("_T")
 
 Event = RequestHead | BodyData | EndOfBody | ConnectionClosed | Sentinel
 
@@ -768,13 +772,7 @@ class HTTP1Protocol:
             if not kind:
                 append(line)
             elif kind == 1:  # content-length: re-emitted below once framing is decided
-                value = field[1].strip()
-                if _CONTENT_LENGTH_RE.fullmatch(value) is None:
-                    raise ResponseError(f"invalid Content-Length {value!r}")
-                n = int(value)
-                if content_length is not None and n != content_length:
-                    raise ResponseError("conflicting Content-Length headers")
-                content_length = n
+                content_length = response_content_length(field[1], content_length)
             elif kind == 3:  # connection
                 if b"close" in _comma_tokens(field[1]):
                     keep_alive = False
@@ -964,9 +962,12 @@ _CHECKED_FIELD_MAX: Final = 256  # longer fields (reflected cookies, tokens) are
 _OUT_LINES: Final[dict[object, tuple[int, bytes]]] = {}
 
 
-def _out_line(field: object) -> tuple[int, bytes]:
-    """Check one response field (raises :class:`ResponseError`), give its kind and its
-    ``name: value\\r\\n`` line, and remember both for a field seen again."""
+def checked_response_field(field: object, cache: dict[object, tuple[int, _T]],
+                           render: Callable[[int, bytes, bytes], _T]) -> tuple[int, _T]:
+    """Check one response field ``(name, value)`` (raises :class:`ResponseError`) and give
+    its kind (see :func:`check_response_field`) with ``render(kind, name, value)``, the form a
+    protocol sends it in; remembered in ``cache`` (bounded like ``_CHECKED_HEADERS``) for a
+    field seen again, keyed by the field itself, when it is a short tuple of bytes."""
     name: bytes
     value: bytes
     try:
@@ -975,13 +976,35 @@ def _out_line(field: object) -> tuple[int, bytes]:
         raise ResponseError(f"a response header must be a (name, value) pair, got "
                             f"{field!r}") from None
     kind = check_response_field(name, value)
-    entry = (kind, b"%s: %s\r\n" % (name, value))
+    entry = (kind, render(kind, name, value))
     if type(field) is tuple and type(name) is bytes and type(value) is bytes \
             and len(name) + len(value) <= _CHECKED_FIELD_MAX:
-        if len(_OUT_LINES) >= _CHECKED_HEADERS_MAX:
-            _OUT_LINES.clear()
-        _OUT_LINES[field] = entry
+        if len(cache) >= _CHECKED_HEADERS_MAX:
+            cache.clear()
+        cache[field] = entry
     return entry
+
+
+def response_content_length(value: bytes, known: int | None) -> int:
+    """The size an app's ``Content-Length`` field gives (digits, surrounding whitespace
+    ignored). Raises :class:`ResponseError` for another value or one that differs from
+    ``known``, the size an earlier such field gave."""
+    value = value.strip()
+    if _CONTENT_LENGTH_RE.fullmatch(value) is None:
+        raise ResponseError(f"invalid Content-Length {value!r}")
+    n = int(value)
+    if known is not None and n != known:
+        raise ResponseError("conflicting Content-Length headers")
+    return n
+
+
+def _render_line(kind: int, name: bytes, value: bytes) -> bytes:
+    return b"%s: %s\r\n" % (name, value)
+
+
+def _out_line(field: object) -> tuple[int, bytes]:
+    """HTTP/1.1's :func:`checked_response_field`: the field's ``name: value\\r\\n`` line."""
+    return checked_response_field(field, _OUT_LINES, _render_line)
 
 
 def check_response_field(name: bytes, value: bytes) -> int:

@@ -75,7 +75,12 @@ from hyperframe.frame import (
 )
 
 from .events import Headers, ProtocolError, RequestHead, ResponseError
-from .http1 import check_response_field, date_header_value
+from .http1 import (
+    check_response_field,
+    checked_response_field,
+    date_header_value,
+    response_content_length,
+)
 
 __all__ = [
     "PREFACE",
@@ -971,13 +976,7 @@ class HTTP2Protocol:
                 append(out)
             if kind:
                 if kind == 1:
-                    value = field[1].strip()
-                    if _DIGITS_RE.fullmatch(value) is None:
-                        raise ResponseError(f"invalid Content-Length {value!r}")
-                    n = int(value)
-                    if content_length is not None and n != content_length:
-                        raise ResponseError("conflicting Content-Length headers")
-                    content_length = n
+                    content_length = response_content_length(field[1], content_length)
                 elif kind == 4:
                     has_date = True
                 elif kind == 5:
@@ -1208,29 +1207,19 @@ class HTTP2Protocol:
 
 
 # Response fields already checked: field -> (its kind for check_response_field, the field as
-# sent — name lower-cased — or None when HTTP/2 drops it). Bounded like _VALID_FIELDS.
+# sent — name lower-cased — or None when HTTP/2 drops it).
 _OUT_FIELDS: Final[dict[object, tuple[int, tuple[bytes, bytes] | None]]] = {}
 
 
-def _out_field(field: object) -> tuple[int, tuple[bytes, bytes] | None]:
-    """Check one response field (raises :class:`ResponseError`) and remember the outcome."""
-    name: bytes
-    value: bytes
-    try:
-        name, value = field  # type: ignore[misc]
-    except (TypeError, ValueError):
-        raise ResponseError(f"a response header must be a (name, value) pair, got "
-                            f"{field!r}") from None
-    kind = check_response_field(name, value)
+def _render_field(kind: int, name: bytes, value: bytes) -> tuple[bytes, bytes] | None:
     lname = name.lower()
-    out = None if kind in (1, 2, 3) or lname in _NOT_IN_RESPONSES else (lname, value)
-    entry = (kind, out)
-    if type(field) is tuple and type(name) is bytes and type(value) is bytes \
-            and len(name) + len(value) <= _VALID_FIELD_MAX:
-        if len(_OUT_FIELDS) >= _VALID_FIELDS_MAX:
-            _OUT_FIELDS.clear()
-        _OUT_FIELDS[field] = entry
-    return entry
+    return None if kind in (1, 2, 3) or lname in _NOT_IN_RESPONSES else (lname, value)
+
+
+def _out_field(field: object) -> tuple[int, tuple[bytes, bytes] | None]:
+    """HTTP/2's :func:`~trioserve.protocols.http1.checked_response_field`: the field as sent,
+    or None for one HTTP/2 drops (connection-specific fields, framing)."""
+    return checked_response_field(field, _OUT_FIELDS, _render_field)
 
 
 def valid_h2c_settings(value: bytes) -> bool:
