@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+
+def _whole_response(body: bytes, content_type: bytes, status: int = 200,
+                    headers: tuple[tuple[bytes, bytes], ...] = ()
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two ASGI messages of a response sent whole, with its Content-Length: built once,
+    so the apps below send the same dicts every time."""
+    start = {"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", content_type),
+                         (b"content-length", str(len(body)).encode()), *headers]}
+    return start, {"type": "http.response.body", "body": body}
+
+
 BODY = b"Hello, world!"
-_START = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")],
-}
-_BODY = {"type": "http.response.body", "body": BODY}
+_START, _BODY = _whole_response(BODY, b"text/plain")
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -28,13 +35,9 @@ def wsgi_hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 _WS_ACCEPT = {"type": "websocket.accept"}
-_WS_UPGRADE_REQUIRED = {
-    "type": "http.response.start",
-    "status": 426,
-    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"19"),
-                (b"upgrade", b"websocket"), (b"connection", b"upgrade")],
-}
-_WS_UPGRADE_REQUIRED_BODY = {"type": "http.response.body", "body": b"WebSocket echo only"}
+_WS_UPGRADE_REQUIRED, _WS_UPGRADE_REQUIRED_BODY = _whole_response(
+    b"WebSocket echo only", b"text/plain", 426,
+    ((b"upgrade", b"websocket"), (b"connection", b"upgrade")))
 
 
 async def ws_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -88,12 +91,7 @@ async def lifespan(receive: Any, send: Any) -> None:
 
 
 BIG = b"x" * 65536
-_BIG_START = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-type", b"application/octet-stream"), (b"content-length", b"65536")],
-}
-_BIG_BODY = {"type": "http.response.body", "body": BIG}
+_BIG_START, _BIG_BODY = _whole_response(BIG, b"application/octet-stream")
 
 
 async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
