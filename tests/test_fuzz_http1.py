@@ -122,10 +122,10 @@ def _verdict_of_h11_connection(head: bytes) -> tuple[str, object]:
 
 def _verdict_of_reader(head: bytes) -> tuple[str, object]:
     from trioserve.protocols.events import ProtocolError
-    from trioserve.protocols.http1 import HTTP1Protocol, _parse_bodyless_with_h11
+    from trioserve.protocols.http1 import HTTP1Protocol
 
     try:
-        return "ok", _parse_bodyless_with_h11(head, HTTP1Protocol()._validate)
+        return "ok", HTTP1Protocol()._parse_bodyless_head(head)
     except ProtocolError as exc:
         return "error", (exc.message, exc.status_hint)
 
@@ -139,8 +139,8 @@ def _verdict_of_reader(head: bytes) -> tuple[str, object]:
 @example(b"\r\n\r\n\r\nGET")
 def test_bodyless_head_reader_matches_h11_connection(raw: bytes) -> None:
     """A head without Content-Length or Transfer-Encoding is parsed by h11's request reader
-    alone (``_parse_bodyless_with_h11``, the h11 parser's fast path): it accepts and refuses
-    exactly what ``h11.Connection`` does, with the same request or the same message."""
+    alone (``HTTP1Protocol._parse_bodyless_head``, the h11 parser's fast path): it accepts and
+    refuses exactly what ``h11.Connection`` does, with the same request or the same message."""
     while raw[:2] == b"\r\n":  # as the protocol skips empty lines before a request
         raw = raw[2:]
     end = raw.find(b"\r\n\r\n")

@@ -36,7 +36,7 @@ from typing import Final, TypeVar
 import h11
 
 # h11's request-head reader and its buffer: what h11.Connection.next_event runs for a request
-# head (see _parse_bodyless_with_h11). Private to h11 but unchanged since h11 0.10; the
+# head (see HTTP1Protocol._parse_bodyless_head). Private to h11 but unchanged since h11 0.10; the
 # parser tests and the fuzz comparison of both parsers would show a change.
 from h11._readers import maybe_read_from_IDLE_client as _read_request_head
 from h11._receivebuffer import ReceiveBuffer as _ReceiveBuffer
@@ -267,27 +267,6 @@ def _parse_with_httptools(head: bytes) -> tuple[bytes, bytes, bytes, Headers] | 
     return method, target, version, fields.headers
 
 
-def _parse_bodyless_with_h11(
-        head: bytes, validate: Callable[[bytes, bytes, bytes, Headers, bytes], RequestHead]
-) -> RequestHead:
-    """A complete head without ``Content-Length`` or ``Transfer-Encoding`` (already past the
-    raw-byte checks of ``_next_head``) parsed by h11's request reader, then ``validate``d.
-    ``h11.Connection.next_event`` runs this same reader on the same bytes; for a request
-    without a body the rest of what it does (its state machine, choosing the body's framing)
-    can refuse nothing, so both ways accept and refuse the same heads with the same messages.
-    Raises :class:`ProtocolError`."""
-    receive_buffer = _ReceiveBuffer()
-    receive_buffer += head
-    try:
-        ev = _read_request_head(receive_buffer)
-    except h11.ProtocolError as exc:  # the reader raises LocalProtocolError: the same words
-        raise ProtocolError(str(exc) or "malformed request", exc.error_status_hint) from None
-    if ev is None:  # pragma: no cover - the head is complete
-        raise ProtocolError("malformed request")
-    return validate(ev.method, ev.target, ev.http_version,
-                    [(n.lower(), v) for n, v in ev.headers.raw_items()], head)
-
-
 class HTTP1Protocol:
     """One HTTP/1.1 server connection's protocol state.
 
@@ -481,7 +460,7 @@ class HTTP1Protocol:
             # No body (RFC 9112 §6.3 rule 7): h11's request reader alone parses the head, as
             # its connection would, without building the connection and its state machine
             # (half of h11's cost for such a request), and the body is known to be empty.
-            head_ev = _parse_bodyless_with_h11(head, self._validate)
+            head_ev = self._parse_bodyless_head(head)
             del buf[:head_end]
             self._scan_from = 0
             self._length_left = 0
@@ -502,13 +481,34 @@ class HTTP1Protocol:
         if type(ev) is not h11.Request:  # pragma: no cover - h11 gave us a full head
             raise ProtocolError("malformed request")
         self._h11 = conn
-        head_ev = self._validate(
-            ev.method, ev.target, ev.http_version,
-            [(n.lower(), v) for n, v in ev.headers.raw_items()], head)
+        head_ev = self._validate_h11(ev, head)
         if head_ev.chunked:
             self._guard = _ChunkedGuard(self._max_headers_size)
             self._guard.feed(conn.trailing_data[0])  # body bytes that came with the head
         return self._begin(head_ev)
+
+    def _parse_bodyless_head(self, head: bytes) -> RequestHead:
+        """A complete head without ``Content-Length`` or ``Transfer-Encoding`` (already past
+        the raw-byte checks of ``_next_head``) parsed by h11's request reader, then validated.
+        ``h11.Connection.next_event`` runs this same reader on the same bytes; for a request
+        without a body the rest of what it does (its state machine, choosing the body's
+        framing) can refuse nothing, so both ways accept and refuse the same heads with the
+        same messages. Raises :class:`ProtocolError`."""
+        receive_buffer = _ReceiveBuffer()
+        receive_buffer += head
+        try:
+            ev = _read_request_head(receive_buffer)
+        except h11.ProtocolError as exc:  # the reader raises LocalProtocolError: same words
+            raise ProtocolError(str(exc) or "malformed request", exc.error_status_hint) \
+                from None
+        if ev is None:  # pragma: no cover - the head is complete
+            raise ProtocolError("malformed request")
+        return self._validate_h11(ev, head)
+
+    def _validate_h11(self, ev: h11.Request, head: bytes) -> RequestHead:
+        """:meth:`_validate` on the request h11 parsed from ``head``."""
+        return self._validate(ev.method, ev.target, ev.http_version,
+                              [(n.lower(), v) for n, v in ev.headers.raw_items()], head)
 
     def _begin(self, head_ev: RequestHead) -> RequestHead:
         """Enter a request's body state once its head is accepted (either parser)."""
@@ -760,8 +760,7 @@ class HTTP1Protocol:
         keep_alive = self.keep_alive
         content_length: int | None = None
         has_date = has_server = False
-        line = _STATUS_LINES.get(status) if reason is None else None
-        out = [line if line is not None else status_line(status, reason)]
+        out = [status_line(status, reason)]
         append = out.append
         cache = _OUT_LINES
         for field in headers:
