@@ -323,12 +323,7 @@ class ASGIBridge:
             "http.response.early_hint": {}})
         scope["method"] = req.method
         h = _HTTPCycle(body, resp, out, get(RequestLifetimeFeature), get(EarlyHintsFeature))
-        try:
-            await self._call(scope, h.receive, h.send)
-        except Exception as exc:
-            if self.loop == "asyncio-compat" or not _from_asyncio(exc):
-                raise
-            await self._asyncio_required(scope, resp, out, exc)
+        if not await self._call_request(scope, h.receive, h.send, resp, out):
             return
         if not out.is_complete and not h.disconnected:
             if resp.has_started or h.started:
@@ -351,8 +346,22 @@ class ASGIBridge:
             self.app, scope, aio.trio_as_aio(receive, loop=loop),
             aio.trio_as_aio(send, loop=loop))
 
-    async def _asyncio_required(self, scope: Scope, resp: ResponseFeature,
-                                out: ResponseBodyFeature, exc: BaseException) -> None:
+    async def _call_request(self, scope: Scope, receive: Receive, send: Send,
+                            resp: ResponseFeature, out: ResponseBodyFeature) -> bool:
+        """:meth:`_call` for an HTTP request or a WebSocket; False when the app, on loop
+        'trio', called asyncio and was answered here (:meth:`_asyncio_required`). Its other
+        exceptions propagate."""
+        try:
+            await self._call(scope, receive, send)
+        except Exception as exc:
+            if self._aio is not None or not _from_asyncio(exc):
+                raise
+            await self._asyncio_required(resp, out, exc)
+            return False
+        return True
+
+    async def _asyncio_required(self, resp: ResponseFeature, out: ResponseBodyFeature,
+                                exc: BaseException) -> None:
         """An application on loop 'trio' called asyncio: log why (at ERROR once, then at
         DEBUG) and answer 500 if nothing was sent yet (else raise: the response is cut)."""
         level = logging.DEBUG if self._asyncio_logged else logging.ERROR
@@ -406,12 +415,8 @@ class ASGIBridge:
         scope["subprotocols"] = list(ws.subprotocols)
         cycle = _WebSocketCycle(ws, features[ResponseFeature], features[ResponseBodyFeature],
                                 features.get(RequestLifetimeFeature))
-        try:
-            await self._call(scope, cycle.receive, cycle.send)
-        except Exception as exc:
-            if self.loop == "asyncio-compat" or not _from_asyncio(exc):
-                raise
-            await self._asyncio_required(scope, cycle.resp, cycle.out, exc)
+        if not await self._call_request(scope, cycle.receive, cycle.send, cycle.resp,
+                                        cycle.out):
             return
         if cycle.state == "connecting" or cycle.state == "response":
             if cycle.out.is_complete:
